@@ -1,0 +1,75 @@
+"""The policy protocol: how a generator enters the trainer.
+
+The trainer, the rollout and the evaluator see a generator only through this
+protocol, so the embedded tiny transformer (:mod:`cgrpo.policies.embedded`) and the
+FLUX adapters are interchangeable. The latent convention is the one of
+:mod:`cgrpo.sde`: ``x_sigma = (1 - sigma) * x0 + sigma * noise``, velocity
+``v = noise - x0``, sampling runs from sigma = 1 (noise) to sigma = 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+class Condition(dict):
+    """Per-sample conditioning tensors (prompt embeddings, reference tokens, ...).
+
+    Every value has the batch on its first dimension, so a condition can be indexed
+    and repeated like a tensor: ``cond.index(idx)``, ``cond.repeat_interleave(G)``.
+    """
+
+    def index(self, idx: torch.Tensor | slice) -> Condition:
+        return Condition({k: v[idx] for k, v in self.items()})
+
+    def repeat_interleave(self, repeats: int) -> Condition:
+        return Condition({k: v.repeat_interleave(repeats, dim=0) for k, v in self.items()})
+
+    def to(self, device: torch.device | str) -> Condition:
+        return Condition({k: v.to(device) for k, v in self.items()})
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.values())).shape[0]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A flow-matching generator conditioned on a reference image and a prompt."""
+
+    device: torch.device
+
+    def encode_condition(self, references: torch.Tensor, prompts: list[str]) -> Condition:
+        """Condition for B (reference, prompt) pairs; references (B,3,H,W) in [0, 1]."""
+        ...
+
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latent (no batch dimension)."""
+        ...
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The model's velocity v(x, sigma | condition); sigma has shape (B,)."""
+        ...
+
+    def reference_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition
+    ) -> torch.Tensor:
+        """Velocity of the frozen starting policy (for the optional KL penalty)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (B,3,H,W) in [0, 1]."""
+        ...
+
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The parameters GRPO updates (all of the tiny model; LoRA weights for FLUX)."""
+        ...
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores of the policy."""
+        ...
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...

@@ -1,0 +1,1 @@
+"""The embedded subject world: scenes, the tiny in-context generator, pretraining."""
