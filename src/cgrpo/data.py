@@ -1,0 +1,58 @@
+"""Training and evaluation pairs: (reference image, prompt).
+
+A data source gives the trainer batches of pairs and a fixed held-out evaluation set:
+
+- ``sample(n, rng) -> (references (n,3,H,W) in [0,1], prompts)``
+- ``eval_pairs() -> (references, prompts, subject names)``
+
+:class:`EmbeddedData` draws them from the embedded world: training pairs from the 24
+training subjects, evaluation pairs from the 8 held-out subjects with fixed prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from cgrpo.world import scene
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """List of (H,W,3) arrays in [0,1] -> (B,3,H,W) float32 tensor."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
+
+
+class PairSource(Protocol):
+    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]: ...
+
+    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]: ...
+
+
+class EmbeddedData:
+    """Pairs of the embedded subject world."""
+
+    def __init__(
+        self, attribute_prob: float = 0.45, eval_prompts_per_subject: int = 8, eval_seed: int = 3407
+    ) -> None:
+        self.train_subjects, self.eval_subjects = scene.all_subjects()
+        self.attribute_prob = attribute_prob
+        self.eval_prompts_per_subject = eval_prompts_per_subject
+        self.eval_seed = eval_seed
+
+    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        subjects = [rng.choice(self.train_subjects) for _ in range(n)]
+        prompts = [scene.random_prompt(s, rng, self.attribute_prob).text for s in subjects]
+        return images_to_tensor([scene.reference_image(s) for s in subjects]), prompts
+
+    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        rng = random.Random(self.eval_seed)
+        refs, prompts, names = [], [], []
+        for s in self.eval_subjects:
+            for _ in range(self.eval_prompts_per_subject):
+                refs.append(scene.reference_image(s))
+                prompts.append(scene.random_prompt(s, rng, self.attribute_prob).text)
+                names.append(s.name)
+        return images_to_tensor(refs), prompts, names

@@ -1,0 +1,155 @@
+"""The training configuration of ``cgrpo train``: one typed dataclass, sections per concern.
+
+Defaults are the paper's released setting (Customized-GRPO on UNO: 25 steps, shift 3,
+eta 0.4, G = 12, clip 1e-4, advantage clip 5, timestep fraction 0.6, gamma 0.4, TDW,
+AdamW lr 2e-5 ...). The embedded CPU world needs a few other values (fewer steps, a
+higher learning rate, smaller groups); they live in ``cgrpo/configs/embedded.yaml``,
+which ``cgrpo train`` loads when no ``--config`` is given, and which says why.
+
+Load with :func:`cgrpo.config.load_config` (YAML file + ``section.key=value`` overrides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cgrpo.config import option
+
+EMBEDDED_CONFIG = Path(__file__).parent / "configs" / "embedded.yaml"
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["embedded", "flux"] = option(
+        "embedded", "generator: the embedded tiny in-context transformer, or a FLUX-family model"
+    )
+    weights: str | None = option(
+        None, "embedded: generator safetensors (null: the base model shipped in the package)"
+    )
+    device: str = option("cpu", "torch device of the policy and rewards")
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["embedded"] = option("embedded", "training pairs: the embedded subject world")
+    prompts_per_step: int = option(
+        4, "(reference, prompt) pairs per training step; each gets a group of G samples"
+    )
+    attribute_prob: float = option(
+        0.45,
+        "embedded: probability that a prompt mentions each attribute (bg, place, size, colour)",
+    )
+    eval_prompts_per_subject: int = option(
+        8, "embedded: evaluation prompts per held-out subject", unit="prompts"
+    )
+    eval_seed: int = option(3407, "seed of the evaluation prompts and noise (the paper's)")
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = option(25, "denoising steps T", unit="steps")
+    shift: float = option(3.0, "FLUX time shift of the sigma schedule")
+    eta: float = option(0.4, "SDE noise level of rollouts (0 would be the deterministic ODE)")
+    kind: Literal["dance", "flow"] = option(
+        "dance", "diffusion coefficient: dance g = eta (the paper's); flow g = eta*sqrt(s/(1-s))"
+    )
+    same_noise: bool = option(True, "one initial noise shared by each group's G samples")
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = option(12, "G: samples per (reference, prompt) pair", unit="samples")
+    clip_range: float = option(1e-4, "PPO ratio clip epsilon")
+    adv_clip: float = option(5.0, "advantages clamped to +- this")
+    adv_eps: float = option(1e-8, "epsilon of the group normalisation (r - mean) / (std + eps)")
+    timestep_fraction: float = option(
+        0.6, "share of the denoising steps trained per rollout (random subset, true indices)"
+    )
+    updates_per_rollout: int = option(
+        1, "optimizer steps per rollout: samples are shuffled and split into this many chunks"
+    )
+    micro_batch_size: int = option(
+        0, "samples per forward/backward pass (0: the whole chunk); gradients accumulate"
+    )
+    kl_coef: float = option(0.0, "weight of the KL penalty to the starting policy (paper: 0)")
+
+
+@dataclass
+class MethodConfig:
+    shaping: Literal["linear", "sars"] = option(
+        "sars", "how A_id and A_prompt combine: linear (naive GRPO) or SARS"
+    )
+    gamma: float = option(0.4, "SARS bonus scale gamma")
+    weighting: Literal["static", "tdw"] = option(
+        "tdw", "reward weights per denoising step: static or time-aware (TDW)"
+    )
+    w_id: float = option(1.0, "static weighting: identity weight")
+    w_prompt: float = option(1.0, "static weighting: prompt-following weight")
+
+
+@dataclass
+class RewardsConfig:
+    identity: str = option("embedded_identity", "identity reward (registry name)")
+    prompt: str = option("embedded_prompt", "prompt-following reward (registry name)")
+    identity_options: dict[str, Any] = option({}, "keyword options of the identity reward")
+    prompt_options: dict[str, Any] = option({}, "keyword options of the prompt reward")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(2e-5, "AdamW learning rate (constant)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    weight_decay: float = option(1.1e-4, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient-norm clip (0: off)")
+    ema_decay: float = option(0.0, "EMA of the trained weights used for evaluation (0: off)")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = option("runs/cgrpo", "run folder: config, logs, images, plots, checkpoints")
+    steps: int = option(200, "training steps (rollout + update each)", unit="steps")
+    seed: int = option(0, "seed of data, noise and step subsets")
+    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    log_every: int = option(1, "CSV/tensorboard row every N steps", unit="steps")
+    image_every: int = option(25, "image grid every N steps (0: off)", unit="steps")
+    checkpoint_every: int = option(
+        25, "checkpoint every N steps (0: only at the end)", unit="steps"
+    )
+    keep_last: int = option(2, "checkpoints kept (older ones are deleted)")
+    max_skips: int = option(
+        5, "consecutive steps skipped for NaN/inf rewards or loss before the run stops"
+    )
+    eval: bool = option(True, "evaluate base and trained policy on held-out pairs and print both")
+    eval_steps: int = option(0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``cgrpo train`` needs, section by section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.grpo.group_size < 2:
+            raise ValueError("grpo.group_size must be >= 2: advantages compare samples in a group")
+        if self.data.prompts_per_step < 1:
+            raise ValueError("data.prompts_per_step must be >= 1")
+        if self.sampler.num_steps < 1:
+            raise ValueError("sampler.num_steps must be >= 1")
+        if self.sampler.eta <= 0:
+            raise ValueError("sampler.eta must be > 0: GRPO needs a stochastic sampler")
+        if not 0 < self.grpo.timestep_fraction <= 1:
+            raise ValueError("grpo.timestep_fraction must be in (0, 1]")
+        if self.grpo.updates_per_rollout < 1:
+            raise ValueError("grpo.updates_per_rollout must be >= 1")

@@ -1,0 +1,589 @@
+"""The one trainer: Customized-GRPO (and its naive-GRPO ablations) on any policy.
+
+One training step, top to bottom (see ``docs/trainer.md``)::
+
+    pairs ──► policy.encode_condition ──► sample_groups: G SDE trajectories per pair
+          ──► decode ──► identity and prompt rewards ──► group advantages A_id, A_p
+          ──► for t in a random subset of the steps (TRUE indices):
+                  (w_id, w_p) = weighting.weights(t, T); A_t = shaping(A_id, A_p, w_id, w_p)
+                  re-score the recorded transition t ──► PPO clipped loss (+ KL) ──► backward
+          ──► grad-norm clip ──► AdamW step ──► log, images, checkpoint
+
+The model enters through the :class:`~cgrpo.policies.base.Policy` protocol, the method
+variant through two strategy objects (shaping, weighting); nothing here knows which.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cgrpo import checkpoint as ckpt
+from cgrpo.advantages import group_advantages
+from cgrpo.config import config_to_dict, save_config
+from cgrpo.data import EmbeddedData, PairSource
+from cgrpo.loss import grpo_loss, kl_penalty
+from cgrpo.policies.base import Policy
+from cgrpo.rewards import RewardModel, make_reward
+from cgrpo.rollout import Rollout, sample_groups, sample_ode
+from cgrpo.sde import sde_step, sigma_schedule
+from cgrpo.shaping import make_shaping, relation_shares
+from cgrpo.train_config import TrainConfig
+from cgrpo.weighting import make_weighting, train_step_indices
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the message says why."""
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_policy(cfg: TrainConfig) -> Policy:
+    """The policy named by ``cfg.model`` (the reference copy is kept only when KL is on)."""
+    if cfg.model.kind == "embedded":
+        from cgrpo.policies.embedded import EmbeddedPolicy
+
+        return EmbeddedPolicy(
+            weights=cfg.model.weights, device=cfg.model.device, keep_reference=cfg.grpo.kl_coef > 0
+        )
+    raise NotImplementedError(
+        f"model.kind={cfg.model.kind!r} has no adapter in this version; use model.kind=embedded"
+    )
+
+
+def build_data(cfg: TrainConfig) -> PairSource:
+    return EmbeddedData(
+        cfg.data.attribute_prob, cfg.data.eval_prompts_per_subject, cfg.data.eval_seed
+    )
+
+
+def build_rewards(cfg: TrainConfig) -> tuple[RewardModel, RewardModel]:
+    r = cfg.rewards
+    return make_reward(r.identity, **r.identity_options), make_reward(r.prompt, **r.prompt_options)
+
+
+def build_strategies(cfg: TrainConfig) -> tuple[Callable[..., torch.Tensor], Any]:
+    m = cfg.method
+    shaping = make_shaping(m.shaping, **({"gamma": m.gamma} if m.shaping == "sars" else {}))
+    weighting = make_weighting(
+        m.weighting, **({"w_id": m.w_id, "w_prompt": m.w_prompt} if m.weighting == "static" else {})
+    )
+    return shaping, weighting
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def score(
+    rewards: tuple[RewardModel, RewardModel],
+    images: torch.Tensor,
+    prompts: list[str],
+    references: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(identity, prompt) rewards of a batch, as float32 CPU tensors."""
+    with torch.no_grad():
+        r_id = rewards[0](images, prompts, references).float().cpu()
+        r_p = rewards[1](images, prompts, references).float().cpu()
+    return r_id, r_p
+
+
+@torch.no_grad()
+def evaluate(
+    policy: Policy,
+    rewards: tuple[RewardModel, RewardModel],
+    pairs: tuple[torch.Tensor, list[str], list[str]],
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """Mean identity and prompt reward on held-out pairs, deterministic (ODE) sampling.
+
+    The noise is fixed by ``data.eval_seed``, so base and trained policy see the same noise.
+    """
+    refs, prompts, _ = pairs
+    steps = cfg.run.eval_steps or cfg.sampler.num_steps
+    sigmas = sigma_schedule(steps, cfg.sampler.shift)
+    gen = torch.Generator().manual_seed(cfg.data.eval_seed)
+    noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
+    cond = policy.encode_condition(refs, prompts)
+    mb = cfg.grpo.micro_batch_size or None
+    images = policy.decode(sample_ode(policy, cond, sigmas, noise, mb))
+    r_id, r_p = score(rewards, images, prompts, refs.to(images.device))
+    return {
+        "identity": float(r_id.mean()),
+        "prompt": float(r_p.mean()),
+        "identity_std": float(r_id.std()),
+        "prompt_std": float(r_p.std()),
+        "n": len(prompts),
+    }
+
+
+def save_grid(path: Path, references: torch.Tensor, images: torch.Tensor, group_size: int) -> None:
+    """One row per group: its reference, then its G samples (PNG)."""
+    from PIL import Image
+
+    groups = images.shape[0] // group_size
+    refs = references[::group_size][:groups]
+    h, w = images.shape[-2:]
+    if refs.shape[-2:] != (h, w):
+        refs = torch.nn.functional.interpolate(refs, size=(h, w), mode="bilinear")
+    rows = []
+    for g in range(groups):
+        tiles = [refs[g], torch.ones(3, h, 2)] + list(images[g * group_size : (g + 1) * group_size])
+        rows.append(torch.cat(tiles, dim=-1))
+    grid = torch.cat(rows, dim=-2).clamp(0, 1)
+    arr = (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    scale = max(1, 256 // h)
+    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+class MetricsLog:
+    """CSV + tensorboard rows, one per logged step. Rows after a resume point are dropped."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, float]] = []
+        if resume_step and self.path.exists():
+            with self.path.open() as f:
+                self.rows = [
+                    {k: float(v) for k, v in r.items() if v != ""}
+                    for r in csv.DictReader(f)
+                    if float(r["step"]) <= resume_step
+                ]
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step or None)
+        except ImportError:  # tensorboard is a dependency; stay usable without it
+            self.tb = None
+        self._write()
+
+    def log(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, int(row["step"]))
+        self._write()
+
+    def _write(self) -> None:
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=keys)
+                w.writeheader()
+                w.writerows(self.rows)
+
+        if keys:
+            ckpt.atomic_write(self.path, write)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
+    """Reward curves (mean +- std of each reward) and conflict share, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "reward_identity_mean" in r]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in (
+        (axes[0], "reward_identity", "identity reward"),
+        (axes[1], "reward_prompt", "prompt reward"),
+    ):
+        m = np.array([r[f"{key}_mean"] for r in rows])
+        s = np.array([r[f"{key}_std"] for r in rows])
+        ax.plot(steps, m)
+        ax.fill_between(steps, m - s, m + s, alpha=0.2)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+    for name in ("synergy", "conflict", "joint_failure"):
+        axes[2].plot(steps, [r[f"share_{name}"] for r in rows], label=name)
+    axes[2].set_title("share of samples")
+    axes[2].legend()
+    axes[2].set_xlabel("step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    skipped: bool
+    images: torch.Tensor | None = None
+    references: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class GRPOTrainer:
+    """Customized-GRPO training loop over one policy, two rewards and two strategies."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        policy: Policy | None = None,
+        rewards: tuple[RewardModel, RewardModel] | None = None,
+        data: PairSource | None = None,
+    ) -> None:
+        self.cfg = cfg
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.policy = policy if policy is not None else build_policy(cfg)
+        self.rewards = rewards if rewards is not None else build_rewards(cfg)
+        self.data = data if data is not None else build_data(cfg)
+        self.shaping, self.weighting = build_strategies(cfg)
+        self.params = list(self.policy.trainable_parameters())
+        if not self.params:
+            raise ValueError("the policy has no trainable parameters")
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.ema: list[torch.Tensor] | None = (
+            [p.detach().clone() for p in self.params] if o.ema_decay > 0 else None
+        )
+        self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
+        self.run_dir = Path(cfg.run.out_dir)
+        self.step = 0
+        self.consecutive_skips = 0
+        self.total_skips = 0
+        self.data_rng = random.Random(cfg.run.seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def rollout(self) -> tuple[Rollout, torch.Tensor, list[str]]:
+        refs, prompts = self.data.sample(self.cfg.data.prompts_per_step, self.data_rng)
+        cond = self.policy.encode_condition(refs, prompts)
+        s = self.cfg.sampler
+        roll = sample_groups(
+            self.policy,
+            cond,
+            self.cfg.grpo.group_size,
+            self.sigmas,
+            s.eta,
+            s.kind,
+            s.same_noise,
+            self.generator,
+            self.cfg.grpo.micro_batch_size or None,
+        )
+        g = self.cfg.grpo.group_size
+        return roll, refs.repeat_interleave(g, dim=0), [p for p in prompts for _ in range(g)]
+
+    def advantages(
+        self, r_id: torch.Tensor, r_p: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        g, eps = self.cfg.grpo.group_size, self.cfg.grpo.adv_eps
+        return group_advantages(r_id, g, eps), group_advantages(r_p, g, eps)
+
+    def update(self, roll: Rollout, a_id: torch.Tensor, a_p: torch.Tensor) -> dict[str, float]:
+        """PPO-clipped updates on a random subset of the recorded transitions."""
+        cfg, pol = self.cfg, self.policy
+        T = roll.num_steps
+        steps = train_step_indices(T, cfg.grpo.timestep_fraction, self.generator)
+        n = roll.latents.shape[1]
+        order = torch.randperm(n, generator=self.generator)
+        chunks = [c for c in order.chunk(cfg.grpo.updates_per_rollout) if len(c)]
+        a_id, a_p = a_id.to(pol.device), a_p.to(pol.device)
+        totals: dict[str, float] = {}
+        count = 0
+        grad_norms = []
+        for chunk in chunks:
+            self.optimizer.zero_grad(set_to_none=True)
+            mb = cfg.grpo.micro_batch_size or len(chunk)
+            finite = True
+            for t in steps.tolist():  # t is the TRUE denoising index of the transition
+                w_id, w_p = self.weighting.weights(t, T)
+                adv = self.shaping(a_id, a_p, w_id, w_p)
+                s, s_next = float(roll.sigmas[t]), float(roll.sigmas[t + 1])
+                for lo in range(0, len(chunk), mb):
+                    idx = chunk[lo : lo + mb].to(pol.device)
+                    x = roll.latents[t, idx]
+                    cond = roll.condition.index(idx)
+                    sig = torch.full((len(idx),), s, device=pol.device)
+                    v = pol.velocity(x, sig, cond)
+                    _, logp, mean, std = sde_step(
+                        x,
+                        v,
+                        s,
+                        s_next,
+                        cfg.sampler.eta,
+                        prev_sample=roll.latents[t + 1, idx],
+                        kind=cfg.sampler.kind,
+                    )
+                    loss, stats = grpo_loss(
+                        logp,
+                        roll.log_probs[t, idx],
+                        adv[idx],
+                        cfg.grpo.clip_range,
+                        cfg.grpo.adv_clip,
+                    )
+                    if cfg.grpo.kl_coef > 0:
+                        ref_v = pol.reference_velocity(x, sig, cond)
+                        _, _, ref_mean, _ = sde_step(
+                            x,
+                            ref_v,
+                            s,
+                            s_next,
+                            cfg.sampler.eta,
+                            prev_sample=roll.latents[t + 1, idx],
+                            kind=cfg.sampler.kind,
+                        )
+                        kl = kl_penalty(mean, ref_mean.detach(), std)
+                        loss = loss + cfg.grpo.kl_coef * kl
+                        stats["kl"] = kl.item()
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    (loss * len(idx) / (len(chunk) * len(steps))).backward()
+                    stats["loss"] = loss.item()
+                    for k, v_ in stats.items():
+                        totals[k] = totals.get(k, 0.0) + v_
+                    count += 1
+                if not finite:
+                    break
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                return {"nonfinite_loss": 1.0}
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            gn = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            if not math.isfinite(gn):
+                self.optimizer.zero_grad(set_to_none=True)
+                return {"nonfinite_loss": 1.0}
+            grad_norms.append(gn)
+            self.optimizer.step()
+            self._ema_update()
+        out = {k: v / max(count, 1) for k, v in totals.items()}
+        out["grad_norm"] = float(np.mean(grad_norms))
+        out["trained_steps"] = float(len(steps))
+        return out
+
+    def _ema_update(self) -> None:
+        if self.ema is None:
+            return
+        d = self.cfg.optim.ema_decay
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.params, strict=True):
+                e.lerp_(p.detach(), 1 - d)
+
+    def train_step(self) -> StepResult:
+        t0 = time.perf_counter()
+        roll, refs, prompts = self.rollout()
+        t1 = time.perf_counter()
+        images = self.policy.decode(roll.final)
+        r_id, r_p = score(self.rewards, images, prompts, refs.to(images.device))
+        t2 = time.perf_counter()
+        metrics: dict[str, float] = {"step": float(self.step + 1)}
+        bad = (~torch.isfinite(r_id)).sum().item() + (~torch.isfinite(r_p)).sum().item()
+        if bad:
+            metrics.update(skipped=1.0, nonfinite_rewards=float(bad))
+            return StepResult(metrics, skipped=True)
+        a_id, a_p = self.advantages(r_id, r_p)
+        metrics.update(
+            reward_identity_mean=float(r_id.mean()),
+            reward_identity_std=float(r_id.std()),
+            reward_prompt_mean=float(r_p.mean()),
+            reward_prompt_std=float(r_p.std()),
+        )
+        metrics.update({f"share_{k}": v for k, v in relation_shares(a_id, a_p).items()})
+        stats = self.update(roll, a_id, a_p)
+        t3 = time.perf_counter()
+        skipped = "nonfinite_loss" in stats
+        metrics.update(stats)
+        metrics.update(
+            skipped=float(skipped), sec_sample=t1 - t0, sec_reward=t2 - t1, sec_update=t3 - t2
+        )
+        return StepResult(metrics, skipped, images.detach().cpu(), refs.cpu())
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        py = self.data_rng.getstate()
+        return {
+            "step": self.step,
+            "consecutive_skips": self.consecutive_skips,
+            "total_skips": self.total_skips,
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema,
+            "rng": ckpt.get_rng_state(),
+            "data_rng": [py[0], list(py[1]), py[2]],
+            "generator": self.generator.get_state(),
+        }
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            self.policy.trainable_state_dict(),
+            self.state(),
+            meta={"config": config_to_dict(self.cfg)},
+            keep_last=self.cfg.run.keep_last,
+        )
+
+    def load(self, path: str | Path) -> None:
+        """Restore policy, optimizer, EMA, all RNG states and the step from a checkpoint."""
+        tensors, state, _ = ckpt.load_checkpoint(path)
+        self.policy.load_trainable_state_dict(tensors)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema = state["ema"]
+        ckpt.set_rng_state(state["rng"])
+        v, internal, gauss = state["data_rng"]
+        self.data_rng.setstate((v, tuple(internal), gauss))
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        self.consecutive_skips = int(state["consecutive_skips"])
+        self.total_skips = int(state["total_skips"])
+
+    def ema_swapped(self) -> _Swap:
+        return _Swap(self.params, self.ema)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def train(self, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+        """Run to ``run.steps``; returns the evaluation summary (base and trained)."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+            if last is None:
+                raise FileNotFoundError(
+                    f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}; "
+                    "start without --resume or point run.out_dir at the run to continue"
+                )
+            self.load(last)
+        save_config(cfg, self.run_dir / "config.yaml")
+        log = MetricsLog(self.run_dir, self.step if resume else 0)
+        summary_path = self.run_dir / "eval.json"
+        summary: dict[str, Any] = (
+            json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
+        )
+        eval_pairs = self.data.eval_pairs() if cfg.run.eval else None
+        if eval_pairs is not None and "base" not in summary:
+            summary["base"] = evaluate(self.policy, self.rewards, eval_pairs, cfg)
+            ckpt.atomic_write(
+                summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
+            )
+        bar = tqdm(
+            total=cfg.run.steps, initial=self.step, desc="cgrpo train", disable=quiet, mininterval=2
+        )
+        try:
+            while self.step < cfg.run.steps:
+                res = self.train_step()
+                if res.skipped:
+                    self.consecutive_skips += 1
+                    self.total_skips += 1
+                    res.metrics["total_skips"] = float(self.total_skips)
+                    log.log(res.metrics)
+                    if self.consecutive_skips >= cfg.run.max_skips:
+                        raise TrainingError(
+                            f"stopping: {self.consecutive_skips} consecutive steps had non-finite "
+                            "rewards or loss (see metrics.csv: nonfinite_rewards / nonfinite_loss). "
+                            "Check the reward models' inputs and lower optim.lr; "
+                            f"run.max_skips={cfg.run.max_skips} sets the limit."
+                        )
+                    continue
+                self.consecutive_skips = 0
+                self.step += 1
+                if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
+                    log.log(res.metrics)
+                bar.update(1)
+                bar.set_postfix(
+                    id=f"{res.metrics['reward_identity_mean']:.3f}",
+                    prompt=f"{res.metrics['reward_prompt_mean']:.3f}",
+                )
+                if cfg.run.image_every and (self.step % cfg.run.image_every == 0 or self.step == 1):
+                    save_grid(
+                        self.run_dir / "images" / f"step_{self.step:06d}.png",
+                        res.references,
+                        res.images,
+                        cfg.grpo.group_size,
+                    )
+                if (cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0) or (
+                    self.step == cfg.run.steps
+                ):
+                    self.save()
+        finally:
+            bar.close()
+            log.close()
+        plot_curves(log.rows, self.run_dir / "reward_curves.png")
+        if eval_pairs is not None:
+            with self.ema_swapped():
+                summary["trained"] = evaluate(self.policy, self.rewards, eval_pairs, cfg)
+            summary["steps"] = self.step
+            ckpt.atomic_write(
+                summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
+            )
+        return summary
+
+
+class _Swap:
+    """Context manager: temporarily load the EMA weights into the parameters."""
+
+    def __init__(self, params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None) -> None:
+        self.params, self.ema, self.saved = params, ema, None
+
+    def __enter__(self) -> None:
+        if self.ema is not None:
+            self.saved = [p.detach().clone() for p in self.params]
+            with torch.no_grad():
+                for p, e in zip(self.params, self.ema, strict=True):
+                    p.copy_(e)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            with torch.no_grad():
+                for p, s in zip(self.params, self.saved, strict=True):
+                    p.copy_(s)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The base-vs-trained table ``cgrpo train`` prints at the end."""
+    base, trained = summary.get("base"), summary.get("trained")
+    if not base or not trained:
+        return "(no evaluation)"
+    n = trained.get("n", 0)
+    lines = [
+        f"Held-out evaluation ({n} pairs, deterministic sampling, same noise):",
+        f"{'':10s} {'identity':>10s} {'prompt':>10s}",
+        f"{'base':10s} {base['identity']:10.4f} {base['prompt']:10.4f}",
+        f"{'trained':10s} {trained['identity']:10.4f} {trained['prompt']:10.4f}",
+        f"{'change':10s} {trained['identity'] - base['identity']:+10.4f} "
+        f"{trained['prompt'] - base['prompt']:+10.4f}",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "GRPOTrainer",
+    "TrainingError",
+    "build_policy",
+    "evaluate",
+    "summary_table",
+]
