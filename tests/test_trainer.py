@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import fast_config
 
 from cgrpo import checkpoint as ckpt
 from cgrpo.cli import main
 from cgrpo.sde import sigma_schedule
 from cgrpo.trainer import GRPOTrainer, TrainingError, summary_table
 from cgrpo.weighting import TimeAwareWeights
-from tests.conftest import fast_config
 
 
 def _rows(run: Path) -> list[dict[str, float]]:
@@ -75,9 +75,13 @@ def test_second_chunk_sees_moved_policy(tmp_path: Path, tiny_weights: Path) -> N
     assert stats["ratio_mean"] != 1.0
 
 
-def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path) -> None:
-    """Every re-scored transition is weighted by TDW at its own denoising index."""
-    cfg = fast_config(tmp_path / "run", tiny_weights, "sampler.num_steps=8")
+@pytest.mark.parametrize("ode_tail", [0, 2])
+def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path, ode_tail: int) -> None:
+    """Every re-scored transition is weighted by TDW at its own denoising index, and the
+    deterministic tail steps are never trained."""
+    cfg = fast_config(
+        tmp_path / "run", tiny_weights, "sampler.num_steps=8", f"sampler.ode_tail={ode_tail}"
+    )
     trainer = GRPOTrainer(cfg)
     sigmas = sigma_schedule(8, cfg.sampler.shift)
     weighted: list[int] = []
@@ -100,8 +104,9 @@ def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path) -> N
     trainer.policy.velocity = spy  # type: ignore[method-assign]
     a = torch.randn(roll.latents.shape[1])
     trainer.update(roll, a, -a)
-    assert len(weighted) == round(0.6 * 8)
+    assert len(weighted) == round(0.6 * (8 - ode_tail))
     assert len(set(weighted)) == len(weighted)
+    assert max(weighted) < 8 - ode_tail
     # the transition re-scored after weight w(t) starts at sigma[t]: same t, not a loop counter
     assert rescored == pytest.approx([float(sigmas[t]) for t in weighted])
     assert weighted != sorted(weighted) or weighted != list(range(len(weighted)))

@@ -24,7 +24,8 @@ class Rollout:
     Attributes:
         latents: (T+1, N, *latent) the trajectory; ``latents[t]`` is the input of step t,
             ``latents[t+1]`` its sampled output; ``latents[-1]`` is the final sample.
-        log_probs: (T, N) log-prob of each sampled transition under the sampling policy.
+        log_probs: (T, N) log-prob of each sampled transition under the sampling policy
+            (NaN for the deterministic tail steps, which are not trainable).
         sigmas: (T+1,) the noise levels; step t goes from ``sigmas[t]`` to ``sigmas[t+1]``.
         condition: the N samples' condition (each pair's condition repeated G times).
         group_ids: (N,) which (reference, prompt) pair each sample belongs to.
@@ -39,6 +40,11 @@ class Rollout:
     @property
     def num_steps(self) -> int:
         return self.log_probs.shape[0]
+
+    @property
+    def num_sde_steps(self) -> int:
+        """Steps 0..num_sde_steps-1 were sampled with the SDE and can be trained."""
+        return int(torch.isfinite(self.log_probs[:, 0]).sum())
 
     @property
     def final(self) -> torch.Tensor:
@@ -74,10 +80,13 @@ def sample_groups(
     same_noise: bool = True,
     generator: torch.Generator | None = None,
     micro_batch_size: int | None = None,
+    ode_tail: int = 0,
 ) -> Rollout:
     """Sample ``group_size`` trajectories for each of the B conditions with the SDE sampler.
 
     ``eta > 0`` is required: a deterministic step has no log-prob to train on.
+    The last ``ode_tail`` steps are deterministic Euler steps (log-prob NaN): the final
+    sample then carries no SDE noise, at the price of not training those steps.
     ``micro_batch_size`` bounds how many samples go through the model at once.
     """
     if group_size < 1:
@@ -94,6 +103,8 @@ def sample_groups(
     n = x.shape[0]
     mb = micro_batch_size or n
     steps = len(sigmas) - 1
+    if not 0 <= ode_tail < steps:
+        raise ValueError(f"ode_tail={ode_tail} must be in [0, {steps - 1}] for {steps} steps")
     latents = torch.empty((steps + 1, *x.shape), dtype=x.dtype, device=x.device)
     log_probs = torch.empty((steps, n), dtype=torch.float32, device=x.device)
     latents[0] = x
@@ -103,6 +114,10 @@ def sample_groups(
             sl = slice(lo, lo + mb)
             xb = latents[t, sl]
             v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
+            if t >= steps - ode_tail:
+                latents[t + 1, sl] = euler_step(xb, v, s, s_next)
+                log_probs[t, sl] = float("nan")
+                continue
             nxt, logp, _, _ = sde_step(xb, v, s, s_next, eta, generator=generator, kind=kind)
             latents[t + 1, sl] = nxt
             log_probs[t, sl] = logp
@@ -118,7 +133,7 @@ def sample_ode(
     noise: torch.Tensor,
     micro_batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Deterministic Euler sampling (eta = 0) from given noise: for evaluation and ``cgrpo sample``."""
+    """Deterministic Euler sampling (eta = 0) from given noise (evaluation, ``cgrpo sample``)."""
     x = noise.to(policy.device)
     n = x.shape[0]
     mb = micro_batch_size or n

@@ -56,6 +56,12 @@ class SamplerConfig:
         "dance", "diffusion coefficient: dance g = eta (the paper's); flow g = eta*sqrt(s/(1-s))"
     )
     same_noise: bool = option(True, "one initial noise shared by each group's G samples")
+    ode_tail: int = option(
+        0,
+        "last N steps taken with the deterministic Euler step: no SDE noise left in the final "
+        "sample, no log-prob, never trained (0: all steps SDE, the paper's setting)",
+        unit="steps",
+    )
 
 
 @dataclass
@@ -149,6 +155,8 @@ class TrainConfig:
             raise ValueError("sampler.num_steps must be >= 1")
         if self.sampler.eta <= 0:
             raise ValueError("sampler.eta must be > 0: GRPO needs a stochastic sampler")
+        if not 0 <= self.sampler.ode_tail < self.sampler.num_steps:
+            raise ValueError("sampler.ode_tail must be in [0, sampler.num_steps - 1]")
         if not 0 < self.grpo.timestep_fraction <= 1:
             raise ValueError("grpo.timestep_fraction must be in (0, 1]")
         if self.grpo.updates_per_rollout < 1:

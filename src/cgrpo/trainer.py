@@ -293,6 +293,7 @@ class GRPOTrainer:
             s.same_noise,
             self.generator,
             self.cfg.grpo.micro_batch_size or None,
+            s.ode_tail,
         )
         g = self.cfg.grpo.group_size
         return roll, refs.repeat_interleave(g, dim=0), [p for p in prompts for _ in range(g)]
@@ -306,8 +307,8 @@ class GRPOTrainer:
     def update(self, roll: Rollout, a_id: torch.Tensor, a_p: torch.Tensor) -> dict[str, float]:
         """PPO-clipped updates on a random subset of the recorded transitions."""
         cfg, pol = self.cfg, self.policy
-        T = roll.num_steps
-        steps = train_step_indices(T, cfg.grpo.timestep_fraction, self.generator)
+        T = roll.num_steps  # weights are looked up on the full schedule, at the true index
+        steps = train_step_indices(roll.num_sde_steps, cfg.grpo.timestep_fraction, self.generator)
         n = roll.latents.shape[1]
         order = torch.randperm(n, generator=self.generator)
         chunks = [c for c in order.chunk(cfg.grpo.updates_per_rollout) if len(c)]
@@ -504,7 +505,7 @@ class GRPOTrainer:
                     if self.consecutive_skips >= cfg.run.max_skips:
                         raise TrainingError(
                             f"stopping: {self.consecutive_skips} consecutive steps had non-finite "
-                            "rewards or loss (see metrics.csv: nonfinite_rewards / nonfinite_loss). "
+                            "rewards or loss (metrics.csv: nonfinite_rewards / nonfinite_loss). "
                             "Check the reward models' inputs and lower optim.lr; "
                             f"run.max_skips={cfg.run.max_skips} sets the limit."
                         )
