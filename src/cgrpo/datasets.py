@@ -1,0 +1,273 @@
+"""(reference image, prompt) pairs from files on disk, for the real-model (FLUX) tier.
+
+All sources implement :class:`cgrpo.data.PairSource`:
+
+- ``sample(n, rng) -> (references (n,3,S,S) float32 in [0,1], prompts)``
+- ``eval_pairs() -> (references, prompts, names)``
+
+Images are read with PIL, converted to RGB, resized so that the *shorter* side is
+``image_size`` (bicubic) and centre-cropped to ``image_size`` x ``image_size``: the
+policies take square references, and subject photos (DreamBench) are roughly centred.
+
+* :class:`JsonlPairs`: a JSONL file (one object per line) or a JSON list of objects
+  ``{"reference": path, "prompt": str, "target": path (optional)}``, the shape of what
+  subject datasets such as SynCD provide once flattened; relative paths are resolved
+  against the file's folder. ``target`` is checked and kept (``.entries``) but GRPO does
+  not use it (it is online RL: the policy's own samples are scored).
+* :class:`DreamBenchPairs`: the DreamBench folder (``../shared/data/dreambench``): 30
+  subjects, one reference each from ``single_reference.json``, 25 prompts per subject
+  from ``prompts_and_classes.txt`` with the class word in place of
+  ``"{unique_token} {class}"`` (object prompts, or live-subject prompts for cats and dogs).
+* :class:`PairsWithEval`: train on one source, evaluate on another (SynCD -> DreamBench).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cgrpo.data import PairSource
+
+__all__ = [
+    "DatasetError",
+    "DreamBenchPairs",
+    "JsonlPairs",
+    "PairEntry",
+    "PairsWithEval",
+    "load_image",
+]
+
+
+class DatasetError(ValueError):
+    """A data file is missing, empty, malformed or names an unreadable image."""
+
+
+def load_image(path: str | Path, image_size: int) -> torch.Tensor:
+    """(3, S, S) float32 in [0, 1]: RGB, shorter side resized to S, centre crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = image_size / min(w, h)
+            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+            im = im.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - image_size) // 2, (nh - image_size) // 2
+            im = im.crop((left, top, left + image_size, top + image_size))
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: '{path}'") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read image '{path}': {exc}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class PairEntry:
+    reference: Path
+    prompt: str
+    target: Path | None = None
+    name: str = ""
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"pair file not found: '{path}'")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DatasetError(f"pair file '{path}' is empty: expected JSONL or a JSON list of pairs")
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"'{path}' is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DatasetError(f"'{path}' must hold a JSON list of pair objects")
+        return data
+    records = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"'{path}' line {i} is not valid JSON: {exc}") from None
+    return records
+
+
+class JsonlPairs:
+    """Pairs listed in a JSONL / JSON file (see the module docstring for the schema).
+
+    ``eval_pairs`` returns the first ``eval_count`` entries (use :class:`PairsWithEval` to
+    evaluate on a separate benchmark instead). Every referenced file must exist at
+    construction; an unreadable image fails when it is loaded, naming the file.
+    """
+
+    def __init__(self, path: str | Path, image_size: int = 512, eval_count: int = 16) -> None:
+        self.path = Path(path)
+        self.image_size = image_size
+        self.eval_count = eval_count
+        root = self.path.parent
+        entries = []
+        for i, rec in enumerate(_read_records(self.path)):
+            where = f"'{self.path}' entry {i}"
+            if not isinstance(rec, dict):
+                raise DatasetError(f"{where} is not an object")
+            if not isinstance(rec.get("reference"), str) or not isinstance(rec.get("prompt"), str):
+                raise DatasetError(f"{where} needs string fields 'reference' and 'prompt'")
+            if not rec["prompt"].strip():
+                raise DatasetError(f"{where} has an empty prompt")
+            files = {}
+            for key in ("reference", "target"):
+                if rec.get(key) is None:
+                    continue
+                p = Path(rec[key])
+                p = p if p.is_absolute() else root / p
+                if not p.is_file():
+                    raise DatasetError(f"{where}: {key} image not found: '{p}'")
+                files[key] = p
+            name = str(rec.get("name") or files["reference"].stem)
+            entries.append(PairEntry(files["reference"], rec["prompt"], files.get("target"), name))
+        if not entries:
+            raise DatasetError(f"pair file '{self.path}' holds no pairs")
+        self.entries: list[PairEntry] = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _batch(self, entries: list[PairEntry]) -> tuple[torch.Tensor, list[str]]:
+        refs = torch.stack([load_image(e.reference, self.image_size) for e in entries])
+        return refs, [e.prompt for e in entries]
+
+    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        return self._batch([rng.choice(self.entries) for _ in range(n)])
+
+    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        chosen = self.entries[: self.eval_count]
+        refs, prompts = self._batch(chosen)
+        return refs, prompts, [e.name for e in chosen]
+
+
+LIVE_CLASSES = frozenset({"cat", "dog"})
+_PROMPT_LINE = re.compile(r"""^\s*['"](.*)['"]\s*\.format\(""")
+
+
+def _parse_prompts_and_classes(path: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """(subject -> class, object templates, live-subject templates) with ``{0} {1}`` kept."""
+    if not path.is_file():
+        raise DatasetError(f"DreamBench prompt file not found: '{path}'")
+    classes: dict[str, str] = {}
+    lists: dict[str, list[str]] = {"object": [], "live": []}
+    current: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if s.startswith("Object Prompts"):
+            current = "object"
+        elif s.startswith("Live Subject Prompts"):
+            current = "live"
+        elif current is None and "," in s and s != "subject_name,class":
+            subject, cls = s.split(",", 1)
+            classes[subject.strip()] = cls.strip()
+        elif current is not None:
+            m = _PROMPT_LINE.match(s)
+            if m:
+                lists[current].append(m.group(1))
+    if not classes or not lists["object"] or not lists["live"]:
+        raise DatasetError(
+            f"'{path}' does not look like DreamBench's prompts_and_classes.txt "
+            "(class table, 'Object Prompts' and 'Live Subject Prompts' lists)"
+        )
+    return classes, lists["object"], lists["live"]
+
+
+class DreamBenchPairs:
+    """DreamBench, single-reference protocol (UNO / Customized-GRPO): 30 x 25 pairs.
+
+    ``sample`` draws a random subject and one of its 25 prompts; ``eval_pairs`` gives
+    ``prompts_per_subject`` prompts per subject (25: the full 750-pair protocol; fewer:
+    evenly spaced over the list, so background, outfit and property prompts all appear).
+    Reference images are loaded once and kept (30 images).
+    """
+
+    def __init__(
+        self, root: str | Path, image_size: int = 512, prompts_per_subject: int = 25
+    ) -> None:
+        self.root = Path(root)
+        self.image_size = image_size
+        if not self.root.is_dir():
+            raise DatasetError(f"DreamBench folder not found: '{self.root}'")
+        ref_file = self.root / "single_reference.json"
+        if not ref_file.is_file():
+            raise DatasetError(f"DreamBench reference list not found: '{ref_file}'")
+        try:
+            refs = json.loads(ref_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"'{ref_file}' is not valid JSON: {exc}") from None
+        classes, obj, live = _parse_prompts_and_classes(self.root / "prompts_and_classes.txt")
+        self.subjects: list[str] = sorted(refs)
+        self.classes: dict[str, str] = {}
+        self.references: dict[str, Path] = {}
+        self.prompts: dict[str, list[str]] = {}
+        for s in self.subjects:
+            if s not in classes:
+                raise DatasetError(f"subject '{s}' of '{ref_file}' has no class in the table")
+            path = self.root / s / refs[s]
+            if not path.is_file():
+                raise DatasetError(f"DreamBench reference image not found: '{path}'")
+            cls = classes[s]
+            templates = live if cls in LIVE_CLASSES else obj
+            self.classes[s] = cls
+            self.references[s] = path
+            self.prompts[s] = [t.replace("{0} {1}", cls) for t in templates]
+        n = len(obj)
+        if not 1 <= prompts_per_subject <= n:
+            raise DatasetError(
+                f"prompts_per_subject must be in [1, {n}], got {prompts_per_subject}"
+            )
+        self.prompts_per_subject = prompts_per_subject
+        self._images: dict[str, torch.Tensor] = {}
+
+    def image(self, subject: str) -> torch.Tensor:
+        if subject not in self._images:
+            self._images[subject] = load_image(self.references[subject], self.image_size)
+        return self._images[subject]
+
+    def eval_indices(self) -> list[int]:
+        n, k = len(self.prompts[self.subjects[0]]), self.prompts_per_subject
+        return [i * n // k for i in range(k)]
+
+    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        subjects = [rng.choice(self.subjects) for _ in range(n)]
+        prompts = [rng.choice(self.prompts[s]) for s in subjects]
+        return torch.stack([self.image(s) for s in subjects]), prompts
+
+    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        idx = self.eval_indices()
+        names = [s for s in self.subjects for _ in idx]
+        prompts = [self.prompts[s][i] for s in self.subjects for i in idx]
+        return torch.stack([self.image(s) for s in names]), prompts, names
+
+
+class PairsWithEval:
+    """Training pairs from ``train``, evaluation pairs from ``evaluation``."""
+
+    def __init__(self, train: PairSource, evaluation: PairSource) -> None:
+        self.train = train
+        self.evaluation = evaluation
+
+    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        return self.train.sample(n, rng)
+
+    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        return self.evaluation.eval_pairs()

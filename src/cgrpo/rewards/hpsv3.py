@@ -1,0 +1,231 @@
+"""``hpsv3``: the HPS-v3 human-preference reward (optional; imported lazily).
+
+HPS-v3 (Ma et al., ICCV 2025) is a Qwen2-VL-7B based preference model; its ``hpsv3``
+package returns ``(mu, sigma)`` per (image, prompt) and the score is ``mu``. The package pins
+``transformers==4.45.2`` (and needs torchvision, deepspeed, ...), which clashes with this
+project's ``transformers>=5``, so two ways to run it are supported:
+
+- **isolated** (recommended): install ``hpsv3`` in its own virtualenv and pass
+  ``python="/path/to/hps-venv/bin/python"``. A persistent worker process is started there;
+  images travel as PNG files in a temporary folder, scores come back as JSON lines. The
+  worker runs with ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``.
+- **in-process**: when ``python`` is not given, ``hpsv3`` is imported here (only works in an
+  environment where its pins are satisfied).
+
+Weights are local: ``checkpoint_path`` (``HPSv3.safetensors``) is required, because the
+package would otherwise download it, and ``config_path`` should be a copy of the package's
+``HPSv3_7B.yaml`` whose ``model_name_or_path`` points at a local Qwen2-VL-7B-Instruct folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cgrpo.rewards.base import register_reward
+from cgrpo.rewards.images import check_batch, resolve_device
+
+__all__ = ["HPSv3Reward"]
+
+_HOWTO = (
+    "download MizzenAI/HPSv3 (HPSv3.safetensors) and Qwen/Qwen2-VL-7B-Instruct on a machine "
+    "with internet, copy them here, and point config_path's model_name_or_path at the Qwen folder"
+)
+_INSTALL = (
+    "install it in a separate virtualenv (`python -m venv hps && hps/bin/pip install hpsv3`; it "
+    "pins transformers==4.45.2, which clashes with this project) and pass "
+    "python='hps/bin/python', or `pip install hpsv3` into an environment that accepts its pins"
+)
+_MARK = "@@cgrpo-hpsv3@@ "
+
+# Runs inside the hpsv3 environment: load once, then answer JSON requests line by line.
+_WORKER = r"""
+import json, os, sys
+MARK = "@@cgrpo-hpsv3@@ "
+out = sys.stdout
+sys.stdout = sys.stderr  # the package's own prints must not reach the protocol stream
+args = json.loads(sys.argv[1])
+try:
+    from hpsv3 import HPSv3RewardInferencer
+    inf = HPSv3RewardInferencer(config_path=args["config_path"],
+                                checkpoint_path=args["checkpoint_path"], device=args["device"])
+except Exception as exc:
+    out.write(MARK + json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n"); out.flush()
+    sys.exit(1)
+torch = sys.modules.get("torch")
+out.write(MARK + json.dumps({"ready": True}) + "\n"); out.flush()
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        if torch is not None:
+            with torch.no_grad():
+                r = inf.reward(req["images"], req["prompts"])
+        else:
+            r = inf.reward(req["images"], req["prompts"])
+        res = {"scores": [float(row[0]) for row in r]}
+    except Exception as exc:
+        res = {"error": f"{type(exc).__name__}: {exc}"}
+    out.write(MARK + json.dumps(res) + "\n"); out.flush()
+"""
+
+
+def _to_pil(images: torch.Tensor) -> list[Any]:
+    from PIL import Image
+
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+
+
+@register_reward("hpsv3")
+class HPSv3Reward:
+    """Human preference of (image, prompt): HPS-v3's ``mu`` (unbounded; ~0-15 in practice).
+
+    Options: ``checkpoint_path`` (required, local ``HPSv3.safetensors``), ``config_path``
+    (the package's yaml with a local ``model_name_or_path``; default: the package's own),
+    ``python`` (interpreter of a separate hpsv3 environment; default: import in-process),
+    ``env`` (extra environment variables for the worker), ``device`` (default: CUDA if
+    available), ``batch_size`` (images per inference call). References are not used.
+    """
+
+    name = "hpsv3"
+
+    def __init__(
+        self,
+        checkpoint_path: str | Path | None = None,
+        config_path: str | Path | None = None,
+        python: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        device: str | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        if checkpoint_path is None or not Path(checkpoint_path).is_file():
+            raise FileNotFoundError(
+                f"hpsv3 reward: checkpoint {str(checkpoint_path)!r} not found "
+                f"(expected HPSv3.safetensors); {_HOWTO}"
+            )
+        if config_path is not None and not Path(config_path).is_file():
+            raise FileNotFoundError(
+                f"hpsv3 reward: config {str(config_path)!r} not found (expected a copy of "
+                f"hpsv3's HPSv3_7B.yaml); {_HOWTO}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.checkpoint_path = str(checkpoint_path)
+        self.config_path = None if config_path is None else str(config_path)
+        self.device = str(resolve_device(device))
+        self.batch_size = batch_size
+        self.inferencer: Any = None
+        self.proc: subprocess.Popen[str] | None = None
+        if python is None:
+            self._start_in_process()
+        else:
+            self._start_worker(str(python), env or {})
+
+    # -- backends -----------------------------------------------------------------------
+    def _start_in_process(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from hpsv3 import HPSv3RewardInferencer  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ImportError(
+                f"hpsv3 reward: the optional package 'hpsv3' is not importable ({exc}); {_INSTALL}"
+            ) from exc
+        self.inferencer = HPSv3RewardInferencer(
+            config_path=self.config_path, checkpoint_path=self.checkpoint_path, device=self.device
+        )
+
+    def _start_worker(self, python: str, env: dict[str, str]) -> None:
+        if not Path(python).is_file():
+            raise FileNotFoundError(f"hpsv3 reward: interpreter {python!r} not found; {_INSTALL}")
+        full_env = dict(os.environ)
+        full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        full_env.update(env)
+        args = {
+            "config_path": self.config_path,
+            "checkpoint_path": self.checkpoint_path,
+            "device": self.device,
+        }
+        self.proc = subprocess.Popen(
+            [python, "-c", _WORKER, json.dumps(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        msg = self._read()
+        if not msg.get("ready"):
+            self.close()
+            raise RuntimeError(f"hpsv3 reward: worker failed to start: {msg.get('error')}")
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(_MARK):
+                return json.loads(line[len(_MARK) :])
+        code = self.proc.wait()
+        return {"error": f"worker exited with code {code} (see its stderr above)"}
+
+    def _score_worker(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
+        assert self.proc is not None and self.proc.stdin is not None
+        with tempfile.TemporaryDirectory(prefix="cgrpo-hpsv3-") as tmp:
+            paths = []
+            for i, im in enumerate(_to_pil(images)):
+                p = os.path.join(tmp, f"{i:05d}.png")
+                im.save(p)
+                paths.append(p)
+            self.proc.stdin.write(json.dumps({"images": paths, "prompts": prompts}) + "\n")
+            self.proc.stdin.flush()
+            msg = self._read()
+        if "scores" not in msg:
+            raise RuntimeError(f"hpsv3 reward: worker error: {msg.get('error')}")
+        return [float(s) for s in msg["scores"]]
+
+    def _score_in_process(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
+        rows = self.inferencer.reward(_to_pil(images), prompts)
+        return [float(r[0]) for r in rows]
+
+    # -- protocol -----------------------------------------------------------------------
+    def __call__(
+        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """HPS-v3 ``mu`` per image (B,), float32 on the images' device."""
+        imgs, prompts, _ = check_batch(images, prompts, references, need_references=False)
+        scores: list[float] = []
+        with torch.no_grad():
+            for i in range(0, imgs.shape[0], self.batch_size):
+                chunk, ps = imgs[i : i + self.batch_size], prompts[i : i + self.batch_size]
+                if self.proc is not None:
+                    scores += self._score_worker(chunk, ps)
+                else:
+                    scores += self._score_in_process(chunk, ps)
+        if len(scores) != imgs.shape[0]:
+            raise RuntimeError(f"hpsv3 reward: got {len(scores)} scores for {imgs.shape[0]} images")
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+    def close(self) -> None:
+        """Stop the worker process, if any."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass

@@ -1,0 +1,124 @@
+"""File-based pair sources: JSONL/JSON pairs and the DreamBench folder."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cgrpo.data import PairSource
+from cgrpo.datasets import DatasetError, DreamBenchPairs, JsonlPairs, PairsWithEval, load_image
+
+DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambench"
+
+
+def _image(path: Path, w: int, h: int, value: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def pairs_dir(tmp_path: Path) -> Path:
+    _image(tmp_path / "img" / "a.png", 40, 20, 0)
+    _image(tmp_path / "img" / "b.jpg", 16, 30, 255)
+    _image(tmp_path / "img" / "t.png", 16, 16, 128)
+    return tmp_path
+
+
+def test_jsonl_pairs(pairs_dir: Path) -> None:
+    rows = [
+        {"reference": "img/a.png", "prompt": "a dog on the beach", "target": "img/t.png"},
+        {"reference": str(pairs_dir / "img" / "b.jpg"), "prompt": "a red can"},
+    ]
+    f = pairs_dir / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    src = JsonlPairs(f, image_size=8, eval_count=1)
+    as_source: PairSource = src  # static check of the protocol
+    assert callable(as_source.sample) and len(src) == 2
+    assert src.entries[0].target == pairs_dir / "img" / "t.png"
+    refs, prompts = src.sample(5, random.Random(0))
+    assert refs.shape == (5, 3, 8, 8) and refs.dtype == torch.float32
+    assert set(prompts) <= {r["prompt"] for r in rows}
+    for r, p in zip(refs, prompts, strict=True):  # black image for a.png, white for b.jpg
+        assert float(r.mean()) == (0.0 if p == "a dog on the beach" else 1.0)
+    eref, eprompts, names = src.eval_pairs()
+    assert eref.shape == (1, 3, 8, 8) and eprompts == [rows[0]["prompt"]] and names == ["a"]
+
+    # the same pairs as a JSON list
+    g = pairs_dir / "pairs.json"
+    g.write_text(json.dumps(rows))
+    assert [e.prompt for e in JsonlPairs(g, 8).entries] == [r["prompt"] for r in rows]
+
+
+def test_jsonl_errors_name_the_file(pairs_dir: Path) -> None:
+    empty = pairs_dir / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DatasetError, match="empty"):
+        JsonlPairs(empty, 8)
+    missing = pairs_dir / "missing.jsonl"
+    missing.write_text(json.dumps({"reference": "img/nope.png", "prompt": "x"}))
+    with pytest.raises(DatasetError, match="nope.png"):
+        JsonlPairs(missing, 8)
+    bad = pairs_dir / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "img/a.png", "prompt": "x"}))
+    with pytest.raises(DatasetError, match="'reference' and 'prompt'"):
+        JsonlPairs(bad, 8)
+    with pytest.raises(DatasetError, match="not found"):
+        JsonlPairs(pairs_dir / "nothing.jsonl", 8)
+
+    corrupt = pairs_dir / "img" / "corrupt.png"
+    corrupt.write_bytes(b"not a png at all")
+    f = pairs_dir / "corrupt.jsonl"
+    f.write_text(json.dumps({"reference": "img/corrupt.png", "prompt": "a can"}))
+    src = JsonlPairs(f, 8)  # existence is checked up front, decoding when loaded
+    with pytest.raises(DatasetError, match="corrupt.png"):
+        src.sample(1, random.Random(0))
+
+
+def test_load_image_centre_crops_the_shorter_side(tmp_path: Path) -> None:
+    arr = np.zeros((10, 30, 3), np.uint8)
+    arr[:, 10:20] = 255  # white centre third
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    img = load_image(tmp_path / "wide.png", 10)
+    assert img.shape == (3, 10, 10) and float(img.mean()) > 0.9
+
+
+@pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="shared DreamBench folder not present")
+def test_dreambench_pairs() -> None:
+    db = DreamBenchPairs(DREAMBENCH, image_size=32)
+    assert len(db.subjects) == 30
+    assert all(len(p) == 25 for p in db.prompts.values())
+    assert sum(len(p) for p in db.prompts.values()) == 750
+    for s in db.subjects:
+        assert all(db.classes[s] in p for p in db.prompts[s])
+        assert all("{" not in p for p in db.prompts[s])
+    refs = json.loads((DREAMBENCH / "single_reference.json").read_text())
+    assert {s: p.name for s, p in db.references.items()} == refs
+    assert db.classes["bear_plushie"] == "stuffed animal"
+    assert db.prompts["backpack"][0] == "a backpack in the jungle"
+    assert "a dog wearing a red hat" in db.prompts["dog"]  # live-subject template
+    assert "a cat in a chef outfit" in db.prompts["cat2"]
+    assert not any("outfit" in p for p in db.prompts["teapot"])  # object template
+
+    x, prompts = db.sample(3, random.Random(0))
+    assert x.shape == (3, 3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
+    small = DreamBenchPairs(DREAMBENCH, image_size=16, prompts_per_subject=2)
+    refs_t, eprompts, names = small.eval_pairs()
+    assert refs_t.shape == (60, 3, 16, 16) and len(eprompts) == len(names) == 60
+    assert names[:2] == ["backpack", "backpack"]
+    assert eprompts[:2] == [small.prompts["backpack"][0], small.prompts["backpack"][12]]
+    both = PairsWithEval(small, small)
+    assert both.eval_pairs()[1] == eprompts
+    with pytest.raises(DatasetError, match="prompts_per_subject"):
+        DreamBenchPairs(DREAMBENCH, 16, prompts_per_subject=26)
+
+
+def test_dreambench_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not found"):
+        DreamBenchPairs(tmp_path / "nope")
