@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.conftest import TINY
 
 from cgrpo.world import scene
 from cgrpo.world.generator import TinyKontext, Tokenizer
@@ -19,7 +20,6 @@ from cgrpo.world.pretrain import (
     pretrain,
     save_generator,
 )
-from tests.conftest import TINY
 
 
 def test_subject_split() -> None:
