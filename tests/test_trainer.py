@@ -33,6 +33,8 @@ def test_short_run_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
     for name in ("config.yaml", "metrics.csv", "eval.json", "reward_curves.png"):
         assert (run / name).is_file(), name
     assert sorted(p.name for p in (run / "images").iterdir()) == [
+        "eval_base.png",
+        "eval_trained.png",
         "step_000001.png",
         "step_000002.png",
     ]

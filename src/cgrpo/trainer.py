@@ -117,18 +117,26 @@ def evaluate(
     rewards: tuple[RewardModel, RewardModel],
     pairs: tuple[torch.Tensor, list[str], list[str]],
     cfg: TrainConfig,
+    grid: Path | None = None,
 ) -> dict[str, float]:
     """Mean identity and prompt reward on held-out pairs, deterministic (ODE) sampling.
 
     The noise is fixed by ``data.eval_seed``, so base and trained policy see the same noise.
+    With ``grid``, up to 8 subjects x 8 prompts are saved there as a PNG, a row per subject.
     """
-    refs, prompts, _ = pairs
+    refs, prompts, names = pairs
+    # the grid: up to 8 subjects x their first 8 prompts
+    per_name: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        if (n in per_name or len(per_name) < 8) and len(per_name.setdefault(n, [])) < 8:
+            per_name[n].append(i)
+    show = sorted(i for idx in per_name.values() for i in idx)
     steps = cfg.run.eval_steps or cfg.sampler.num_steps
     sigmas = sigma_schedule(steps, cfg.sampler.shift)
     gen = torch.Generator().manual_seed(cfg.data.eval_seed)
     noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
     chunk = cfg.grpo.micro_batch_size or len(prompts)
-    ids, ps = [], []
+    ids, ps, shown = [], [], []
     for lo in range(0, len(prompts), chunk):  # chunks bound the memory of large models
         sl = slice(lo, lo + chunk)
         cond = policy.encode_condition(refs[sl], prompts[sl])
@@ -136,7 +144,12 @@ def evaluate(
         r = score(rewards, images, prompts[sl], refs[sl].to(images.device))
         ids.append(r[0])
         ps.append(r[1])
+        if grid is not None:
+            shown += [images[i - lo].cpu() for i in show if lo <= i < lo + chunk]
     r_id, r_p = torch.cat(ids), torch.cat(ps)
+    if grid is not None and shown:
+        row = len(per_name[names[show[0]]])
+        save_grid(grid, refs[show], torch.stack(shown), group_size=row)
     return {
         "identity": float(r_id.mean()),
         "prompt": float(r_p.mean()),
@@ -505,7 +518,13 @@ class GRPOTrainer:
         )
         eval_pairs = self.data.eval_pairs() if cfg.run.eval else None
         if eval_pairs is not None and "base" not in summary:
-            summary["base"] = evaluate(self.policy, self.rewards, eval_pairs, cfg)
+            summary["base"] = evaluate(
+                self.policy,
+                self.rewards,
+                eval_pairs,
+                cfg,
+                self.run_dir / "images" / "eval_base.png",
+            )
             ckpt.atomic_write(
                 summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
             )
@@ -562,7 +581,13 @@ class GRPOTrainer:
         plot_curves(log.rows, self.run_dir / "reward_curves.png")
         if eval_pairs is not None:
             with self.ema_swapped():
-                summary["trained"] = evaluate(self.policy, self.rewards, eval_pairs, cfg)
+                summary["trained"] = evaluate(
+                    self.policy,
+                    self.rewards,
+                    eval_pairs,
+                    cfg,
+                    self.run_dir / "images" / "eval_trained.png",
+                )
             summary["steps"] = self.step
             ckpt.atomic_write(
                 summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
