@@ -409,3 +409,20 @@ def test_load_checkpoint_missing(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "step_000009")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_atomic_write_gives_umask_permissions(tmp_path: Path) -> None:
+    """A file written through a 0600-creating writer ends with the usual 0644-style mode."""
+    import stat
+
+    def private_writer(tmp: Path) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"x")
+        os.close(fd)
+
+    old = os.umask(0o022)
+    try:
+        out = atomic_write(tmp_path / "f.bin", private_writer)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

@@ -92,6 +92,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) -> Path:
     """Atomically create or replace ``path`` with what ``write_fn`` writes.
 
@@ -113,6 +119,7 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) 
             raise CheckpointError(f"atomic_write: write_fn did not create the file for '{target}'")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600 files
         os.replace(tmp, target)
     except BaseException:
         try:
