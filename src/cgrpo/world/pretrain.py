@@ -51,7 +51,10 @@ class PretrainConfig:
     )
     seed: int = option(0, "random seed")
     threads: int = option(0, "torch CPU threads (0: torch's default)")
-    out: str = option(str(DEFAULT_WEIGHTS), "where the EMA weights are written (safetensors)")
+    out: str | None = option(
+        None,
+        "where the EMA weights are written (null: the package's world/weights/base.safetensors)",
+    )
     log_every: int = option(100, "print the loss every N steps", unit="steps")
     save_every: int = option(500, "write the EMA weights every N steps", unit="steps")
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -141,6 +144,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
 
+    out = Path(cfg.out) if cfg.out else DEFAULT_WEIGHTS
     t0 = time.time()
     running = None
     bar = tqdm(range(cfg.steps), desc="pretrain", mininterval=5)
@@ -170,7 +174,5 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 flush=True,
             )
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_generator(
-                ema, cfg.out, {"step": step + 1, "seed": cfg.seed, "loss": f"{running:.5f}"}
-            )
-    return Path(cfg.out)
+            save_generator(ema, out, {"step": step + 1, "seed": cfg.seed, "loss": f"{running:.5f}"})
+    return out
