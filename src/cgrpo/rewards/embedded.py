@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from cgrpo.rewards.base import register_reward
+from cgrpo.rewards.images import check_batch
 from cgrpo.world.scene import BACKGROUNDS, COLOURS, Prompt, layout, parse_prompt
 
 __all__ = [
@@ -72,38 +73,12 @@ _LUMA = (0.299, 0.587, 0.114)
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_images(x: object, arg: str) -> torch.Tensor:
-    """Validate a (B, 3, H, W) floating tensor without NaN; return it as float32 in [0, 1]."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{arg} must be a torch.Tensor of shape (B, 3, H, W), got {type(x)!r}")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"{arg} must have shape (B, 3, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{arg} must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    if x.shape[2] < 4 or x.shape[3] < 4:
-        raise ValueError(f"{arg} must be at least 4x4 pixels, got shape {tuple(x.shape)}")
-    if torch.isnan(x).any():
-        raise ValueError(f"{arg} contains NaN pixels")
-    return x.detach().float().clamp(0.0, 1.0)
-
-
 def _check_call(
     images: object, prompts: object, references: object
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    imgs = _check_images(images, "images")
-    refs = _check_images(references, "references")
-    b = imgs.shape[0]
-    if refs.shape[0] != b:
-        raise ValueError(
-            f"references must have shape ({b}, 3, H', W') to match images, got {tuple(refs.shape)}"
-        )
-    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"prompts must be a list of {b} strings, got {type(prompts)!r}")
-    if len(prompts) != b:
-        raise ValueError(
-            f"prompts must be a list of {b} strings (one per image), got {len(prompts)}"
-        )
-    return imgs, list(prompts), refs.to(imgs.device)
+    imgs, prompts, refs = check_batch(images, prompts, references)
+    assert refs is not None  # need_references=True
+    return imgs, prompts, refs.to(imgs.device)
 
 
 # ----------------------------------------------------------------------------- segmentation

@@ -37,7 +37,7 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "base.safetensors"
 class PretrainConfig:
     """Options of ``cgrpo pretrain``."""
 
-    steps: int = option(3000, "optimizer steps", unit="steps")
+    steps: int = option(4000, "optimizer steps", unit="steps")
     batch_size: int = option(48, "images per step", unit="images")
     lr: float = option(1e-3, "AdamW peak learning rate (cosine decay to 10%)")
     warmup: int = option(200, "linear warm-up", unit="steps")
@@ -56,7 +56,7 @@ class PretrainConfig:
         "where the EMA weights are written (null: the package's world/weights/base.safetensors)",
     )
     log_every: int = option(100, "print the loss every N steps", unit="steps")
-    save_every: int = option(500, "write the EMA weights every N steps", unit="steps")
+    save_every: int = option(250, "write the EMA weights every N steps", unit="steps")
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
