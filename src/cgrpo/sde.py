@@ -209,7 +209,9 @@ def sde_step(
         )
 
     if prev_sample is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+        # draw on the generator's device (a CPU generator keeps GPU runs reproducible)
+        where = generator.device if generator is not None else x.device
+        noise = torch.randn(x.shape, generator=generator, device=where, dtype=dtype).to(x.device)
         # A sampled transition is an action: detach it so log_prob's gradient is the
         # score-function (REINFORCE) gradient through `mean`, not a reparameterised one that
         # would cancel to zero.
