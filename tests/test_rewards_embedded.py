@@ -73,15 +73,6 @@ def true_coverage(subject: Subject, prompt: Prompt) -> np.ndarray:
     return 1.0 - ((pw - pb) / span).mean(axis=-1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """The rewards work on tiny tensors: one intra-op thread avoids thread-pool overhead."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def identity() -> EmbeddedIdentityReward:
     return EmbeddedIdentityReward()

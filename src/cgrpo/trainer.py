@@ -493,6 +493,15 @@ class GRPOTrainer:
         self.consecutive_skips = int(state["consecutive_skips"])
         self.total_skips = int(state["total_skips"])
 
+    def _evaluate_into(
+        self, summary: dict[str, Any], key: str, pairs: tuple[torch.Tensor, list[str], list[str]]
+    ) -> None:
+        """Evaluate the current policy as ``summary[key]``, save its grid and eval.json."""
+        grid = self.run_dir / "images" / f"eval_{key}.png"
+        summary[key] = evaluate(self.policy, self.rewards, pairs, self.cfg, grid)
+        text = json.dumps(summary, indent=2)
+        ckpt.atomic_write(self.run_dir / "eval.json", lambda tmp: tmp.write_text(text))
+
     def ema_swapped(self) -> _Swap:
         return _Swap(self.params, self.ema)
 
@@ -518,16 +527,7 @@ class GRPOTrainer:
         )
         eval_pairs = self.data.eval_pairs() if cfg.run.eval else None
         if eval_pairs is not None and "base" not in summary:
-            summary["base"] = evaluate(
-                self.policy,
-                self.rewards,
-                eval_pairs,
-                cfg,
-                self.run_dir / "images" / "eval_base.png",
-            )
-            ckpt.atomic_write(
-                summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
-            )
+            self._evaluate_into(summary, "base", eval_pairs)
         bar = tqdm(
             total=cfg.run.steps, initial=self.step, desc="cgrpo train", disable=quiet, mininterval=2
         )
@@ -580,18 +580,9 @@ class GRPOTrainer:
             log.close()
         plot_curves(log.rows, self.run_dir / "reward_curves.png")
         if eval_pairs is not None:
-            with self.ema_swapped():
-                summary["trained"] = evaluate(
-                    self.policy,
-                    self.rewards,
-                    eval_pairs,
-                    cfg,
-                    self.run_dir / "images" / "eval_trained.png",
-                )
             summary["steps"] = self.step
-            ckpt.atomic_write(
-                summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
-            )
+            with self.ema_swapped():
+                self._evaluate_into(summary, "trained", eval_pairs)
         return summary
 
 
