@@ -4,6 +4,7 @@ from pathlib import Path
 
 from cgrpo.config import undocumented_keys
 from cgrpo.docs import configuration_markdown
+from cgrpo.evaluation import EvalConfig
 from cgrpo.train_config import TrainConfig
 from cgrpo.world.pretrain import PretrainConfig
 
@@ -18,6 +19,7 @@ def test_configuration_reference_is_current() -> None:
 def test_every_key_is_documented() -> None:
     assert undocumented_keys(TrainConfig) == []
     assert undocumented_keys(PretrainConfig) == []
+    assert undocumented_keys(EvalConfig) == []
 
 
 def test_readme_has_exactly_two_setup_commands() -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``cgrpo train | pretrain | sample``.
+"""Command line: ``cgrpo train | pretrain | sample | eval | compare``.
 
 Every command takes ``key=value`` overrides of its typed config (``section.key=value``
 for nested keys); ``--help`` lists every key with its default, unit and meaning.
@@ -26,6 +26,7 @@ def _parser(name: str, help_text: str, config_cls: type, sub: argparse._SubParse
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cgrpo.evaluation import EvalConfig
     from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
     from cgrpo.world.pretrain import PretrainConfig
 
@@ -63,6 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     sp.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid")
 
+    ep = _parser(
+        "eval",
+        "Evaluate a run (its latest checkpoint) or a base model on a benchmark protocol: "
+        "DreamBench (30 subjects x 25 prompts) or the embedded held-out subjects. Resumable; "
+        "writes images, metrics.csv/json, per_subject.md and grid.png into out_dir.",
+        EvalConfig,
+        sub,
+    )
+    ep.add_argument("--run", type=Path, default=None, help="cgrpo train run folder")
+    ep.add_argument("--config", type=Path, default=None, help="eval config YAML (keys below)")
+    ep.add_argument(
+        "--model-config",
+        type=Path,
+        default=None,
+        help="train config YAML of the model to evaluate when no --run (its base model; "
+        "default: the embedded world)",
+    )
+    ep.add_argument("--quiet", action="store_true", help="no progress bar")
+    cp = sub.add_parser(
+        "compare",
+        help="Table and identity-vs-prompt scatter of several runs.",
+        description="Compare cgrpo train run folders and/or cgrpo eval folders: a table and "
+        "the paper's scatter (identity x, prompt following y, base marked).",
+    )
+    cp.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run or eval folders")
+    cp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+
     args = ap.parse_args(argv)
     try:
         if args.command == "train":
@@ -82,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             from cgrpo.sample import sample_command
 
             sample_command(args)
+        elif args.command == "eval":
+            from cgrpo.evaluation import eval_command
+
+            cfg = load_config(EvalConfig, args.config, args.overrides)
+            print(eval_command(cfg, args.run, args.model_config, args.quiet))
+            print(f"wrote {cfg.out_dir}")
+        elif args.command == "compare":
+            from cgrpo.compare import compare_command
+
+            print(compare_command(args.runs, args.out))
+            print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"cgrpo {args.command}: error: {e}", file=sys.stderr)
         return 2

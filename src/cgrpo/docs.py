@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from cgrpo.config import config_markdown_table
+from cgrpo.evaluation import EvalConfig
 from cgrpo.train_config import TrainConfig
 from cgrpo.world.pretrain import PretrainConfig
 
@@ -23,6 +24,10 @@ def configuration_markdown() -> str:
         + config_markdown_table(TrainConfig)
         + "\n\n## `cgrpo pretrain` (`cgrpo.world.pretrain.PretrainConfig`)\n\n"
         + config_markdown_table(PretrainConfig)
+        + "\n\n## `cgrpo eval` (`cgrpo.evaluation.EvalConfig`)\n\n"
+        "The model comes from `--run` (a train run folder: its config and latest checkpoint)\n"
+        "or `--config` (a train config: the base model). See [evaluation.md](evaluation.md).\n\n"
+        + config_markdown_table(EvalConfig)
         + "\n"
     )
 

@@ -1,0 +1,113 @@
+"""The competitive-degradation experiment on the embedded world (CPU).
+
+Five arms with the same budget (the embedded default config, ``--steps`` steps each):
+
+=================  ==========  =============================
+arm                shaping     weighting
+=================  ==========  =============================
+naive 1:1          linear      static, w_id 1, w_prompt 1
+naive 1:1.5        linear      static, w_id 1, w_prompt 1.5
+SARS               sars        static, w_id 1, w_prompt 1
+TDW                linear      tdw
+SARS + TDW         sars        tdw   (Customized-GRPO)
+=================  ==========  =============================
+
+Each arm runs ``--seeds`` seeds; every run is a normal ``cgrpo train`` run folder under
+``--out/<arm>/seed<k>`` (metrics.csv, eval.json, images), so ``cgrpo compare`` reads them
+too. Finished runs (eval.json with a trained entry) are skipped, so the command resumes.
+At the end it writes the report (``--doc``, default docs/results.md) with the table of
+held-out identity / prompt reward (mean +- std over seeds), the Pareto scatter, the
+curves along training and the share of conflicted samples per step.
+
+    python benchmarks/competitive_degradation.py [--seeds 3] [--steps 40] [key=value ...]
+    python benchmarks/competitive_degradation.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from cgrpo.config import load_config
+from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+from cgrpo.trainer import GRPOTrainer
+
+ARMS: dict[str, list[str]] = {
+    "naive_1_1": ["method.shaping=linear", "method.weighting=static", "method.w_prompt=1.0"],
+    "naive_1_1.5": ["method.shaping=linear", "method.weighting=static", "method.w_prompt=1.5"],
+    "sars": ["method.shaping=sars", "method.weighting=static", "method.w_prompt=1.0"],
+    "tdw": ["method.shaping=linear", "method.weighting=tdw"],
+    "sars_tdw": ["method.shaping=sars", "method.weighting=tdw"],
+}
+LABELS = {
+    "naive_1_1": "naive GRPO 1:1",
+    "naive_1_1.5": "naive GRPO 1:1.5",
+    "sars": "SARS only",
+    "tdw": "TDW only",
+    "sars_tdw": "SARS + TDW",
+}
+
+
+def run_one(out: Path, arm: str, seed: int, steps: int, extra: list[str]) -> None:
+    run_dir = out / arm / f"seed{seed}"
+    ev = run_dir / "eval.json"
+    if ev.exists() and "trained" in json.loads(ev.read_text()):
+        print(f"[skip] {run_dir} (finished)", flush=True)
+        return
+    overrides = [
+        f"run.out_dir={run_dir}",
+        f"run.seed={seed}",
+        f"run.steps={steps}",
+        f"run.eval_every={max(1, steps // 4)}",
+        "run.checkpoint_every=10",
+        "run.keep_last=1",
+        f"run.image_every={steps}",
+        *ARMS[arm],
+        *extra,
+    ]
+    cfg = load_config(TrainConfig, EMBEDDED_CONFIG, overrides)
+    resume = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
+    t0 = time.time()
+    summary = GRPOTrainer(cfg).train(resume=resume, quiet=True)
+    b, t = summary["base"], summary["trained"]
+    print(
+        f"[done] {arm} seed {seed} in {time.time() - t0:.0f} s: identity "
+        f"{b['identity']:.4f} -> {t['identity']:.4f}, "
+        f"prompt {b['prompt']:.4f} -> {t['prompt']:.4f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--out", type=Path, default=Path("runs/competitive_degradation"))
+    ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    ap.add_argument("--report-only", action="store_true", help="only (re)write the report")
+    ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
+    args = ap.parse_args()
+    if not args.report_only:
+        for seed in range(args.seeds):  # seed-major: every arm gets seed 0 before seed 1
+            for arm in args.arms:
+                run_one(args.out, arm, seed, args.steps, args.overrides)
+    from cgrpo.compare import ArmResult, load_run, write_experiment_report
+
+    arms = []
+    for arm in args.arms:
+        runs = [load_run(d) for d in sorted((args.out / arm).glob("seed*"))]
+        runs = [r for r in runs if r.trained is not None]
+        if runs:
+            arms.append(ArmResult(arm, LABELS[arm], runs))
+    command = "python benchmarks/competitive_degradation.py " + shlex.join(sys.argv[1:])
+    write_experiment_report(arms, args.doc, command.strip())
+    print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
