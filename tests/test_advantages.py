@@ -146,3 +146,19 @@ def test_dtype_and_no_grad_leak() -> None:
     assert group_advantages(r, 2).dtype == torch.float64
     assert group_advantages(torch.tensor([0, 1, 1, 1]), 2).dtype == torch.float32
     assert group_advantages([0.0, 1.0], 2).tolist() == pytest.approx([-1.0, 1.0])
+
+
+def test_advantages_by_group_any_order() -> None:
+    """Gathered samples in any order, grouped by id, get the consecutive-group advantages."""
+    from cgrpo.advantages import advantages_by_group
+
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(12, generator=g)
+    ids = torch.arange(3).repeat_interleave(4)
+    perm = torch.randperm(12, generator=g)
+    out = advantages_by_group(r[perm], ids[perm], 1e-8)
+    torch.testing.assert_close(out, group_advantages(r, 4, 1e-8)[perm])
+    with pytest.raises(ValueError, match="different sizes"):
+        advantages_by_group(r[:11], ids[:11])
+    with pytest.raises(ValueError, match="empty"):
+        advantages_by_group(torch.tensor([]), torch.tensor([], dtype=torch.long))

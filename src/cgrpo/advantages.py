@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["group_advantages"]
+__all__ = ["advantages_by_group", "group_advantages"]
 
 
 def group_advantages(
@@ -73,3 +73,33 @@ def group_advantages(
     adv = (g - mean) / (std + eps)
     adv = torch.where(constant, torch.zeros_like(adv), adv)
     return adv.reshape(n).to(out_dtype)
+
+
+def advantages_by_group(rewards: Tensor, group_ids: Tensor, eps: float = 1e-8) -> Tensor:
+    """:func:`group_advantages` for samples in any order, grouped by ``group_ids``.
+
+    The samples of a multi-process step arrive gathered from every process, each with the
+    id of its (reference, prompt) group; every group is standardised on its own members,
+    exactly as :func:`group_advantages` does for consecutive groups::
+
+        A_i = (r_i - mean_{g(i)}) / (std_{g(i)} + eps)        # population std
+
+    All groups must have the same size (the trainer's G). Returns advantages in the order
+    of ``rewards``.
+    """
+    r = torch.as_tensor(rewards)
+    ids = torch.as_tensor(group_ids)
+    if r.ndim != 1 or ids.shape != r.shape:
+        raise ValueError(
+            f"rewards {tuple(r.shape)} and group_ids {tuple(ids.shape)} must be 1-D, same length"
+        )
+    if r.numel() == 0:
+        raise ValueError("rewards is empty: need at least one group of rewards")
+    order = torch.argsort(ids, stable=True)
+    _, counts = torch.unique(ids, return_counts=True)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError(f"groups have different sizes {sorted(set(counts.tolist()))}")
+    adv_sorted = group_advantages(r[order], int(counts[0]), eps)
+    out = torch.empty_like(adv_sorted)
+    out[order] = adv_sorted
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from cgrpo.policies.base import Condition, Policy
-from cgrpo.sde import euler_step, sde_step
+from cgrpo.sde import compute_dtype, draw_noise, euler_step, sde_step
 
 
 @dataclass
@@ -81,6 +81,7 @@ def sample_groups(
     generator: torch.Generator | None = None,
     micro_batch_size: int | None = None,
     ode_tail: int = 0,
+    shard: slice | None = None,
 ) -> Rollout:
     """Sample ``group_size`` trajectories for each of the B conditions with the SDE sampler.
 
@@ -88,6 +89,11 @@ def sample_groups(
     The last ``ode_tail`` steps are deterministic Euler steps (log-prob NaN): the final
     sample then carries no SDE noise, at the price of not training those steps.
     ``micro_batch_size`` bounds how many samples go through the model at once.
+
+    ``shard``: this process draws only ``samples[shard]`` of the ``B * group_size`` samples
+    (data parallelism; a group may straddle processes). The noise of every step is drawn
+    for all samples at once from ``generator`` and sliced, so a sample is the same whatever
+    the number of processes or the micro-batch size; ``group_ids`` stay global.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -98,9 +104,14 @@ def sample_groups(
     num_groups = condition.batch_size
     if num_groups == 0:
         raise ValueError("empty batch: a rollout needs at least one (reference, prompt) pair")
-    cond = condition.repeat_interleave(group_size)
+    shard = shard or slice(0, num_groups * group_size)
+    cond = condition.repeat_interleave(group_size).index(shard)
     x = initial_noise(policy, num_groups, group_size, same_noise, generator)
+    total = x.shape[0]
+    x = x[shard]
     n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"shard {shard} of {total} samples is empty")
     mb = micro_batch_size or n
     steps = len(sigmas) - 1
     if not 0 <= ode_tail < steps:
@@ -110,6 +121,10 @@ def sample_groups(
     latents[0] = x
     for t in range(steps):
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+        noise = None
+        if t < steps - ode_tail:  # one draw for the whole step, all processes' samples
+            full = (total, *x.shape[1:])
+            noise = draw_noise(full, compute_dtype(x), generator, x.device)[shard]
         for lo in range(0, n, mb):
             sl = slice(lo, lo + mb)
             xb = latents[t, sl]
@@ -118,10 +133,10 @@ def sample_groups(
                 latents[t + 1, sl] = euler_step(xb, v, s, s_next)
                 log_probs[t, sl] = float("nan")
                 continue
-            nxt, logp, _, _ = sde_step(xb, v, s, s_next, eta, generator=generator, kind=kind)
+            nxt, logp, _, _ = sde_step(xb, v, s, s_next, eta, kind=kind, noise=noise[sl])
             latents[t + 1, sl] = nxt
             log_probs[t, sl] = logp
-    group_ids = torch.arange(num_groups, device=x.device).repeat_interleave(group_size)
+    group_ids = torch.arange(num_groups, device=x.device).repeat_interleave(group_size)[shard]
     return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids)
 
 

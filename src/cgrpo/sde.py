@@ -57,6 +57,23 @@ def sigma_schedule(num_steps: int, shift: float = 3.0) -> Tensor:
     return s.to(torch.float32)
 
 
+def draw_noise(
+    shape: tuple[int, ...] | torch.Size,
+    dtype: torch.dtype,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+) -> Tensor:
+    """Standard-normal noise drawn on the generator's device (a CPU generator keeps GPU runs
+    reproducible), then moved to ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 input, else float32: the dtype of all SDE arithmetic."""
+    return _compute_dtype(x)
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """float64 stays float64; everything else (bf16, fp16, fp32) is computed in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -112,6 +129,7 @@ def sde_step(
     prev_sample: Tensor | None = None,
     generator: torch.Generator | None = None,
     kind: str = "dance",
+    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """One reverse step (``sigma -> sigma_next < sigma``) of the flow-matching SDE that has the
     same marginals as the ODE ``dx = v dsigma``, plus the Gaussian log-density of the result.
@@ -152,6 +170,9 @@ def sde_step(
             log-probs of rollout transitions under the current policy.
         generator: ``torch.Generator`` for the noise when sampling (on ``x``'s device).
         kind: ``"dance"`` or ``"flow"``.
+        noise: the standard-normal ``randn`` of the formula, shape of ``x``, when the caller
+            draws it (the rollout draws one batch of noise for a whole step, so a sample
+            does not depend on how the batch is split across processes); else drawn here.
 
     Returns:
         ``(prev_sample, log_prob, mean, std)``:
@@ -209,9 +230,11 @@ def sde_step(
         )
 
     if prev_sample is None:
-        # draw on the generator's device (a CPU generator keeps GPU runs reproducible)
-        where = generator.device if generator is not None else x.device
-        noise = torch.randn(x.shape, generator=generator, device=where, dtype=dtype).to(x.device)
+        if noise is None:
+            noise = draw_noise(x.shape, dtype, generator, x.device)
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} != x shape {tuple(x.shape)}")
+        noise = noise.to(x.device, dtype)
         # A sampled transition is an action: detach it so log_prob's gradient is the
         # score-function (REINFORCE) gradient through `mean`, not a reparameterised one that
         # would cancel to zero.

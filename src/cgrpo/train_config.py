@@ -44,7 +44,10 @@ class DataConfig:
     )
     eval_root: str | None = option(None, "jsonl: evaluate on this DreamBench folder instead")
     prompts_per_step: int = option(
-        4, "(reference, prompt) pairs per training step; each gets a group of G samples"
+        4,
+        "(reference, prompt) pairs per training step, all processes together; each gets a "
+        "group of G samples, and the step's pairs x G samples are split evenly over the "
+        "processes",
     )
     attribute_prob: float = option(
         0.45,

@@ -30,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from cgrpo import checkpoint as ckpt
-from cgrpo.advantages import group_advantages
+from cgrpo.advantages import advantages_by_group
 from cgrpo.config import config_to_dict, save_config
 from cgrpo.data import EmbeddedData, PairSource
+from cgrpo.distributed import Dist
 from cgrpo.loss import grpo_loss, kl_penalty
 from cgrpo.policies.base import Policy
 from cgrpo.rewards import RewardModel, make_reward
@@ -118,12 +119,16 @@ def evaluate(
     pairs: tuple[torch.Tensor, list[str], list[str]],
     cfg: TrainConfig,
     grid: Path | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, float]:
     """Mean identity and prompt reward on held-out pairs, deterministic (ODE) sampling.
 
     The noise is fixed by ``data.eval_seed``, so base and trained policy see the same noise.
-    With ``grid``, up to 8 subjects x 8 prompts are saved there as a PNG, a row per subject.
+    With ``grid``, up to 8 subjects x 8 prompts are saved there as a PNG, a row per subject
+    (by the main process). With several processes each draws every ``world``-th pair and
+    the rewards are gathered, so the figures do not depend on the number of processes.
     """
+    dist = dist or Dist()
     refs, prompts, names = pairs
     # the grid: up to 8 subjects x their first 8 prompts
     per_name: dict[str, list[int]] = {}
@@ -135,19 +140,22 @@ def evaluate(
     sigmas = sigma_schedule(steps, cfg.sampler.shift)
     gen = torch.Generator().manual_seed(cfg.data.eval_seed)
     noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
-    chunk = cfg.grpo.micro_batch_size or len(prompts)
-    ids, ps, shown = [], [], []
-    for lo in range(0, len(prompts), chunk):  # chunks bound the memory of large models
-        sl = slice(lo, lo + chunk)
-        cond = policy.encode_condition(refs[sl], prompts[sl])
+    mine = list(range(dist.rank, len(prompts), dist.world))
+    chunk = cfg.grpo.micro_batch_size or len(mine)
+    results: list[tuple[int, float, float, torch.Tensor | None]] = []
+    for lo in range(0, len(mine), chunk):  # chunks bound the memory of large models
+        sl = mine[lo : lo + chunk]
+        cond = policy.encode_condition(refs[sl], [prompts[i] for i in sl])
         images = policy.decode(sample_ode(policy, cond, sigmas, noise[sl]))
-        r = score(rewards, images, prompts[sl], refs[sl].to(images.device))
-        ids.append(r[0])
-        ps.append(r[1])
-        if grid is not None:
-            shown += [images[i - lo].cpu() for i in show if lo <= i < lo + chunk]
-    r_id, r_p = torch.cat(ids), torch.cat(ps)
-    if grid is not None and shown:
+        r = score(rewards, images, [prompts[i] for i in sl], refs[sl].to(images.device))
+        for j, i in enumerate(sl):
+            keep = images[j].cpu() if grid is not None and i in show else None
+            results.append((i, float(r[0][j]), float(r[1][j]), keep))
+    results = sorted(dist.gather_objects(results), key=lambda x: x[0])
+    r_id = torch.tensor([x[1] for x in results])
+    r_p = torch.tensor([x[2] for x in results])
+    shown = [x[3] for x in results if x[3] is not None]
+    if grid is not None and shown and dist.is_main:
         row = len(per_name[names[show[0]]])
         save_grid(grid, refs[show], torch.stack(shown), group_size=row)
     return {
@@ -183,9 +191,10 @@ def save_grid(path: Path, references: torch.Tensor, images: torch.Tensor, group_
 class MetricsLog:
     """CSV + tensorboard rows, one per logged step. Rows after a resume point are dropped."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, resume_step: int = 0, write: bool = True) -> None:
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, float]] = []
+        self.write = write  # False on the non-main processes of a multi-process run
         if resume_step and self.path.exists():
             with self.path.open() as f:
                 self.rows = [
@@ -194,6 +203,8 @@ class MetricsLog:
                     if float(r["step"]) <= resume_step
                 ]
         self.tb = None
+        if not write:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -211,6 +222,8 @@ class MetricsLog:
         self._write()
 
     def _write(self) -> None:
+        if not self.write:
+            return
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
@@ -282,10 +295,14 @@ class GRPOTrainer:
         policy: Policy | None = None,
         rewards: tuple[RewardModel, RewardModel] | None = None,
         data: PairSource | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
+        self.dist = dist if dist is not None else Dist.from_env(cfg.model.device)
+        if self.dist.device is not None:  # accelerate gives each process its own device
+            cfg.model.device = self.dist.device
         self.policy = policy if policy is not None else build_policy(cfg)
         self.rewards = rewards if rewards is not None else build_rewards(cfg)
         self.data = data if data is not None else build_data(cfg)
@@ -300,6 +317,8 @@ class GRPOTrainer:
         self.ema: list[torch.Tensor] | None = (
             [p.detach().clone() for p in self.params] if o.ema_decay > 0 else None
         )
+        self.velocity = self.dist.velocity_fn(self.policy, self.params)  # DDP if several
+        self.shard = self.dist.shard(cfg.data.prompts_per_step * cfg.grpo.group_size)
         self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
         self.run_dir = Path(cfg.run.out_dir)
         self.step = 0
@@ -325,15 +344,18 @@ class GRPOTrainer:
             self.generator,
             self.cfg.grpo.micro_batch_size or None,
             s.ode_tail,
+            self.shard,
         )
         g = self.cfg.grpo.group_size
-        return roll, refs.repeat_interleave(g, dim=0), [p for p in prompts for _ in range(g)]
+        refs = refs.repeat_interleave(g, dim=0)[self.shard]
+        return roll, refs, [p for p in prompts for _ in range(g)][self.shard]
 
     def advantages(
-        self, r_id: torch.Tensor, r_p: torch.Tensor
+        self, r_id: torch.Tensor, r_p: torch.Tensor, group_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        g, eps = self.cfg.grpo.group_size, self.cfg.grpo.adv_eps
-        return group_advantages(r_id, g, eps), group_advantages(r_p, g, eps)
+        """Group advantages of every sample of the step (all processes' samples)."""
+        eps = self.cfg.grpo.adv_eps
+        return advantages_by_group(r_id, group_ids, eps), advantages_by_group(r_p, group_ids, eps)
 
     def update(self, roll: Rollout, a_id: torch.Tensor, a_p: torch.Tensor) -> dict[str, float]:
         """PPO-clipped updates on a random subset of the recorded transitions."""
@@ -350,17 +372,19 @@ class GRPOTrainer:
         for chunk in chunks:
             self.optimizer.zero_grad(set_to_none=True)
             mb = cfg.grpo.micro_batch_size or len(chunk)
+            work = [(t, lo) for t in steps.tolist() for lo in range(0, len(chunk), mb)]
             finite = True
-            for t in steps.tolist():  # t is the TRUE denoising index of the transition
+            for j, (t, lo) in enumerate(work):  # t is the TRUE denoising index
                 w_id, w_p = self.weighting.weights(t, T)
                 adv = self.shaping(a_id, a_p, w_id, w_p)
                 s, s_next = float(roll.sigmas[t]), float(roll.sigmas[t + 1])
-                for lo in range(0, len(chunk), mb):
-                    idx = chunk[lo : lo + mb].to(pol.device)
-                    x = roll.latents[t, idx]
-                    cond = roll.condition.index(idx)
-                    sig = torch.full((len(idx),), s, device=pol.device)
-                    v = pol.velocity(x, sig, cond)
+                idx = chunk[lo : lo + mb].to(pol.device)
+                x = roll.latents[t, idx]
+                cond = roll.condition.index(idx)
+                sig = torch.full((len(idx),), s, device=pol.device)
+                # every process runs the same backward passes; DDP syncs on the last one
+                with self.dist.no_sync(sync=j == len(work) - 1):
+                    v = self.velocity(x, sig, cond)
                     _, logp, mean, std = sde_step(
                         x,
                         v,
@@ -391,28 +415,28 @@ class GRPOTrainer:
                         kl = kl_penalty(mean, ref_mean.detach(), std)
                         loss = loss + cfg.grpo.kl_coef * kl
                         stats["kl"] = kl.item()
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
+                    # a non-finite loss still runs its backward (so processes stay in step);
+                    # the whole update is then dropped below
+                    finite = finite and bool(torch.isfinite(loss))
                     (loss * len(idx) / (len(chunk) * len(steps))).backward()
-                    stats["loss"] = loss.item()
-                    for k, v_ in stats.items():
-                        totals[k] = totals.get(k, 0.0) + v_
-                    count += 1
-                if not finite:
-                    break
-            if not finite:
-                self.optimizer.zero_grad(set_to_none=True)
-                return {"nonfinite_loss": 1.0}
+                stats["loss"] = loss.item()
+                for k, v_ in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v_
+                count += 1
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             gn = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-            if not math.isfinite(gn):
+            finite = bool(self.dist.gather(torch.tensor([finite and math.isfinite(gn)])).all())
+            if not finite:  # on every process alike: nothing reaches the optimizer
                 self.optimizer.zero_grad(set_to_none=True)
                 return {"nonfinite_loss": 1.0}
             grad_norms.append(gn)
             self.optimizer.step()
             self._ema_update()
         out = {k: v / max(count, 1) for k, v in totals.items()}
+        if self.dist.world > 1:  # log the mean over processes
+            keys = sorted(out)
+            vals = self.dist.gather(torch.tensor([out[k] for k in keys], dtype=torch.float64))
+            out = dict(zip(keys, vals.view(self.dist.world, -1).mean(0).tolist(), strict=True))
         out["grad_norm"] = float(np.mean(grad_norms))
         out["trained_steps"] = float(len(steps))
         return out
@@ -431,13 +455,16 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         images = self.policy.decode(roll.final)
         r_id, r_p = score(self.rewards, images, prompts, refs.to(images.device))
+        # every process gets the whole step's rewards with their group ids
+        r_id, r_p = self.dist.gather(r_id), self.dist.gather(r_p)
+        group_ids = self.dist.gather(roll.group_ids.cpu())
         t2 = time.perf_counter()
         metrics: dict[str, float] = {"step": float(self.step + 1)}
         bad = (~torch.isfinite(r_id)).sum().item() + (~torch.isfinite(r_p)).sum().item()
         if bad:
             metrics.update(skipped=1.0, nonfinite_rewards=float(bad))
             return StepResult(metrics, skipped=True)
-        a_id, a_p = self.advantages(r_id, r_p)
+        a_id, a_p = self.advantages(r_id, r_p, group_ids)
         metrics.update(
             reward_identity_mean=float(r_id.mean()),
             reward_identity_std=float(r_id.std()),
@@ -445,7 +472,7 @@ class GRPOTrainer:
             reward_prompt_std=float(r_p.std()),
         )
         metrics.update({f"share_{k}": v for k, v in relation_shares(a_id, a_p).items()})
-        stats = self.update(roll, a_id, a_p)
+        stats = self.update(roll, a_id[self.shard], a_p[self.shard])
         t3 = time.perf_counter()
         skipped = "nonfinite_loss" in stats
         metrics.update(stats)
@@ -498,9 +525,10 @@ class GRPOTrainer:
     ) -> None:
         """Evaluate the current policy as ``summary[key]``, save its grid and eval.json."""
         grid = self.run_dir / "images" / f"eval_{key}.png"
-        summary[key] = evaluate(self.policy, self.rewards, pairs, self.cfg, grid)
-        text = json.dumps(summary, indent=2)
-        ckpt.atomic_write(self.run_dir / "eval.json", lambda tmp: tmp.write_text(text))
+        summary[key] = evaluate(self.policy, self.rewards, pairs, self.cfg, grid, self.dist)
+        if self.dist.is_main:
+            text = json.dumps(summary, indent=2)
+            ckpt.atomic_write(self.run_dir / "eval.json", lambda tmp: tmp.write_text(text))
 
     def ema_swapped(self) -> _Swap:
         return _Swap(self.params, self.ema)
@@ -519,8 +547,10 @@ class GRPOTrainer:
                     "start without --resume or point run.out_dir at the run to continue"
                 )
             self.load(last)
-        save_config(cfg, self.run_dir / "config.yaml")
-        log = MetricsLog(self.run_dir, self.step if resume else 0)
+        main = self.dist.is_main
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        log = MetricsLog(self.run_dir, self.step if resume else 0, write=main)
         summary_path = self.run_dir / "eval.json"
         summary: dict[str, Any] = (
             json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
@@ -529,7 +559,11 @@ class GRPOTrainer:
         if eval_pairs is not None and "base" not in summary:
             self._evaluate_into(summary, "base", eval_pairs)
         bar = tqdm(
-            total=cfg.run.steps, initial=self.step, desc="cgrpo train", disable=quiet, mininterval=2
+            total=cfg.run.steps,
+            initial=self.step,
+            desc="cgrpo train",
+            disable=quiet or not main,
+            mininterval=2,
         )
         try:
             while self.step < cfg.run.steps:
@@ -555,7 +589,7 @@ class GRPOTrainer:
                     and self.step % cfg.run.eval_every == 0
                 ):
                     with self.ema_swapped():
-                        ev = evaluate(self.policy, self.rewards, eval_pairs, cfg)
+                        ev = evaluate(self.policy, self.rewards, eval_pairs, cfg, dist=self.dist)
                     res.metrics.update(eval_identity=ev["identity"], eval_prompt=ev["prompt"])
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
                     log.log(res.metrics)
@@ -564,25 +598,32 @@ class GRPOTrainer:
                     id=f"{res.metrics['reward_identity_mean']:.3f}",
                     prompt=f"{res.metrics['reward_prompt_mean']:.3f}",
                 )
-                if cfg.run.image_every and (self.step % cfg.run.image_every == 0 or self.step == 1):
+                if (
+                    main
+                    and cfg.run.image_every
+                    and (self.step % cfg.run.image_every == 0 or self.step == 1)
+                ):
                     save_grid(
                         self.run_dir / "images" / f"step_{self.step:06d}.png",
                         res.references,
                         res.images,
                         cfg.grpo.group_size,
                     )
-                if (cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0) or (
-                    self.step == cfg.run.steps
+                if main and (
+                    (cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0)
+                    or self.step == cfg.run.steps
                 ):
                     self.save()
         finally:
             bar.close()
             log.close()
-        plot_curves(log.rows, self.run_dir / "reward_curves.png")
+        if main:
+            plot_curves(log.rows, self.run_dir / "reward_curves.png")
         if eval_pairs is not None:
             summary["steps"] = self.step
             with self.ema_swapped():
                 self._evaluate_into(summary, "trained", eval_pairs)
+        self.dist.barrier()  # the main process has written everything
         return summary
 
 
