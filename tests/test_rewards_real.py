@@ -559,3 +559,21 @@ def test_hpsv3_in_process_and_isolated_worker(
     finally:
         w.close()
     assert w.proc is None
+
+
+def test_model_files_found_from_path_or_installed_package(tmp_path: Path) -> None:
+    from cgrpo.rewards.effnet import WEIGHTS_FILE
+    from cgrpo.rewards.effnet import find_effnet_weights as find_weights
+    from cgrpo.rewards.segment import find_u2netp
+
+    packaged = find_weights(None)  # the pip package's copy
+    assert packaged.name == WEIGHTS_FILE and packaged.is_file()
+    (tmp_path / "models").mkdir()
+    mine = tmp_path / "models" / WEIGHTS_FILE
+    mine.write_bytes(b"x")
+    assert find_weights(tmp_path) == mine and find_weights(mine) == mine
+    with pytest.raises(FileNotFoundError, match=r"effnet reward: no model file at .*nowhere"):
+        find_weights(tmp_path / "nowhere")
+    assert find_u2netp(None).name == "u2netp.onnx"
+    with pytest.raises(FileNotFoundError, match=r"segmenter u2netp: .*u2netp\.onnx.*get it with"):
+        find_u2netp(tmp_path)

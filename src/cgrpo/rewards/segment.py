@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cgrpo.rewards.files import find_model_file
 from cgrpo.rewards.images import (
     EmbeddingCache,
     check_batch,
@@ -92,24 +93,7 @@ def find_u2netp(model_path: str | Path | None = None) -> Path:
 
     Raises ``FileNotFoundError`` (one line: where it looked, what it expected, how to get it).
     """
-    if model_path is not None:
-        p = Path(model_path)
-        cand = p / U2NETP_FILE if p.is_dir() else p
-        if cand.is_file():
-            return cand
-        raise FileNotFoundError(
-            f"segmenter u2netp: no model file at {str(p)!r} (expected {U2NETP_FILE} or a folder "
-            f"holding it); get it with: {U2NETP_HOWTO}"
-        )
-    spec = importlib.util.find_spec("rembg")
-    for loc in list(spec.submodule_search_locations or []) if spec else []:
-        cand = Path(loc) / U2NETP_FILE
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(
-        f"segmenter u2netp: {U2NETP_FILE} not found (no model_path given and no rembg package "
-        f"with it installed); get it with: {U2NETP_HOWTO}"
-    )
+    return find_model_file("segmenter u2netp", U2NETP_FILE, model_path, "rembg", ".", U2NETP_HOWTO)
 
 
 class U2NetPSegmenter:
