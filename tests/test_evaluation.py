@@ -48,6 +48,10 @@ def test_eval_run_writes_every_output(tmp_path: Path, trained_run: Path) -> None
     assert m["checkpoint"].startswith("step_")
     rows = _csv(out / "metrics.csv")
     assert len(rows) == 16 and len({r["subject"] for r in rows}) == 8
+    with (out / "metrics.csv").open() as f:
+        header = next(csv.reader(f))
+    assert len(header) == len(set(header))  # no column shadows another
+    assert all(r["prompt_text"].split()[0] in ("a", "an") for r in rows)
     for col in ("identity", "prompt"):
         vals = np.array([float(r[col]) for r in rows])
         assert ((vals >= 0) & (vals <= 1)).all() and vals.std() > 0
@@ -104,6 +108,7 @@ def test_eval_refuses_to_mix_settings(
         (["protocol=dreambench"], "needs a FLUX policy"),
         (["metrics={x: {reward: nope}}"], "unknown reward 'nope'"),
         (["protcol=embedded"], "protcol"),
+        (["metrics={file: {reward: embedded_prompt}}"], "fixed column"),
     ],
 )
 def test_eval_bad_settings_give_one_clear_error(
@@ -140,9 +145,9 @@ def test_dreambench_protocol_with_flux_policy(tmp_path: Path, flux_dir: Path) ->
     assert (result["pairs"], result["subjects"]) == (30, 30)
     assert result["identity_column"] == "identity_offline" and result["prompt_column"] == ""
     rows = _csv(out / "metrics.csv")
-    classes = {r["subject"]: r["prompt"] for r in rows}
+    classes = {r["subject"]: r["prompt_text"] for r in rows}
     assert "backpack" in classes["backpack"] and "dog" in classes["dog"]
-    assert all("{" not in r["prompt"] for r in rows)
+    assert all("{" not in r["prompt_text"] for r in rows)
     vals = np.array([float(r["identity_offline"]) for r in rows])
     assert np.isfinite(vals).all() and ((vals >= 0) & (vals <= 1)).all()
     assert len(set(vals.round(6))) > 1

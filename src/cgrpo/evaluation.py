@@ -78,6 +78,8 @@ class EvalConfig:
     prompt_column: str = option("", "the prompt-following column cgrpo compare plots (y)")
 
 
+FIXED_COLUMNS = ("subject", "prompt_index", "prompt_text", "sample", "file")  # metrics.csv
+
 DEFAULT_METRICS: dict[str, dict[str, dict[str, Any]]] = {
     "embedded": {
         "identity": {"reward": "embedded_identity"},
@@ -124,6 +126,11 @@ def build_metrics(cfg: EvalConfig, device: str) -> dict[str, RewardModel]:
     specs = cfg.metrics or DEFAULT_METRICS[cfg.protocol]
     out = {}
     for col, spec in specs.items():
+        if col in FIXED_COLUMNS:
+            raise EvalError(
+                f"metrics.{col}: {col!r} is a fixed column of metrics.csv "
+                f"({', '.join(FIXED_COLUMNS)}); name the metric otherwise"
+            )
         if not isinstance(spec, dict) or "reward" not in spec:
             raise EvalError(
                 f"metrics.{col} must be a mapping with a 'reward' key (a registry name) and "
@@ -267,7 +274,7 @@ def _write_outputs(
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["subject", "prompt_index", "prompt", "sample", "file", *cols])
+            w.writerow([*FIXED_COLUMNS, *cols])
             for j, (i, k, p) in enumerate(items):
                 w.writerow(
                     [
