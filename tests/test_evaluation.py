@@ -61,7 +61,10 @@ def test_eval_run_writes_every_output(tmp_path: Path, trained_run: Path) -> None
             assert per[col] == pytest.approx(np.mean(sub), abs=1e-6)
     for r in rows:
         assert (out / r["file"]).is_file()
-    assert (out / "grid.png").is_file() and (out / "per_subject.md").is_file()
+    assert (out / "grid.png").is_file()
+    legend = "identity = reward 'embedded_identity', prompt = reward 'embedded_prompt'"
+    assert legend in (out / "per_subject.md").read_text()
+    assert m["columns"] == {"identity": "embedded_identity", "prompt": "embedded_prompt"}
     # the base model is evaluated on the same pairs and noise, in base/
     b = json.loads((out / "base" / "metrics.json").read_text())
     assert m["base"] == b["overall"] and b["checkpoint"] is None

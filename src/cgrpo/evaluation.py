@@ -292,6 +292,7 @@ def _write_outputs(
     for s, row in per.items():
         lines.append(f"| {s} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")
     lines.append("| **overall** | " + " | ".join(f"**{overall[c]:.4f}**" for c in cols) + " |")
+    lines += ["", _column_legend(meta["columns"]) + " (cgrpo.rewards registry)"]
     table = "\n".join(lines) + "\n"
     ckpt.atomic_write(out / "per_subject.md", lambda tmp: tmp.write_text(table))
     result = {
@@ -430,4 +431,10 @@ def eval_command(
     if base is not None and last is not None:
         lines.append(f"{'base':10s} " + " ".join(f"{base['overall'][c]:18.4f}" for c in cols))
     lines.append(f"{'model':10s} " + " ".join(f"{result['overall'][c]:18.4f}" for c in cols))
+    lines.append(_column_legend(result["columns"]))
     return "\n".join(lines)
+
+
+def _column_legend(columns: dict[str, str]) -> str:
+    """'columns: dino = reward dino, ...': which reward each column is."""
+    return "columns: " + ", ".join(f"{c} = reward {r!r}" for c, r in columns.items())
