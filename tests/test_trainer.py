@@ -200,3 +200,34 @@ def test_cli_sample_writes_grid(tmp_path: Path, tiny_weights: Path) -> None:
     assert main([*args, "--out", str(out)]) == 0
     assert out.is_file() and out.stat().st_size > 0
     assert main([*args[:-6], "--prompt", "a dog", "--out", str(out)]) == 2
+
+
+def test_evaluation_with_several_noises_reports_paired_error(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Base and final evaluation draw each held-out pair from 2 noises; the table gives the
+    image-by-image change's standard error, computed from the same images."""
+    import numpy as np
+
+    from cgrpo.compare import load_run
+    from cgrpo.trainer import paired_change
+
+    cfg = fast_config(tmp_path / "run", tiny_weights, "data.eval_noises=2", "run.eval_every=1")
+    summary = GRPOTrainer(cfg).train(quiet=True)
+    base, trained = summary["base"], summary["trained"]
+    assert (base["n"], base["images"]) == (8, 16)
+    assert len(trained["per_image"]["identity"]) == 16
+    assert trained["identity"] == pytest.approx(np.mean(trained["per_image"]["identity"]), abs=1e-5)
+    d = np.array(trained["per_image"]["prompt"]) - np.array(base["per_image"]["prompt"])
+    mean, se = paired_change(base, trained, "prompt")
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 4)
+    table = summary_table(summary)
+    assert "8 pairs x 2 noises" in table and "paired SE" in table
+    # the mid-run evaluations use one noise: step 2's equals the final one's first half
+    rows = _rows(tmp_path / "run")
+    first = np.mean(trained["per_image"]["identity"][:8])
+    assert rows[-1]["eval_identity"] == pytest.approx(first, abs=1e-5)
+    # eval.json keeps the per-image rewards, so compare shows the paired error too
+    assert load_run(tmp_path / "run").paired["prompt"] == pytest.approx((mean, se))
+    with pytest.raises(ValueError, match="same images"):
+        paired_change(base, {"per_image": {"prompt": [0.0] * 8}}, "prompt")

@@ -93,6 +93,12 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
     base = _point(summary["base"], "identity", "prompt") if "base" in summary else None
     trained = _point(summary["trained"], "identity", "prompt") if "trained" in summary else None
     run = RunResult(name, path, trained, base, summary.get("steps"))
+    if all("per_image" in summary.get(k, {}) for k in ("base", "trained")):
+        from cgrpo.trainer import paired_change as paired
+
+        run.paired = {
+            k: paired(summary["base"], summary["trained"], k) for k in ("identity", "prompt")
+        }
     if (path / "metrics.csv").is_file():
         rows = _read_csv(path / "metrics.csv")
         if base is not None:
@@ -134,7 +140,8 @@ def paired_change(
 
 
 def compare_table(runs: list[RunResult]) -> str:
-    """Markdown table: base and each run's identity / prompt, and the change from base."""
+    """Markdown table: base and each run's identity / prompt, and the change from base
+    (± its paired standard error where the run kept per-image rewards)."""
     x, y = runs[0].axes if runs else ("identity", "prompt")
     lines = [
         f"| run | {x} | {y} | change {x} | change {y} |",
@@ -149,9 +156,10 @@ def compare_table(runs: list[RunResult]) -> str:
             continue
         b = r.base or base
         d = (
-            (
-                f"{r.trained['identity'] - b['identity']:+.4f}",
-                f"{r.trained['prompt'] - b['prompt']:+.4f}",
+            tuple(
+                f"{r.trained[k] - b[k]:+.4f}"
+                + (f" ± {r.paired[k][1]:.4f}" if k in r.paired else "")
+                for k in ("identity", "prompt")
             )
             if b
             else ("", "")

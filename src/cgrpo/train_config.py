@@ -57,6 +57,12 @@ class DataConfig:
         16, "embedded: evaluation prompts per held-out subject", unit="prompts"
     )
     eval_seed: int = option(3407, "seed of the evaluation prompts and noise (the paper's)")
+    eval_noises: int = option(
+        1,
+        "initial noises per held-out pair in the base and final evaluation (the mid-run "
+        "evaluations use the first); more noises shrink the paired standard error",
+        unit="images",
+    )
 
 
 @dataclass

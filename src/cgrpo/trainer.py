@@ -120,16 +120,24 @@ def evaluate(
     cfg: TrainConfig,
     grid: Path | None = None,
     dist: Dist | None = None,
-) -> dict[str, float]:
+    noises: int = 1,
+) -> dict[str, Any]:
     """Mean identity and prompt reward on held-out pairs, deterministic (ODE) sampling.
 
     The noise is fixed by ``data.eval_seed``, so base and trained policy see the same noise.
     With ``grid``, up to 8 subjects x 8 prompts are saved there as a PNG, a row per subject
     (by the main process). With several processes each draws every ``world``-th pair and
     the rewards are gathered, so the figures do not depend on the number of processes.
+    ``noises`` draws each pair from that many initial noises (image ``k * pairs + i`` is
+    pair ``i`` with noise ``k``); the per-image rewards are returned under ``per_image``,
+    so two evaluations can be compared image by image (:func:`paired_change`).
     """
     dist = dist or Dist()
     refs, prompts, names = pairs
+    n_pairs = len(prompts)
+    if noises > 1:
+        refs = refs.repeat(noises, 1, 1, 1)
+        prompts, names = prompts * noises, names * noises
     # the grid: up to 8 subjects x their first 8 prompts
     per_name: dict[str, list[int]] = {}
     for i, n in enumerate(names):
@@ -163,8 +171,24 @@ def evaluate(
         "prompt": float(r_p.mean()),
         "identity_std": float(r_id.std()),
         "prompt_std": float(r_p.std()),
-        "n": len(prompts),
+        "n": n_pairs,
+        "images": len(prompts),
+        "per_image": {
+            "identity": [round(float(v), 6) for v in r_id],
+            "prompt": [round(float(v), 6) for v in r_p],
+        },
     }
+
+
+def paired_change(base: dict[str, Any], trained: dict[str, Any], key: str) -> tuple[float, float]:
+    """Mean change of reward ``key`` from ``base`` to ``trained`` and its standard error,
+    image by image (same pairs, same noise): ``d = trained - base``, SE = std(d)/sqrt(n)."""
+    a = np.array(trained["per_image"][key])
+    b = np.array(base["per_image"][key])
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError("the two evaluations do not hold the same images")
+    d = a - b
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
 def save_grid(path: Path, references: torch.Tensor, images: torch.Tensor, group_size: int) -> None:
@@ -525,7 +549,9 @@ class GRPOTrainer:
     ) -> None:
         """Evaluate the current policy as ``summary[key]``, save its grid and eval.json."""
         grid = self.run_dir / "images" / f"eval_{key}.png"
-        summary[key] = evaluate(self.policy, self.rewards, pairs, self.cfg, grid, self.dist)
+        summary[key] = evaluate(
+            self.policy, self.rewards, pairs, self.cfg, grid, self.dist, self.cfg.data.eval_noises
+        )
         if self.dist.is_main:
             text = json.dumps(summary, indent=2)
             ckpt.atomic_write(self.run_dir / "eval.json", lambda tmp: tmp.write_text(text))
@@ -652,15 +678,20 @@ def summary_table(summary: dict[str, Any]) -> str:
     base, trained = summary.get("base"), summary.get("trained")
     if not base or not trained:
         return "(no evaluation)"
-    n = trained.get("n", 0)
+    n, images = trained.get("n", 0), trained.get("images", trained.get("n", 0))
+    what = f"{n} pairs" if images == n else f"{n} pairs x {images // max(n, 1)} noises"
     lines = [
-        f"Held-out evaluation ({n} pairs, deterministic sampling, same noise):",
+        f"Held-out evaluation ({what}, deterministic sampling, same noise):",
         f"{'':10s} {'identity':>10s} {'prompt':>10s}",
         f"{'base':10s} {base['identity']:10.4f} {base['prompt']:10.4f}",
         f"{'trained':10s} {trained['identity']:10.4f} {trained['prompt']:10.4f}",
         f"{'change':10s} {trained['identity'] - base['identity']:+10.4f} "
         f"{trained['prompt'] - base['prompt']:+10.4f}",
     ]
+    if "per_image" in base and "per_image" in trained:
+        se = [paired_change(base, trained, k)[1] for k in ("identity", "prompt")]
+        lines.append(f"{'paired SE':10s} {se[0]:10.4f} {se[1]:10.4f}")
+        lines.append("(paired SE: standard error of the image-by-image change)")
     return "\n".join(lines)
 
 
@@ -669,5 +700,6 @@ __all__ = [
     "TrainingError",
     "build_policy",
     "evaluate",
+    "paired_change",
     "summary_table",
 ]
