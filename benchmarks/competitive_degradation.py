@@ -120,19 +120,22 @@ def main() -> None:
         for seed in range(args.seeds):  # seed-major: every arm gets seed 0 before seed 1
             for arm in args.arms:
                 run_one(args.out, arm, seed, args.steps, args.overrides)
+    finished = {
+        arm: [d for d in sorted((args.out / arm).glob("seed*")) if load_run(d).trained is not None]
+        for arm in args.arms
+    }
+    first = next((d[0] for d in finished.values() if d), None)
+    if first is None:
+        raise SystemExit(f"no finished run under {args.out}; run without --report-only first")
     base_dir = args.out / "base_eval"
-    if not (base_dir / "metrics.json").is_file():
-        eval_command(
-            EvalConfig(out_dir=str(base_dir), images_per_pair=args.eval_images), None, None, True
-        )
-    arms = []
-    for arm in args.arms:
-        done = [
-            d for d in sorted((args.out / arm).glob("seed*")) if load_run(d).trained is not None
-        ]
-        if done:
-            runs = [final_eval(d, base_dir, args.eval_images) for d in done]
-            arms.append(ArmResult(arm, LABELS[arm], runs))
+    if not (base_dir / "metrics.json").is_file():  # the runs' own starting model
+        cfg = EvalConfig(out_dir=str(base_dir), images_per_pair=args.eval_images)
+        eval_command(cfg, None, first / "config.yaml", True)
+    arms = [
+        ArmResult(arm, LABELS[arm], [final_eval(d, base_dir, args.eval_images) for d in done])
+        for arm, done in finished.items()
+        if done
+    ]
     command = "python benchmarks/competitive_degradation.py " + shlex.join(sys.argv[1:])
     n = json.loads((base_dir / "metrics.json").read_text())["images"]
     evaluation = (
