@@ -369,3 +369,19 @@ def test_option_helper() -> None:
     assert dict(f.metadata) == {"help": "a list", "unit": "u"}
     g = option(3, "plain")
     assert g.default == 3 and "unit" not in g.metadata
+
+
+def test_cli_overrides_before_and_after_flags(tmp_path, capsys) -> None:
+    """`cgrpo eval out_dir=... --quiet prompts_per_subject=1`: both overrides apply."""
+    import json
+
+    import pytest
+
+    from cgrpo.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", f"out_dir={out}", "--quiet", "prompts_per_subject=1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["pairs"] == 8
+    with pytest.raises(SystemExit):
+        main(["eval", "--quiet", "--nonsense"])
+    assert "unrecognized arguments: --nonsense" in capsys.readouterr().err

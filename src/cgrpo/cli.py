@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run or eval folders")
     cp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
 
-    args = ap.parse_args(argv)
+    # key=value overrides may come before and after flags (`run.steps=5 --quiet run.seed=2`)
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         if args.command == "train":
             from cgrpo.trainer import GRPOTrainer, summary_table
