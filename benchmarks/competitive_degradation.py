@@ -106,6 +106,9 @@ def final_eval(run_dir: Path, base_dir: Path, images_per_pair: int) -> RunResult
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--only-seed", type=int, default=None, help="train only this seed (to run seeds in parallel)"
+    )
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out", type=Path, default=Path("runs/competitive_degradation"))
@@ -117,7 +120,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
     if not args.report_only:
-        for seed in range(args.seeds):  # seed-major: every arm gets seed 0 before seed 1
+        seeds = [args.only_seed] if args.only_seed is not None else range(args.seeds)
+        for seed in seeds:  # seed-major: every arm gets seed 0 before seed 1
             for arm in args.arms:
                 run_one(args.out, arm, seed, args.steps, args.overrides)
     finished = {
