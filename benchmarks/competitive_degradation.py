@@ -107,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
-        "--only-seed", type=int, default=None, help="train only this seed (to run seeds in parallel)"
+        "--only-seed", type=int, default=None, help="train only this seed (parallel runs)"
     )
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
