@@ -577,3 +577,14 @@ def test_model_files_found_from_path_or_installed_package(tmp_path: Path) -> Non
     assert find_u2netp(None).name == "u2netp.onnx"
     with pytest.raises(FileNotFoundError, match=r"segmenter u2netp: .*u2netp\.onnx.*get it with"):
         find_u2netp(tmp_path)
+
+
+def test_rewards_follow_the_policy_device_unless_told() -> None:
+    from cgrpo.rewards.base import make_reward_on
+
+    assert str(make_reward_on("effnet", "cpu:0").device) == "cpu:0"  # default: cpu
+    assert str(make_reward_on("effnet", "cpu:0", device="cpu").device) == "cpu"
+    # the embedded rewards take no device (they work where the images are)
+    assert make_reward_on("embedded_identity", "cpu").name == "embedded_identity"
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        make_reward_on("nope", "cpu")

@@ -42,7 +42,8 @@ from tqdm import tqdm
 from cgrpo import checkpoint as ckpt
 from cgrpo.config import load_config, option
 from cgrpo.policies.base import Policy
-from cgrpo.rewards import RewardModel, make_reward
+from cgrpo.rewards import RewardModel
+from cgrpo.rewards.base import make_reward_on
 from cgrpo.rollout import sample_ode
 from cgrpo.sde import sigma_schedule
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
@@ -137,9 +138,7 @@ def build_metrics(cfg: EvalConfig, device: str) -> dict[str, RewardModel]:
                 f"its options, e.g. {{reward: dino, path: /weights/dino-vits16}}; got {spec!r}"
             )
         opts = {k: v for k, v in spec.items() if k != "reward"}
-        if "device" not in opts and spec["reward"] not in ("embedded_identity", "embedded_prompt"):
-            opts["device"] = device
-        out[col] = make_reward(spec["reward"], **opts)
+        out[col] = make_reward_on(spec["reward"], device, **opts)
     return out
 
 

@@ -36,7 +36,8 @@ from cgrpo.data import EmbeddedData, PairSource
 from cgrpo.distributed import Dist
 from cgrpo.loss import grpo_loss, kl_penalty
 from cgrpo.policies.base import Policy
-from cgrpo.rewards import RewardModel, make_reward
+from cgrpo.rewards import RewardModel
+from cgrpo.rewards.base import make_reward_on
 from cgrpo.rollout import Rollout, sample_groups, sample_ode
 from cgrpo.sde import sde_step, sigma_schedule
 from cgrpo.shaping import make_shaping, relation_shares
@@ -83,8 +84,12 @@ def build_data(cfg: TrainConfig) -> PairSource:
 
 
 def build_rewards(cfg: TrainConfig) -> tuple[RewardModel, RewardModel]:
-    r = cfg.rewards
-    return make_reward(r.identity, **r.identity_options), make_reward(r.prompt, **r.prompt_options)
+    """The two rewards, on the policy's device unless their options say otherwise."""
+    r, dev = cfg.rewards, cfg.model.device
+    return (
+        make_reward_on(r.identity, dev, **r.identity_options),
+        make_reward_on(r.prompt, dev, **r.prompt_options),
+    )
 
 
 def build_strategies(cfg: TrainConfig) -> tuple[Callable[..., torch.Tensor], Any]:

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["RewardModel", "register_reward", "make_reward", "REWARDS"]
+__all__ = ["RewardModel", "register_reward", "make_reward", "make_reward_on", "REWARDS"]
 
 
 @runtime_checkable
@@ -50,14 +50,32 @@ def register_reward(
     return deco
 
 
+def _register_builtins() -> None:
+    """Import the built-in backends so that they register themselves."""
+    from cgrpo.rewards import effnet, embedded, hf, hpsv3  # noqa: F401
+
+
 def make_reward(name: str, **options: Any) -> RewardModel:
     """Build the reward registered as ``name`` with ``options``.
 
     Unknown names raise ``ValueError`` listing the registered ones.
     """
-    # import the built-in backends so that they register themselves
-    from cgrpo.rewards import effnet, embedded, hf, hpsv3  # noqa: F401
-
+    _register_builtins()
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
     return REWARDS[name](**options)
+
+
+def make_reward_on(name: str, device: str, **options: Any) -> RewardModel:
+    """:func:`make_reward`, placed on ``device`` unless ``options`` name one, for the
+    backends that take a device (the embedded rewards run on the images' own device)."""
+    import inspect
+
+    if "device" not in options:
+        _register_builtins()
+        factory = REWARDS.get(name)
+        if factory is not None:
+            params = inspect.signature(factory).parameters.values()
+            if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):
+                options = {**options, "device": device}
+    return make_reward(name, **options)
