@@ -66,7 +66,7 @@ def make_reward(name: str, **options: Any) -> RewardModel:
     return REWARDS[name](**options)
 
 
-def make_reward_on(name: str, device: str, **options: Any) -> RewardModel:
+def make_reward_on(name: str, device: str, /, **options: Any) -> RewardModel:
     """:func:`make_reward`, placed on ``device`` unless ``options`` name one, for the
     backends that take a device (the embedded rewards run on the images' own device)."""
     import inspect
