@@ -56,8 +56,7 @@ LABELS = {
 
 def run_one(out: Path, arm: str, seed: int, steps: int, extra: list[str]) -> None:
     run_dir = out / arm / f"seed{seed}"
-    ev = run_dir / "eval.json"
-    if ev.exists() and "trained" in json.loads(ev.read_text()):
+    if _finished(run_dir):
         print(f"[skip] {run_dir} (finished)", flush=True)
         return
     overrides = [
@@ -82,6 +81,13 @@ def run_one(out: Path, arm: str, seed: int, steps: int, extra: list[str]) -> Non
         f"prompt {b['prompt']:.4f} -> {t['prompt']:.4f}",
         flush=True,
     )
+
+
+def _finished(run_dir: Path) -> bool:
+    """A run with its final evaluation (runs still training, maybe in another process,
+    are left out)."""
+    ev = run_dir / "eval.json"
+    return ev.is_file() and "trained" in json.loads(ev.read_text())
 
 
 def final_eval(run_dir: Path, base_dir: Path, images_per_pair: int) -> RunResult:
@@ -125,7 +131,7 @@ def main() -> None:
             for arm in args.arms:
                 run_one(args.out, arm, seed, args.steps, args.overrides)
     finished = {
-        arm: [d for d in sorted((args.out / arm).glob("seed*")) if load_run(d).trained is not None]
+        arm: [d for d in sorted((args.out / arm).glob("seed*")) if _finished(d)]
         for arm in args.arms
     }
     first = next((d[0] for d in finished.values() if d), None)
