@@ -395,6 +395,8 @@ class GRPOTrainer:
         order = torch.randperm(n, generator=self.generator)
         chunks = [c for c in order.chunk(cfg.grpo.updates_per_rollout) if len(c)]
         a_id, a_p = a_id.to(pol.device), a_p.to(pol.device)
+        # the shaped advantage of each trained step, at its TRUE denoising index t
+        shaped = {t: self.shaping(a_id, a_p, *self.weighting.weights(t, T)) for t in steps.tolist()}
         totals: dict[str, float] = {}
         count = 0
         grad_norms = []
@@ -403,9 +405,8 @@ class GRPOTrainer:
             mb = cfg.grpo.micro_batch_size or len(chunk)
             work = [(t, lo) for t in steps.tolist() for lo in range(0, len(chunk), mb)]
             finite = True
-            for j, (t, lo) in enumerate(work):  # t is the TRUE denoising index
-                w_id, w_p = self.weighting.weights(t, T)
-                adv = self.shaping(a_id, a_p, w_id, w_p)
+            for j, (t, lo) in enumerate(work):
+                adv = shaped[t]
                 s, s_next = float(roll.sigmas[t]), float(roll.sigmas[t + 1])
                 idx = chunk[lo : lo + mb].to(pol.device)
                 x = roll.latents[t, idx]
