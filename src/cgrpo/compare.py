@@ -37,6 +37,7 @@ __all__ = [
     "compare_table",
     "load_run",
     "paired_change",
+    "paired_difference",
     "pareto_plot",
     "write_experiment_report",
 ]
@@ -94,11 +95,8 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
     trained = _point(summary["trained"], "identity", "prompt") if "trained" in summary else None
     run = RunResult(name, path, trained, base, summary.get("steps"))
     if all("per_image" in summary.get(k, {}) for k in ("base", "trained")):
-        from cgrpo.trainer import paired_change as paired
-
-        run.paired = {
-            k: paired(summary["base"], summary["trained"], k) for k in ("identity", "prompt")
-        }
+        b, t = summary["base"]["per_image"], summary["trained"]["per_image"]
+        run.paired = {k: paired_difference(t[k], b[k]) for k in ("identity", "prompt")}
     if (path / "metrics.csv").is_file():
         rows = _read_csv(path / "metrics.csv")
         if base is not None:
@@ -112,6 +110,17 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
             (int(r["step"]), r["share_conflict"]) for r in rows if "share_conflict" in r
         ]
     return run
+
+
+def paired_difference(model: Any, base: Any) -> tuple[float, float]:
+    """Mean of ``d = model - base`` over the same images, and its standard error
+    ``std(d) / sqrt(n)`` (ddof 1). Raises ``ValueError`` unless both hold the same n >= 2
+    images."""
+    a, b = np.asarray(model, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError("the two evaluations do not hold the same images")
+    d = a - b
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
 def paired_change(
@@ -132,11 +141,10 @@ def paired_change(
     a, b = rows(model_csv), rows(base_csv)
     if set(a) != set(b):
         raise ValueError(f"{model_csv} and {base_csv} hold different images; evaluate alike")
-    out = {}
-    for c in columns:
-        d = np.array([float(a[k][c]) - float(b[k][c]) for k in a])
-        out[c] = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))))
-    return out
+    return {
+        c: paired_difference([float(a[k][c]) for k in a], [float(b[k][c]) for k in a])
+        for c in columns
+    }
 
 
 def compare_table(runs: list[RunResult]) -> str:

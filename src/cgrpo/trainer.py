@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from cgrpo import checkpoint as ckpt
 from cgrpo.advantages import advantages_by_group
+from cgrpo.compare import paired_difference
 from cgrpo.config import config_to_dict, save_config
 from cgrpo.data import EmbeddedData, PairSource
 from cgrpo.distributed import Dist
@@ -188,12 +189,7 @@ def evaluate(
 def paired_change(base: dict[str, Any], trained: dict[str, Any], key: str) -> tuple[float, float]:
     """Mean change of reward ``key`` from ``base`` to ``trained`` and its standard error,
     image by image (same pairs, same noise): ``d = trained - base``, SE = std(d)/sqrt(n)."""
-    a = np.array(trained["per_image"][key])
-    b = np.array(base["per_image"][key])
-    if a.shape != b.shape or a.size < 2:
-        raise ValueError("the two evaluations do not hold the same images")
-    d = a - b
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    return paired_difference(trained["per_image"][key], base["per_image"][key])
 
 
 def save_grid(path: Path, references: torch.Tensor, images: torch.Tensor, group_size: int) -> None:
