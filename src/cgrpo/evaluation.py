@@ -44,6 +44,7 @@ from cgrpo.config import load_config, option
 from cgrpo.policies.base import Policy
 from cgrpo.rewards import RewardModel
 from cgrpo.rewards.base import make_reward_on
+from cgrpo.rewards.images import load_image
 from cgrpo.rollout import sample_ode
 from cgrpo.sde import sigma_schedule
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
@@ -164,14 +165,6 @@ def _save_png(path: Path, image: torch.Tensor) -> None:
     ckpt.atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-def _load_png(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
 def _check_source(out: Path, source: dict[str, Any]) -> None:
     """Refuse to mix images of another model or other sampling settings into ``out``."""
     path = out / "source.json"
@@ -234,7 +227,7 @@ def score_images(
     values: dict[str, list[float]] = {c: [] for c in metrics}
     for lo in range(0, len(items), batch_size):
         batch = items[lo : lo + batch_size]
-        imgs = torch.stack([_load_png(p) for _, _, p in batch])
+        imgs = torch.stack([load_image(p) for _, _, p in batch])
         idx = [i for i, _, _ in batch]
         refs = pairs.references[idx]
         prompts = [pairs.prompts[i] for i in idx]
@@ -319,7 +312,7 @@ def _grid(out: Path, items: list[tuple[int, int, Path]], pairs: Pairs) -> None:
             rows[s].append(p)
             first_ref.setdefault(s, i)
     width = min(len(v) for v in rows.values())
-    images = torch.stack([_load_png(p) for v in rows.values() for p in v[:width]])
+    images = torch.stack([load_image(p) for v in rows.values() for p in v[:width]])
     refs = torch.stack([pairs.references[first_ref[s]] for s in rows for _ in range(width)])
     save_grid(out / "grid.png", refs, images, width)
 
