@@ -70,12 +70,8 @@ def draw_noise(
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 for float64 input, else float32: the dtype of all SDE arithmetic."""
-    return _compute_dtype(x)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (bf16, fp16, fp32) is computed in float32."""
+    """The dtype of all SDE arithmetic: float64 stays float64; everything else (bf16, fp16,
+    fp32) is computed in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -202,7 +198,7 @@ def sde_step(
             f"prev_sample shape {tuple(prev_sample.shape)} != x shape {tuple(x.shape)}"
         )
 
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     xf = x.to(dtype)
     vf = velocity.to(dtype)
     s = _as_sigma(sigma, x, dtype)
