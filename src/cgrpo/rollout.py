@@ -61,12 +61,8 @@ def initial_noise(
     """(num_groups * group_size, *latent) standard normal noise, shared within a group if asked."""
     shape = policy.latent_shape()
     n = num_groups if same_noise else num_groups * group_size
-    noise = torch.randn(
-        (n, *shape), generator=generator, device=generator.device if generator else None
-    )
-    if same_noise:
-        noise = noise.repeat_interleave(group_size, dim=0)
-    return noise.to(policy.device)
+    noise = draw_noise((n, *shape), torch.float32, generator, policy.device)
+    return noise.repeat_interleave(group_size, dim=0) if same_noise else noise
 
 
 @torch.no_grad()
