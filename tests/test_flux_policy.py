@@ -310,51 +310,18 @@ def test_bfloat16_weights_keep_float32_lora(flux_dir: Path) -> None:
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-class _Brightness:
-    """Toy reward on any image: mean brightness (or red minus blue), for trainer tests."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, images: torch.Tensor, prompts: list[str], references: torch.Tensor):
-        if self.name == "bright":
-            return images.mean(dim=(1, 2, 3))
-        return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
-
-
 def test_trainer_runs_flux_policy_and_checkpoints_only_lora(flux_dir: Path, tmp_path: Path) -> None:
     """The one trainer on the FLUX policy: rollout, rewards, SARS + TDW update, checkpoint
     of the LoRA weights only, resume into a fresh policy."""
-    import json
-
-    from PIL import Image
+    from tests.conftest import Brightness, flux_train_config
 
     from cgrpo import checkpoint as ckpt
-    from cgrpo.config import load_config
-    from cgrpo.train_config import TrainConfig
     from cgrpo.trainer import GRPOTrainer
 
-    for i, colour in enumerate(["red", "blue"]):
-        Image.new("RGB", (24, 20), colour).save(tmp_path / f"ref{i}.png")
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(
-        "\n".join(
-            json.dumps({"reference": f"ref{i}.png", "prompt": p}) for i, p in enumerate(PROMPTS)
-        )
+    cfg = flux_train_config(
+        flux_dir, tmp_path, "run.steps=2", "run.checkpoint_every=1", "run.image_every=1"
     )
-    cfg = load_config(
-        TrainConfig,
-        None,
-        [
-            "model.kind=flux", f"flux.path={flux_dir}", "flux.dtype=float32",
-            "flux.resolution=16", "flux.lora_rank=4", "flux.max_sequence_length=8",
-            "data.kind=jsonl", f"data.path={pairs}", "data.prompts_per_step=2",
-            "grpo.group_size=3", "sampler.num_steps=4", "optim.lr=1e-2",
-            f"run.out_dir={tmp_path / 'run'}", "run.steps=2", "run.checkpoint_every=1",
-            "run.image_every=1", "run.threads=1",
-        ],
-    )  # fmt: skip
-    rewards = (_Brightness("bright"), _Brightness("red"))
+    rewards = (Brightness("bright"), Brightness("red"))
     trainer = GRPOTrainer(cfg, rewards=rewards)
     frozen = {n: p.detach().clone() for n, p in trainer.policy.transformer.named_parameters()}
     summary = trainer.train(quiet=True)

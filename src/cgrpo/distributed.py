@@ -14,8 +14,21 @@
   RNG states are identical on every process, so a checkpoint resumes on any number of
   processes.
 
+With ``run.fsdp=true`` the policy's trainable network is **sharded** instead of
+replicated: torch FSDP2 (``fully_shard``) makes one unit per transformer block
+(:meth:`Policy.shard_modules`) and one for the rest, so each process holds ``1/N`` of the
+weights (frozen base and LoRA alike), gradients and AdamW state, and all-gathers a block
+just before it runs. Everything above holds unchanged: every process runs the same number
+of forward and backward passes (equal shards; evaluation pads its share), and checkpoints
+hold full tensors (:meth:`Dist.full` gathers them on every process before the main one
+writes; :meth:`Dist.like` shards them again on load), so they resume on any number of
+processes, with or without FSDP.
+
 Without ``accelerate launch`` (one process) nothing here touches torch.distributed.
-No process group is made here: accelerate creates it (gloo on CPU, NCCL on GPU).
+No process group is made here: accelerate creates it (gloo on CPU, NCCL on GPU), and
+FSDP2 shards over it. accelerate's own FSDP plugin (``distributed_type: FSDP`` in an
+accelerate config) is not used: it only runs on GPUs, wants model and optimizer in one
+``prepare`` call, and knows nothing of the policy's block structure.
 """
 
 from __future__ import annotations
@@ -27,9 +40,15 @@ from typing import Any
 
 import torch
 
-from cgrpo.policies.base import Condition, Policy
+from cgrpo.policies.base import Condition, Policy, Shardable
 
 __all__ = ["Dist", "launched_world_size"]
+
+_FSDP_PLUGIN_ERROR = (
+    "accelerate was launched with distributed_type FSDP (ACCELERATE_USE_FSDP=true): cgrpo "
+    "does its own FSDP sharding. Launch with a plain multi-process config "
+    "(configs/accelerate/multi_gpu.yaml, or --multi_gpu) and set run.fsdp=true"
+)
 
 
 def launched_world_size() -> int:
@@ -53,16 +72,21 @@ class _VelocityModule(torch.nn.Module):
 class Dist:
     """This process's place in the run; a single process when ``accelerator`` is None."""
 
-    def __init__(self, accelerator: Any | None = None) -> None:
+    def __init__(self, accelerator: Any | None = None, fsdp: bool = False) -> None:
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.is_main = self.rank == 0
+        #: shard the policy with FSDP2 (only meaningful with several processes)
+        self.fsdp = fsdp and self.world > 1
         self._ddp: torch.nn.Module | None = None
+        self._sharded: torch.nn.Module | None = None
 
     @classmethod
-    def from_env(cls, device: str) -> Dist:
+    def from_env(cls, device: str, fsdp: bool = False) -> Dist:
         """Accelerate's state when launched on several processes, else a single process."""
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise ValueError(_FSDP_PLUGIN_ERROR)
         if launched_world_size() <= 1:
             return cls(None)
         from accelerate import Accelerator
@@ -70,7 +94,8 @@ class Dist:
 
         # gradients as views of DDP's buckets: no second copy of the (large) LoRA gradients
         ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
-        return cls(Accelerator(cpu=torch.device(device).type == "cpu", kwargs_handlers=[ddp]))
+        accelerator = Accelerator(cpu=torch.device(device).type == "cpu", kwargs_handlers=[ddp])
+        return cls(accelerator, fsdp=fsdp)
 
     @property
     def device(self) -> str | None:
@@ -102,21 +127,87 @@ class Dist:
 
         return gather_object(items)
 
+    def padded_share(self, n: int) -> tuple[list[int], int]:
+        """This process's items of ``n`` (every ``world``-th, from its rank), padded by
+        repeating its last item so that every process has ``ceil(n / world)``; returns
+        (indices, how many are real). Equal counts keep FSDP's collectives in step."""
+        mine = list(range(self.rank, n, self.world))
+        per = -(-n // self.world)
+        real = len(mine)
+        fill = mine[-1] if mine else 0
+        return mine + [fill] * (per - real), real
+
+    # -- sharding (FSDP2) ------------------------------------------------------------------
+
+    def shard_policy(self, policy: Policy) -> None:
+        """With ``fsdp``: ``fully_shard`` each unit of :meth:`Shardable.shard_modules`, then
+        the root. The policy's parameters are replaced by sharded ones (DTensors): read
+        ``policy.trainable_parameters()`` after this call."""
+        if not self.fsdp:
+            return
+        if not isinstance(policy, Shardable):
+            raise ValueError(
+                f"run.fsdp=true but {type(policy).__name__} has no shard_modules(): "
+                "implement it (root module, transformer blocks) or set run.fsdp=false"
+            )
+        from torch.distributed.fsdp import fully_shard
+
+        root, units = policy.shard_modules()
+        for unit in units:
+            fully_shard(unit)
+        self._sharded = fully_shard(root)
+
+    @staticmethod
+    def full(t: Any) -> Any:
+        """The whole tensor of a sharded one (a collective: call on every process);
+        anything else is returned as it is."""
+        from torch.distributed.tensor import DTensor
+
+        return t.detach().full_tensor() if isinstance(t, DTensor) else t
+
+    @staticmethod
+    def like(full: torch.Tensor, own: Any) -> torch.Tensor:
+        """``full`` sharded as ``own`` is (each process keeps its part; no communication);
+        ``full`` itself when ``own`` is not sharded."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if not isinstance(own, DTensor):
+            return full
+        full = full.detach().to(own.device, own.dtype)
+        return distribute_tensor(full, own.device_mesh, own.placements, src_data_rank=None)
+
+    # -- the update ------------------------------------------------------------------------
+
     def velocity_fn(
         self, policy: Policy, params: list[torch.nn.Parameter]
     ) -> Callable[[torch.Tensor, torch.Tensor, Condition], torch.Tensor]:
-        """The velocity the update differentiates: through DDP when several processes."""
-        if self.accelerator is None:
+        """The velocity the update differentiates: through DDP when several processes
+        (FSDP's sharded modules reduce their own gradients)."""
+        if self.accelerator is None or self.fsdp:
             return lambda x, sigma, condition: policy.velocity(x, sigma, condition)
         self._ddp = self.accelerator.prepare_model(_VelocityModule(policy, params))
         return self._ddp
 
     def no_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
-        """Skip DDP's gradient all-reduce for a backward that is not the last of an update."""
-        if sync or self._ddp is None:
+        """Skip the gradient reduction for a backward that is not the last of an update."""
+        if sync:
+            return contextlib.nullcontext()
+        if self._sharded is not None:
+            return _fsdp_no_sync(self._sharded)
+        if self._ddp is None:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(self._ddp)
 
     def barrier(self) -> None:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: Any) -> Any:
+    """FSDP2: accumulate unsharded gradients; the next synced backward reduce-scatters."""
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)

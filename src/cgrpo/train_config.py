@@ -147,6 +147,12 @@ class RunConfig:
     max_skips: int = option(
         5, "consecutive steps skipped for NaN/inf rewards or loss before the run stops"
     )
+    fsdp: bool = option(
+        False,
+        "with several processes (accelerate launch): shard the policy's weights, gradients "
+        "and optimizer state over them (torch FSDP2, a unit per transformer block) instead "
+        "of replicating them (DDP)",
+    )
     eval: bool = option(True, "evaluate base and trained policy on held-out pairs and print both")
     eval_steps: int = option(0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps")
     eval_every: int = option(

@@ -154,13 +154,19 @@ def evaluate(
     sigmas = sigma_schedule(steps, cfg.sampler.shift)
     gen = torch.Generator().manual_seed(cfg.data.eval_seed)
     noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
-    mine = list(range(dist.rank, len(prompts), dist.world))
+    # every process samples as many images (padding repeats its last one), so that the
+    # forward passes of a sharded (FSDP) policy stay in step; padding is not scored
+    mine, real = dist.padded_share(len(prompts))
     chunk = cfg.grpo.micro_batch_size or len(mine)
     results: list[tuple[int, float, float, torch.Tensor | None]] = []
     for lo in range(0, len(mine), chunk):  # chunks bound the memory of large models
         sl = mine[lo : lo + chunk]
         cond = policy.encode_condition(refs[sl], [prompts[i] for i in sl])
         images = policy.decode(sample_ode(policy, cond, sigmas, noise[sl]))
+        n = max(0, min(len(sl), real - lo))
+        if n == 0:
+            continue
+        sl, images = sl[:n], images[:n]
         r = score(rewards, images, [prompts[i] for i in sl], refs[sl].to(images.device))
         for j, i in enumerate(sl):
             keep = images[j].cpu() if grid is not None and i in show else None
@@ -325,13 +331,17 @@ class GRPOTrainer:
         self.cfg = cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.dist = dist if dist is not None else Dist.from_env(cfg.model.device)
+        self.dist = dist if dist is not None else Dist.from_env(cfg.model.device, cfg.run.fsdp)
         if self.dist.device is not None:  # accelerate gives each process its own device
             cfg.model.device = self.dist.device
+        # the global RNG seeds what the policy draws when built (the LoRA's A matrices):
+        # the same on every process, so FSDP's shards are pieces of one initialisation
+        torch.manual_seed(cfg.run.seed)
         self.policy = policy if policy is not None else build_policy(cfg)
         self.rewards = rewards if rewards is not None else build_rewards(cfg)
         self.data = data if data is not None else build_data(cfg)
         self.shaping, self.weighting = build_strategies(cfg)
+        self.dist.shard_policy(self.policy)  # FSDP: before the optimizer sees the parameters
         self.params = list(self.policy.trainable_parameters())
         if not self.params:
             raise ValueError("the policy has no trainable parameters")
@@ -387,8 +397,13 @@ class GRPOTrainer:
         cfg, pol = self.cfg, self.policy
         T = roll.num_steps  # weights are looked up on the full schedule, at the true index
         steps = train_step_indices(roll.num_sde_steps, cfg.grpo.timestep_fraction, self.generator)
-        n = roll.latents.shape[1]
-        order = torch.randperm(n, generator=self.generator)
+        # one shuffle of the whole step's samples, drawn alike on every process (so the
+        # generator, and with it every later step, does not depend on the process count);
+        # this process keeps its own samples in that order
+        total = cfg.data.prompts_per_step * cfg.grpo.group_size
+        perm = torch.randperm(total, generator=self.generator)
+        mine = perm[(perm >= self.shard.start) & (perm < self.shard.stop)]
+        order = mine - self.shard.start
         chunks = [c for c in order.chunk(cfg.grpo.updates_per_rollout) if len(c)]
         a_id, a_p = a_id.to(pol.device), a_p.to(pol.device)
         # the shaped advantage of each trained step, at its TRUE denoising index t
@@ -450,7 +465,7 @@ class GRPOTrainer:
                     totals[k] = totals.get(k, 0.0) + v_
                 count += 1
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            gn = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            gn = float(self.dist.full(torch.nn.utils.clip_grad_norm_(self.params, clip)))
             finite = bool(self.dist.gather(torch.tensor([finite and math.isfinite(gn)])).all())
             if not finite:  # on every process alike: nothing reaches the optimizer
                 self.optimizer.zero_grad(set_to_none=True)
@@ -510,34 +525,61 @@ class GRPOTrainer:
     # -- state ------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        """Optimizer, EMA, RNG and counters, with full (unsharded) tensors."""
         py = self.data_rng.getstate()
+        optim = self.optimizer.state_dict()
+        optim["state"] = {
+            i: {k: self.dist.full(v) for k, v in s.items()} for i, s in optim["state"].items()
+        }
         return {
             "step": self.step,
             "consecutive_skips": self.consecutive_skips,
             "total_skips": self.total_skips,
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema,
+            "optimizer": optim,
+            "ema": None if self.ema is None else [self.dist.full(e) for e in self.ema],
             "rng": ckpt.get_rng_state(),
             "data_rng": [py[0], list(py[1]), py[2]],
             "generator": self.generator.get_state(),
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (main process); every process must call it, since sharded
+        (FSDP) tensors are gathered first. Returns its folder on the main process."""
+        tensors = {k: self.dist.full(v) for k, v in self.policy.trainable_state_dict().items()}
+        state = self.state()
+        if not self.dist.is_main:
+            return None
         return ckpt.save_checkpoint(
             self.run_dir / "checkpoints",
             self.step,
-            self.policy.trainable_state_dict(),
-            self.state(),
+            tensors,
+            state,
             meta={"config": config_to_dict(self.cfg)},
             keep_last=self.cfg.run.keep_last,
         )
 
     def load(self, path: str | Path) -> None:
-        """Restore policy, optimizer, EMA, all RNG states and the step from a checkpoint."""
+        """Restore policy, optimizer, EMA, all RNG states and the step from a checkpoint
+        (written by any number of processes, sharded or not)."""
         tensors, state, _ = ckpt.load_checkpoint(path)
-        self.policy.load_trainable_state_dict(tensors)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema = state["ema"]
+        own = self.policy.trainable_state_dict()
+        self.policy.load_trainable_state_dict(
+            {k: self.dist.like(v, own[k]) if k in own else v for k, v in tensors.items()}
+        )
+        optim = state["optimizer"]
+        for i, s in optim["state"].items():  # moments sharded as their parameter
+            p = self.params[int(i)]
+            optim["state"][i] = {
+                k: self.dist.like(v, p) if torch.is_tensor(v) and v.dim() else v
+                for k, v in s.items()
+            }
+        self.optimizer.load_state_dict(optim)
+        ema = state["ema"]
+        self.ema = (
+            None
+            if ema is None
+            else [self.dist.like(e, p) for e, p in zip(ema, self.params, strict=True)]
+        )
         ckpt.set_rng_state(state["rng"])
         v, internal, gauss = state["data_rng"]
         self.data_rng.setstate((v, tuple(internal), gauss))
@@ -637,11 +679,10 @@ class GRPOTrainer:
                         res.images,
                         cfg.grpo.group_size,
                     )
-                if main and (
-                    (cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0)
-                    or self.step == cfg.run.steps
+                if (cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0) or (
+                    self.step == cfg.run.steps
                 ):
-                    self.save()
+                    self.save()  # on every process: sharded tensors are gathered first
         finally:
             bar.close()
             log.close()

@@ -73,3 +73,13 @@ class Policy(Protocol):
         ...
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+@runtime_checkable
+class Shardable(Protocol):
+    """Optional: a policy that ``run.fsdp=true`` can shard (:mod:`cgrpo.distributed`)."""
+
+    def shard_modules(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+        """(root module, its repeated blocks): FSDP2 makes a unit of each block, then of the
+        root, which holds every trainable parameter the velocity uses."""
+        ...

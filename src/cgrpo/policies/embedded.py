@@ -72,6 +72,10 @@ class EmbeddedPolicy:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((latents.float() + 1) / 2).clamp(0, 1)
 
+    def shard_modules(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+        """FSDP units: each joint-attention block, and the whole model (the rest)."""
+        return self.model, list(self.model.blocks)
+
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 

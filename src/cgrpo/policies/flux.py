@@ -425,12 +425,10 @@ class FluxPolicy:
             init_lora_weights=True,  # A Kaiming-uniform, B zero: the adapter starts as identity
         )
         inject_adapter_in_model(lora_config, self.transformer, adapter_name=_ADAPTER)
-        self._lora_params: list[torch.nn.Parameter] = []
         for name, p in self.transformer.named_parameters():
             is_lora = "lora_" in name
             if is_lora:
                 p.data = p.data.float()  # fp32 master weights: bf16 would swallow lr 2e-5 steps
-                self._lora_params.append(p)
             p.requires_grad_(is_lora)
         if not self._lora_params:
             raise ValueError(
@@ -499,6 +497,17 @@ class FluxPolicy:
         if not merged:
             raise ValueError(f"flux.start_lora '{path}' holds no LoRA (lora_A/lora_B) weights")
         return merged
+
+    @property
+    def _lora_params(self) -> list[torch.nn.Parameter]:
+        """The LoRA weights, looked up each time: FSDP replaces the parameter objects."""
+        return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
+
+    def shard_modules(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+        """FSDP units: each double- and single-stream block, and the transformer (the rest:
+        embedders, norm, projection)."""
+        t = self.transformer
+        return t, [*t.transformer_blocks, *t.single_transformer_blocks]
 
     # -- the protocol --------------------------------------------------------------------------
 
