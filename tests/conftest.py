@@ -52,89 +52,15 @@ def fast_config(out_dir: Path, weights: Path, *overrides: str) -> TrainConfig:
 
 # ----------------------------------------------------------------- tiny FLUX components
 
-WORDS = (
-    "a an the dog cat backpack can red purple shiny wet in on of with top snow jungle beach "
-    "street background city mountain house wearing hat"
-).split()
-PROMPTS = ["a dog in the snow", "a red can on the beach"]
-
-
-def _tokenizer(max_len: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        eos_token="[EOS]",
-        model_max_length=max_len,
-    )
+PROMPTS = ["a dog in the snow", "a red can on the beach"]  # words of random_flux.WORDS
 
 
 @pytest.fixture(scope="session")
 def flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny FLUX model folder in diffusers layout."""
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    """A tiny FLUX model folder in diffusers layout (random weights, seed 0)."""
+    from cgrpo.policies.random_flux import save_random_flux
 
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny_flux")
-    FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,  # 4 latent channels x 2x2 packing
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
-    ).save_pretrained(root / "transformer")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).save_pretrained(root / "vae")
-    vocab = len(WORDS) + 3
-    CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            projection_dim=32,
-        )
-    ).save_pretrained(root / "text_encoder")
-    T5EncoderModel(
-        T5Config(
-            vocab_size=vocab,
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=1,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-        )
-    ).save_pretrained(root / "text_encoder_2")
-    _tokenizer(16).save_pretrained(root / "tokenizer")
-    _tokenizer(512).save_pretrained(root / "tokenizer_2")
-    return root
+    return save_random_flux(tmp_path_factory.mktemp("tiny_flux"), "tiny", seed=0)
 
 
 class Brightness:

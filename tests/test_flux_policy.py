@@ -340,3 +340,20 @@ def test_trainer_runs_flux_policy_and_checkpoints_only_lora(flux_dir: Path, tmp_
     fresh.load(last)
     for k, v in fresh.policy.trainable_state_dict().items():
         assert torch.equal(v, tensors[k])
+
+
+def test_random_flux_presets_have_flux_dev_sizes() -> None:
+    """The ``full`` preset is FLUX.1-dev's transformer and VAE (the counts docs/gpu.md
+    computes memory from); built on the meta device, so nothing is allocated."""
+    from cgrpo.policies.random_flux import random_flux
+
+    full = random_flux("full", torch.bfloat16, device="meta")
+    assert sum(p.numel() for p in full["transformer"].parameters()) == 11_901_408_320
+    assert sum(p.numel() for p in full["vae"].parameters()) == 83_819_683
+    assert full["transformer"].x_embedder.weight.dtype == torch.bfloat16
+    assert torch.get_default_dtype() == torch.float32  # restored
+    medium = random_flux("medium", device="meta")["transformer"]
+    assert (len(medium.transformer_blocks), len(medium.single_transformer_blocks)) == (2, 4)
+    assert medium.config.num_attention_heads * medium.config.attention_head_dim == 3072
+    with pytest.raises(ValueError, match="unknown FLUX preset 'huge'"):
+        random_flux("huge")
