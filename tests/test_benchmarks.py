@@ -46,3 +46,14 @@ def test_competitive_degradation_writes_report(tmp_path: Path, tiny_weights: Pat
     base = json.loads((tmp_path / "runs" / "base_eval" / "metrics.json").read_text())
     assert base["model"] == "base" and base["overall"]["identity"] < 0.1
     assert "[skip]" in _run(*args)  # finished runs are not trained again
+
+
+def test_flux_step_reports_memory_and_time_per_process() -> None:
+    out = _run(
+        "benchmarks/flux_step.py", "--preset", "tiny", "--steps", "1", "model.device=cpu",
+        "flux.resolution=16", "flux.lora_rank=4", "flux.dtype=float32", "grpo.group_size=2",
+        "sampler.num_steps=2", "run.threads=1",
+    )  # fmt: skip
+    assert "CPU x 1 process(es), single" in out and "G 2, 2 steps" in out
+    row = out.strip().splitlines()[-1].split()  # rank 0: holds everything in one process
+    assert row[:3] == ["0", "100.0%", "100.0%"] and all(float(v) > 0 for v in row[4:6])

@@ -1,0 +1,186 @@
+"""Memory and seconds per GRPO step of the FLUX policy, with random weights of real sizes.
+
+Builds a random-weight FLUX model (:mod:`cgrpo.policies.random_flux`: ``medium`` = FLUX
+block width with 2 + 4 blocks, ``full`` = FLUX.1-dev's 19 + 38 blocks) with the configured
+LoRA, and runs training steps of the one trainer on generated plain-colour references.
+The rewards are a toy (image brightness and redness): reward models are timed by
+``benchmarks/reward_speed.py``; this script times and sizes the policy. Prints, per
+process: parameters held (frozen, LoRA; part of the model under FSDP), the bytes of the
+training state it holds (weights, LoRA gradients, AdamW moments), its memory now and at
+peak (CUDA allocated on a GPU; resident set on CPU, whose peak includes building the full
+model before FSDP shards it), and the mean seconds of sampling and update.
+
+    # one GPU, the paper's setting at 512 px (rank 512 LoRA, G 12, 25 steps)
+    python benchmarks/flux_step.py --preset full model.device=cuda
+    # 8 GPUs, sharded
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes 8 \\
+        benchmarks/flux_step.py --preset full model.device=cuda run.fsdp=true
+    # CPU, two processes, small: replicated vs sharded
+    accelerate launch --multi_gpu --num_processes 2 benchmarks/flux_step.py --preset medium \\
+        flux.resolution=64 flux.dtype=float32 [run.fsdp=true]
+
+Overrides are training-config keys (``key=value``); the defaults are the paper's
+(configs/uno_dreambench.yaml) with prompts_per_step = the number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from cgrpo.config import load_config
+from cgrpo.distributed import Dist, launched_world_size
+from cgrpo.policies.flux import FluxPolicy
+from cgrpo.policies.random_flux import random_flux
+from cgrpo.train_config import TrainConfig
+from cgrpo.trainer import GRPOTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "gray"]
+PROMPTS = ["a dog in the snow", "a red can on the beach", "a cat wearing a hat"]
+
+
+class ToyReward:
+    """Brightness (identity slot) or red minus blue (prompt slot) of each image."""
+
+    def __init__(self, red: bool) -> None:
+        self.red = red
+
+    def __call__(
+        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor
+    ) -> torch.Tensor:
+        if self.red:
+            return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
+        return images.mean(dim=(1, 2, 3))
+
+
+def pairs_file(folder: Path, n: int) -> Path:
+    """``n`` plain-colour references with prompts, as a JSONL pairs file."""
+    rows = []
+    for i in range(n):
+        Image.new("RGB", (64, 64), COLOURS[i % len(COLOURS)]).save(folder / f"ref{i}.png")
+        rows.append(json.dumps({"reference": f"ref{i}.png", "prompt": PROMPTS[i % len(PROMPTS)]}))
+    path = folder / "pairs.jsonl"
+    path.write_text("\n".join(rows))
+    return path
+
+
+def memory_gb(device: torch.device) -> tuple[float, float]:
+    """(now, peak) of the process: CUDA allocated on a GPU, resident set size on CPU (whose
+    peak includes building the full model before FSDP shards it)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 1e9, torch.cuda.max_memory_allocated(
+            device
+        ) / 1e9
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    now = pages * resource.getpagesize() / 1e9
+    return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` this process stores (its shard under FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def held(params: list[torch.nn.Parameter]) -> int:
+    """Elements of ``params`` this process stores."""
+    return sum(local(p).numel() for p in params)
+
+
+def state_gb(trainer: GRPOTrainer) -> float:
+    """Bytes this process stores of the training state: transformer weights (frozen and
+    LoRA), LoRA gradients and AdamW moments."""
+    tensors = [local(p) for p in trainer.policy.transformer.parameters()]
+    tensors += [local(p.grad) for p in trainer.params if p.grad is not None]
+    tensors += [local(v) for s in trainer.optimizer.state.values() for v in s.values() if v.dim()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="medium", choices=["tiny", "medium", "full"])
+    ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    world = launched_world_size()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        overrides = [
+            "model.kind=flux", "data.kind=jsonl", f"data.path={pairs_file(folder, 8)}",
+            f"data.prompts_per_step={world}", "flux.start_lora=null", "flux.path=null",
+            "flux.max_sequence_length=16", "flux.prompt_cache_dir=null",
+            f"run.out_dir={folder / 'run'}", "run.eval=false",
+            "run.image_every=0", "run.checkpoint_every=0", "run.steps=1000000",
+            *args.overrides,
+        ]  # fmt: skip
+        cfg = load_config(TrainConfig, ROOT / "configs" / "uno_dreambench.yaml", overrides)
+        dist = Dist.from_env(cfg.model.device, cfg.run.fsdp)
+        device = torch.device(dist.device or cfg.model.device)
+        dtype = torch.bfloat16 if cfg.flux.dtype == "bfloat16" else torch.float32
+        t0 = time.perf_counter()
+        parts = random_flux(args.preset, dtype, device, seed=0)
+        policy = FluxPolicy(cfg.flux, device, **parts)
+        build_s = time.perf_counter() - t0
+        trainer = GRPOTrainer(
+            cfg, policy=policy, rewards=(ToyReward(False), ToyReward(True)), dist=dist
+        )
+        counts = policy.parameter_counts()
+        lora = trainer.params
+        frozen = [p for p in policy.transformer.parameters() if not p.requires_grad]
+        trainer.train_step()  # warm-up
+        phases: dict[str, list[float]] = {"sample": [], "update": [], "total": []}
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            m = trainer.train_step().metrics
+            phases["sample"].append(m["sec_sample"])
+            phases["update"].append(m["sec_update"])
+            phases["total"].append(time.perf_counter() - t)
+        row = {
+            "rank": dist.rank,
+            "frozen_held": held(frozen),
+            "lora_held": held(lora),
+            "state_gb": round(state_gb(trainer), 2),
+            **dict(
+                zip(("now_gb", "peak_gb"), (round(v, 2) for v in memory_gb(device)), strict=True)
+            ),
+            **{f"sec_{k}": round(statistics.mean(v), 2) for k, v in phases.items()},
+        }
+        rows = dist.gather_objects([row])
+    if not dist.is_main:
+        return
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    mode = "FSDP" if dist.fsdp else "DDP" if world > 1 else "single"
+    print(f"device: {name} x {world} process(es), {mode}; torch threads {torch.get_num_threads()}")
+    frozen_b, lora_m = counts["frozen"] / 1e9, counts["lora"] / 1e6
+    print(
+        f"preset {args.preset}: frozen {frozen_b:.3f} B, LoRA {lora_m:.1f} M "
+        f"(rank {cfg.flux.lora_rank}, {counts['lora_layers']} layers), {cfg.flux.dtype}, "
+        f"{cfg.flux.resolution} px, G {cfg.grpo.group_size}, {cfg.sampler.num_steps} steps, "
+        f"micro-batch {cfg.grpo.micro_batch_size or 'all'}; built in {build_s:.1f} s"
+    )
+    mem = "CUDA allocated" if device.type == "cuda" else "resident set"
+    print(f"state GB: weights + LoRA grads + AdamW held; now / peak GB: {mem}")
+    print("rank  frozen held  LoRA held  state GB  now GB  peak GB  s sample  s update  s step")
+    for r in rows:
+        print(
+            f"{r['rank']:>4}  {r['frozen_held'] / counts['frozen']:>10.1%}  "
+            f"{r['lora_held'] / counts['lora']:>8.1%}  {r['state_gb']:>8.2f}  "
+            f"{r['now_gb']:>6.2f}  {r['peak_gb']:>7.2f}  "
+            f"{r['sec_sample']:>8.2f}  {r['sec_update']:>8.2f}  {r['sec_total']:>6.2f}"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
