@@ -227,9 +227,13 @@ def test_evaluation_pads_a_short_share_and_drops_the_padding(tmp_path: Path) -> 
         assert [x[0] for x in seen] == list(range(rank, 8, 3))
 
 
-def test_fsdp_is_ours_not_accelerates(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match="run.fsdp=true"):
+@pytest.mark.parametrize("plugin", ["FSDP", "DEEPSPEED"])
+def test_accelerates_sharding_plugins_are_refused(
+    monkeypatch: pytest.MonkeyPatch, plugin: str
+) -> None:
+    """Sharding is run.fsdp's: accelerate's FSDP / DeepSpeed launches get one message."""
+    monkeypatch.setenv(f"ACCELERATE_USE_{plugin}", "true")
+    with pytest.raises(ValueError, match=r"multi_gpu\.yaml.*run\.fsdp=true"):
         Dist.from_env("cpu", fsdp=True)
 
 

@@ -50,6 +50,12 @@ _FSDP_PLUGIN_ERROR = (
     "(configs/accelerate/multi_gpu.yaml, or --multi_gpu) and set run.fsdp=true"
 )
 
+_DEEPSPEED_ERROR = (
+    "accelerate was launched with DeepSpeed (ACCELERATE_USE_DEEPSPEED=true), which cgrpo "
+    "does not support. For sharded weights, gradients and optimizer state (as ZeRO-3) "
+    "launch with configs/accelerate/multi_gpu.yaml and set run.fsdp=true"
+)
+
 
 def launched_world_size() -> int:
     """Processes of this run as set by the launcher (1 without ``accelerate launch``)."""
@@ -87,6 +93,8 @@ class Dist:
         """Accelerate's state when launched on several processes, else a single process."""
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
             raise ValueError(_FSDP_PLUGIN_ERROR)
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            raise ValueError(_DEEPSPEED_ERROR)
         if launched_world_size() <= 1:
             return cls(None)
         from accelerate import Accelerator
