@@ -83,7 +83,7 @@ def memory_gb(device: torch.device) -> tuple[float, float]:
         ) / 1e9
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     now = pages * resource.getpagesize() / 1e9
-    return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
