@@ -129,8 +129,10 @@ def main() -> None:
         device = torch.device(dist.device or cfg.model.device)
         dtype = torch.bfloat16 if cfg.flux.dtype == "bfloat16" else torch.float32
         t0 = time.perf_counter()
-        parts = random_flux(args.preset, dtype, device, seed=0)
-        policy = FluxPolicy(cfg.flux, device, **parts)
+        # FSDP: the transformer is built in CPU memory; each GPU receives only its shards
+        home = torch.device("cpu") if dist.fsdp else device
+        parts = random_flux(args.preset, dtype, home, seed=0)
+        policy = FluxPolicy(cfg.flux, device, transformer_device=home, **parts)
         build_s = time.perf_counter() - t0
         trainer = GRPOTrainer(
             cfg, policy=policy, rewards=(ToyReward(False), ToyReward(True)), dist=dist

@@ -158,12 +158,16 @@ class Dist:
                 f"run.fsdp=true but {type(policy).__name__} has no shard_modules(): "
                 "implement it (root module, transformer blocks) or set run.fsdp=false"
             )
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # one dimension over all processes (the default process group), on the policy's
+        # device type: FSDP moves each unit there, then keeps this process's shard
+        mesh = init_device_mesh(policy.device.type, (self.world,))
         root, units = policy.shard_modules()
         for unit in units:
-            fully_shard(unit)
-        self._sharded = fully_shard(root)
+            fully_shard(unit, mesh=mesh)
+        self._sharded = fully_shard(root, mesh=mesh)
 
     @staticmethod
     def full(t: Any) -> Any:

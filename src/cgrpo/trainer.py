@@ -53,8 +53,11 @@ class TrainingError(RuntimeError):
 # ----------------------------------------------------------------------------- builders
 
 
-def build_policy(cfg: TrainConfig) -> Policy:
-    """The policy named by ``cfg.model`` (the reference copy is kept only when KL is on)."""
+def build_policy(cfg: TrainConfig, shard_later: bool = False) -> Policy:
+    """The policy named by ``cfg.model`` (the reference copy is kept only when KL is on).
+
+    ``shard_later``: FSDP will shard the FLUX transformer, so it is built in CPU memory and
+    each GPU only ever receives its shards (plus one block at a time while sharding)."""
     if cfg.model.kind == "embedded":
         from cgrpo.policies.embedded import EmbeddedPolicy
 
@@ -63,7 +66,9 @@ def build_policy(cfg: TrainConfig) -> Policy:
         )
     from cgrpo.policies.flux import FluxPolicy  # KL reference = the same model, LoRA disabled
 
-    return FluxPolicy(cfg.flux, device=cfg.model.device)
+    return FluxPolicy(
+        cfg.flux, device=cfg.model.device, transformer_device="cpu" if shard_later else None
+    )
 
 
 def build_data(cfg: TrainConfig) -> PairSource:
@@ -337,7 +342,7 @@ class GRPOTrainer:
         # the global RNG seeds what the policy draws when built (the LoRA's A matrices):
         # the same on every process, so FSDP's shards are pieces of one initialisation
         torch.manual_seed(cfg.run.seed)
-        self.policy = policy if policy is not None else build_policy(cfg)
+        self.policy = policy if policy is not None else build_policy(cfg, self.dist.fsdp)
         self.rewards = rewards if rewards is not None else build_rewards(cfg)
         self.data = data if data is not None else build_data(cfg)
         self.shaping, self.weighting = build_strategies(cfg)

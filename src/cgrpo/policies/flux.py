@@ -297,7 +297,10 @@ class FluxPolicy:
 
     Build it from ``config.path`` (``FluxPolicy(config, device)``), or hand in already
     built modules (tests, notebooks): any module given is used as is, the others are
-    loaded from ``config.path``. The text encoders are loaded lazily, on the first prompt
+    loaded from ``config.path``. ``transformer_device`` (default: ``device``) is where the
+    transformer is placed at construction: ``"cpu"`` when FSDP will shard it onto the GPUs
+    (:meth:`cgrpo.distributed.Dist.shard_policy` moves each shard to the process's device).
+    The text encoders are loaded lazily, on the first prompt
     that is not in ``config.prompt_cache_dir``, so a run with precomputed prompt
     embeddings never holds T5 in memory (their files are still checked up front).
     """
@@ -318,6 +321,7 @@ class FluxPolicy:
         text_encoder_2: torch.nn.Module | None = None,
         tokenizer: Any = None,
         tokenizer_2: Any = None,
+        transformer_device: str | torch.device | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -344,7 +348,8 @@ class FluxPolicy:
             vae = AutoencoderKL.from_pretrained(
                 folders["vae"], torch_dtype=self.dtype, local_files_only=True
             )
-        self.transformer = transformer.to(self.device, self.dtype)
+        # FSDP builds the transformer in CPU memory and moves only shards to the GPU
+        self.transformer = transformer.to(transformer_device or self.device, self.dtype)
         self.vae = vae.to(self.device, self.dtype).requires_grad_(False).eval()
         self._text_modules: dict[str, Any] = {
             "text_encoder": text_encoder,
