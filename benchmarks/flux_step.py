@@ -3,8 +3,8 @@
 Builds a random-weight FLUX model (:mod:`cgrpo.policies.random_flux`: ``medium`` = FLUX
 block width with 2 + 4 blocks, ``full`` = FLUX.1-dev's 19 + 38 blocks) with the configured
 LoRA, and runs training steps of the one trainer on generated plain-colour references.
-The rewards are a toy (image brightness and redness): reward models are timed by
-``benchmarks/reward_speed.py``; this script times and sizes the policy. Prints, per
+The rewards are the model-free ``colour`` ones (brightness and redness): reward models are
+timed by ``benchmarks/reward_speed.py``; this script times and sizes the policy. Prints, per
 process: parameters held (frozen, LoRA; part of the model under FSDP), the bytes of the
 training state it holds (weights, LoRA gradients, AdamW moments), its memory now and at
 peak (CUDA allocated on a GPU; resident set on CPU, whose peak includes building the full
@@ -47,20 +47,6 @@ from cgrpo.trainer import GRPOTrainer
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "gray"]
 PROMPTS = ["a dog in the snow", "a red can on the beach", "a cat wearing a hat"]
-
-
-class ToyReward:
-    """Brightness (identity slot) or red minus blue (prompt slot) of each image."""
-
-    def __init__(self, red: bool) -> None:
-        self.red = red
-
-    def __call__(
-        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor
-    ) -> torch.Tensor:
-        if self.red:
-            return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
-        return images.mean(dim=(1, 2, 3))
 
 
 def pairs_file(folder: Path, n: int) -> Path:
@@ -122,6 +108,8 @@ def main() -> None:
             "flux.max_sequence_length=16", "flux.prompt_cache_dir=null",
             f"run.out_dir={folder / 'run'}", "run.eval=false",
             "run.image_every=0", "run.checkpoint_every=0", "run.steps=1000000",
+            "rewards.identity=colour", "rewards.identity_options={kind: brightness}",
+            "rewards.prompt=colour", "rewards.prompt_options={kind: redness}",
             *args.overrides,
         ]  # fmt: skip
         cfg = load_config(TrainConfig, ROOT / "configs" / "uno_dreambench.yaml", overrides)
@@ -134,9 +122,7 @@ def main() -> None:
         parts = random_flux(args.preset, dtype, home, seed=0)
         policy = FluxPolicy(cfg.flux, device, transformer_device=home, **parts)
         build_s = time.perf_counter() - t0
-        trainer = GRPOTrainer(
-            cfg, policy=policy, rewards=(ToyReward(False), ToyReward(True)), dist=dist
-        )
+        trainer = GRPOTrainer(cfg, policy=policy, dist=dist)
         counts = policy.parameter_counts()
         lora = trainer.params
         frozen = [p for p in policy.transformer.parameters() if not p.requires_grad]

@@ -63,23 +63,10 @@ def flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_flux(tmp_path_factory.mktemp("tiny_flux"), "tiny", seed=0)
 
 
-class Brightness:
-    """Toy reward on any image: mean brightness (or red minus blue), for trainer tests."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(
-        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor
-    ) -> torch.Tensor:
-        if self.name == "bright":
-            return images.mean(dim=(1, 2, 3))
-        return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
-
-
 def flux_train_config(flux_dir: Path, tmp_path: Path, *overrides: str) -> TrainConfig:
     """A train config on the tiny FLUX model: two plain-colour references with PROMPTS as a
-    JSONL pairs file, 16 px, LoRA rank 4, 2 pairs x 3 samples x 4 steps."""
+    JSONL pairs file, 16 px, LoRA rank 4, 2 pairs x 3 samples x 4 steps, and the
+    model-free colour rewards (brightness as identity, redness as prompt)."""
     import json
 
     from PIL import Image
@@ -94,6 +81,8 @@ def flux_train_config(flux_dir: Path, tmp_path: Path, *overrides: str) -> TrainC
         "flux.resolution=16", "flux.lora_rank=4", "flux.max_sequence_length=8",
         "data.kind=jsonl", f"data.path={pairs}", "data.prompts_per_step=2",
         "grpo.group_size=3", "sampler.num_steps=4", "optim.lr=1e-2",
-        f"run.out_dir={tmp_path / 'run'}", "run.threads=1",
+        f"run.out_dir={tmp_path / 'run'}", "run.threads=1", "rewards.identity=colour",
+        "rewards.identity_options={kind: brightness}", "rewards.prompt=colour",
+        "rewards.prompt_options={kind: redness}",
     ]  # fmt: skip
     return load_config(TrainConfig, None, [*base, *overrides])

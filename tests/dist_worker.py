@@ -44,13 +44,10 @@ def one_step(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
 
 
 def flux_trainer(flux_dir: Path, out: Path, *overrides: str) -> GRPOTrainer:
-    """The trainer on the tiny FLUX model with the toy brightness rewards."""
-    from tests.conftest import Brightness, flux_train_config
+    """The trainer on the tiny FLUX model with the model-free colour rewards."""
+    from tests.conftest import flux_train_config
 
-    return GRPOTrainer(
-        flux_train_config(flux_dir, out, *overrides),
-        rewards=(Brightness("bright"), Brightness("red")),
-    )
+    return GRPOTrainer(flux_train_config(flux_dir, out, *overrides))
 
 
 def main() -> None:

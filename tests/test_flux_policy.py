@@ -313,7 +313,7 @@ def test_bfloat16_weights_keep_float32_lora(flux_dir: Path) -> None:
 def test_trainer_runs_flux_policy_and_checkpoints_only_lora(flux_dir: Path, tmp_path: Path) -> None:
     """The one trainer on the FLUX policy: rollout, rewards, SARS + TDW update, checkpoint
     of the LoRA weights only, resume into a fresh policy."""
-    from tests.conftest import Brightness, flux_train_config
+    from tests.conftest import flux_train_config
 
     from cgrpo import checkpoint as ckpt
     from cgrpo.trainer import GRPOTrainer
@@ -321,8 +321,7 @@ def test_trainer_runs_flux_policy_and_checkpoints_only_lora(flux_dir: Path, tmp_
     cfg = flux_train_config(
         flux_dir, tmp_path, "run.steps=2", "run.checkpoint_every=1", "run.image_every=1"
     )
-    rewards = (Brightness("bright"), Brightness("red"))
-    trainer = GRPOTrainer(cfg, rewards=rewards)
+    trainer = GRPOTrainer(cfg)
     frozen = {n: p.detach().clone() for n, p in trainer.policy.transformer.named_parameters()}
     summary = trainer.train(quiet=True)
     assert set(summary) >= {"base", "trained"} and summary["trained"]["n"] == 2
@@ -336,7 +335,7 @@ def test_trainer_runs_flux_policy_and_checkpoints_only_lora(flux_dir: Path, tmp_
     tensors, state, _ = ckpt.load_checkpoint(last)
     assert int(state["step"]) == 2
     assert tensors and all("lora_" in k for k in tensors)
-    fresh = GRPOTrainer(cfg, rewards=rewards)
+    fresh = GRPOTrainer(cfg)
     fresh.load(last)
     for k, v in fresh.policy.trainable_state_dict().items():
         assert torch.equal(v, tensors[k])

@@ -480,3 +480,17 @@ def test_subject_stats_geometry() -> None:
     moved = subject_stats(batch([(s, Prompt("square", None, "top left"))]))
     offset = POSITIONS["top left"][0] * 6.0
     assert torch.allclose(moved.centroid[0], centre + offset, atol=0.3)
+
+
+def test_colour_reward_from_the_registry() -> None:
+    """The model-free smoke-test reward: brightness and red-minus-blue per image."""
+    images = torch.zeros(3, 3, 4, 4)
+    images[0] = 1.0  # white
+    images[1, 0] = 1.0  # red
+    images[2, 2] = 1.0  # blue
+    bright = make_reward("colour", kind="brightness")(images, ["x"] * 3, images)
+    red = make_reward("colour", kind="redness")(images, ["x"] * 3, images)
+    torch.testing.assert_close(bright, torch.tensor([1.0, 1 / 3, 1 / 3]))
+    torch.testing.assert_close(red, torch.tensor([0.0, 1.0, -1.0]))
+    with pytest.raises(ValueError, match="brightness or redness"):
+        make_reward("colour", kind="green")

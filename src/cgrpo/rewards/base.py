@@ -52,7 +52,7 @@ def register_reward(
 
 def _register_builtins() -> None:
     """Import the built-in backends so that they register themselves."""
-    from cgrpo.rewards import effnet, embedded, hf, hpsv3  # noqa: F401
+    from cgrpo.rewards import colour, effnet, embedded, hf, hpsv3  # noqa: F401
 
 
 def make_reward(name: str, **options: Any) -> RewardModel:

@@ -1,0 +1,39 @@
+"""A model-free reward on pixel statistics, for smoke runs and cost benchmarks.
+
+``colour`` needs no weights: use it to check a new set-up end to end (the FLUX tier on a
+GPU before the reward models are in place, ``rewards.identity=colour
+rewards.identity_options={kind: brightness}``), or where only the policy's cost matters
+(``benchmarks/flux_step.py``). It is not a reward of the method.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from cgrpo.rewards.base import register_reward
+
+__all__ = ["ColourReward"]
+
+
+class ColourReward:
+    """``brightness``: mean of all pixels; ``redness``: mean red minus mean blue."""
+
+    def __init__(self, kind: Literal["brightness", "redness"] = "brightness") -> None:
+        if kind not in ("brightness", "redness"):
+            raise ValueError(f"colour reward kind must be brightness or redness, got {kind!r}")
+        self.kind = kind
+        self.name = f"colour_{kind}"
+
+    def __call__(
+        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor
+    ) -> torch.Tensor:
+        if self.kind == "brightness":
+            return images.mean(dim=(1, 2, 3))
+        return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
+
+
+@register_reward("colour")
+def _colour(kind: Literal["brightness", "redness"] = "brightness") -> ColourReward:
+    return ColourReward(kind)
