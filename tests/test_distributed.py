@@ -149,11 +149,12 @@ def test_cli_run_on_two_processes_resumes_on_one(tmp_path: Path) -> None:
 
 
 def test_fsdp_run_matches_one_process_and_resumes_sharded(tmp_path: Path) -> None:
-    """FSDP on 2 processes: its checkpoints hold the full weights of the 1-process run, and
-    a resumed FSDP run reshards them (weights, AdamW moments) and goes on."""
+    """FSDP on 2 processes: its checkpoints hold the full weights (and EMA) of the 1-process
+    run, and a resumed FSDP run reshards them (weights, AdamW moments, EMA) and goes on."""
     common = [
         f"model.weights={SHIPPED}", "run.threads=1", "data.eval_prompts_per_subject=1",
         "sampler.num_steps=3", "run.checkpoint_every=1", "run.image_every=0", *STEP[:2],
+        "optim.ema_decay=0.5",
     ]  # fmt: skip
     fsdp, one = tmp_path / "fsdp", tmp_path / "one"
     launch("-m", "cgrpo", "train", "--quiet", f"run.out_dir={fsdp}", "run.steps=2",
@@ -171,6 +172,9 @@ def test_fsdp_run_matches_one_process_and_resumes_sharded(tmp_path: Path) -> Non
     moments = [s["exp_avg_sq"] for s in state["optimizer"]["state"].values()]
     ref = [s["exp_avg_sq"] for s in single_state["optimizer"]["state"].values()]
     assert [m.shape for m in moments] == [r.shape for r in ref]
+    assert len(state["ema"]) == len(single_state["ema"])  # the evaluation used these weights
+    for e, e_one in zip(state["ema"], single_state["ema"], strict=True):
+        torch.testing.assert_close(e, e_one, rtol=1e-3, atol=1e-5)
     # the evaluation (8 held-out pairs over 2 processes) agrees with the one-process one
     ev, ev_one = (json.loads((r / "eval.json").read_text()) for r in (fsdp, one))
     assert ev["base"]["per_image"] == ev_one["base"]["per_image"]
@@ -183,6 +187,7 @@ def test_fsdp_run_matches_one_process_and_resumes_sharded(tmp_path: Path) -> Non
     after, state3, _ = ckpt.load_checkpoint(fsdp / "checkpoints" / "step_000003")
     assert int(state3["step"]) == 3
     assert any(not torch.equal(sharded[k], after[k]) for k in after)
+    assert any(not torch.equal(a, b) for a, b in zip(state["ema"], state3["ema"], strict=True))
     step3 = [s["step"] for s in state3["optimizer"]["state"].values()]
     assert all(int(s) == 3 for s in step3)  # AdamW continued from the restored moments
 
