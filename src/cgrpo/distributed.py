@@ -170,12 +170,17 @@ class Dist:
         self._sharded = fully_shard(root, mesh=mesh)
 
     @staticmethod
-    def full(t: Any) -> Any:
-        """The whole tensor of a sharded one (a collective: call on every process);
-        anything else is returned as it is."""
+    def full(t: Any, keep: bool = True) -> Any:
+        """The whole tensor of a sharded one, in CPU memory (a collective: call it on every
+        process, tensor by tensor, so a device holds one gathered tensor at a time).
+        ``keep=False`` drops the result (None): for processes that only take part in the
+        gathering. Anything not sharded is returned as it is."""
         from torch.distributed.tensor import DTensor
 
-        return t.detach().full_tensor() if isinstance(t, DTensor) else t
+        if not isinstance(t, DTensor):
+            return t
+        whole = t.detach().full_tensor()
+        return whole.cpu() if keep else None
 
     @staticmethod
     def like(full: torch.Tensor, own: Any) -> torch.Tensor:

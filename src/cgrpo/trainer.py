@@ -529,19 +529,21 @@ class GRPOTrainer:
 
     # -- state ------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Optimizer, EMA, RNG and counters, with full (unsharded) tensors."""
+    def state(self, keep: bool = True) -> dict[str, Any]:
+        """Optimizer, EMA, RNG and counters, with full (unsharded) tensors; with FSDP every
+        process must call it, and ``keep=False`` ones only help gather (see Dist.full)."""
         py = self.data_rng.getstate()
+        full = self.dist.full
         optim = self.optimizer.state_dict()
         optim["state"] = {
-            i: {k: self.dist.full(v) for k, v in s.items()} for i, s in optim["state"].items()
+            i: {k: full(v, keep) for k, v in s.items()} for i, s in optim["state"].items()
         }
         return {
             "step": self.step,
             "consecutive_skips": self.consecutive_skips,
             "total_skips": self.total_skips,
             "optimizer": optim,
-            "ema": None if self.ema is None else [self.dist.full(e) for e in self.ema],
+            "ema": None if self.ema is None else [full(e, keep) for e in self.ema],
             "rng": ckpt.get_rng_state(),
             "data_rng": [py[0], list(py[1]), py[2]],
             "generator": self.generator.get_state(),
@@ -550,9 +552,11 @@ class GRPOTrainer:
     def save(self) -> Path | None:
         """Write a checkpoint (main process); every process must call it, since sharded
         (FSDP) tensors are gathered first. Returns its folder on the main process."""
-        tensors = {k: self.dist.full(v) for k, v in self.policy.trainable_state_dict().items()}
-        state = self.state()
-        if not self.dist.is_main:
+        main = self.dist.is_main  # the others take part in gathering, then drop the result
+        own = self.policy.trainable_state_dict()
+        tensors = {k: self.dist.full(v, main) for k, v in own.items()}
+        state = self.state(keep=main)
+        if not main:
             return None
         return ckpt.save_checkpoint(
             self.run_dir / "checkpoints",
