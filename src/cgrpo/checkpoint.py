@@ -272,7 +272,8 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise _missing_file_error(p, "state file")
     try:
-        state = torch.load(p, weights_only=True, map_location="cpu")
+        # mmap: processes resuming from one file share its pages; writes stay private
+        state = torch.load(p, weights_only=True, map_location="cpu", mmap=True)
     except Exception as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
