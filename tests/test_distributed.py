@@ -245,3 +245,33 @@ def test_accelerates_sharding_plugins_are_refused(
 def test_fsdp_needs_a_shardable_policy() -> None:
     with pytest.raises(ValueError, match="shard_modules"):
         Dist(_Place(0, 2), fsdp=True).shard_policy(object())  # type: ignore[arg-type]
+
+
+def test_fsdp_flux_run_checkpoints_the_whole_lora_and_resumes_sharded(
+    flux_dir: Path, tmp_path: Path
+) -> None:
+    """`cgrpo train run.fsdp=true` on the tiny FLUX model (2 processes): the checkpoint is
+    the 1-process run's whole LoRA (no frozen weight), and it resumes sharded."""
+    from tests.conftest import flux_train_config
+
+    from cgrpo.cli import main
+    from cgrpo.config import save_config
+
+    steps = ["run.eval=false", "run.image_every=0", "run.checkpoint_every=1"]
+    cfg = flux_train_config(flux_dir, tmp_path, *steps)
+    save_config(cfg, tmp_path / "flux.yaml")
+    run, one = tmp_path / "fsdp", tmp_path / "one"
+    train = ["-m", "cgrpo", "train", "--config", str(tmp_path / "flux.yaml"), "--quiet"]
+    launch(*train, f"run.out_dir={run}", "run.steps=2", "run.fsdp=true")
+    assert main([*train[2:], f"run.out_dir={one}", "run.steps=2"]) == 0
+    sharded, _, _ = ckpt.load_checkpoint(run / "checkpoints" / "step_000002")
+    single, _, _ = ckpt.load_checkpoint(one / "checkpoints" / "step_000002")
+    assert sharded.keys() == single.keys() and all("lora_" in k for k in sharded)
+    for k in single:  # within 1 % of one AdamW step (lr 1e-2) of the 1-process weights
+        torch.testing.assert_close(sharded[k], single[k], rtol=1e-3, atol=1e-4)
+
+    launch(*train, "--resume", f"run.out_dir={run}", "run.steps=3", "run.fsdp=true")
+    after, state, _ = ckpt.load_checkpoint(run / "checkpoints" / "step_000003")
+    assert int(state["step"]) == 3 and after.keys() == sharded.keys()
+    assert any(not torch.equal(sharded[k], after[k]) for k in after)
+    assert all(int(s["step"]) == 3 for s in state["optimizer"]["state"].values())
