@@ -16,13 +16,13 @@
 
 With ``run.fsdp=true`` the policy's trainable network is **sharded** instead of
 replicated: torch FSDP2 (``fully_shard``) makes one unit per transformer block
-(:meth:`Policy.shard_modules`) and one for the rest, so each process holds ``1/N`` of the
-weights (frozen base and LoRA alike), gradients and AdamW state, and all-gathers a block
-just before it runs. Everything above holds unchanged: every process runs the same number
-of forward and backward passes (equal shards; evaluation pads its share), and checkpoints
-hold full tensors (:meth:`Dist.full` gathers them on every process before the main one
-writes; :meth:`Dist.like` shards them again on load), so they resume on any number of
-processes, with or without FSDP.
+(:meth:`Shardable.shard_modules`) and one for the rest, so each process holds ``1/N`` of
+the weights (frozen base and LoRA alike), gradients and AdamW state, and all-gathers a
+block just before it runs. Everything above holds unchanged: every process runs the same
+number of forward and backward passes (equal shards; evaluation pads its share), and
+checkpoints hold full tensors (:meth:`Dist.full` gathers them tensor by tensor, the main
+process keeps and writes them; :meth:`Dist.like` shards them again on load), so they
+resume on any number of processes, with or without FSDP.
 
 Without ``accelerate launch`` (one process) nothing here touches torch.distributed.
 No process group is made here: accelerate creates it (gloo on CPU, NCCL on GPU), and
