@@ -552,7 +552,9 @@ class GRPOTrainer:
     def save(self) -> Path | None:
         """Write a checkpoint (main process); every process must call it, since sharded
         (FSDP) tensors are gathered first. Returns its folder on the main process."""
-        main = self.dist.is_main  # the others take part in gathering, then drop the result
+        main = self.dist.is_main  # with FSDP the others help gather, then drop the result
+        if not main and not self.dist.fsdp:
+            return None
         own = self.policy.trainable_state_dict()
         tensors = {k: self.dist.full(v, main) for k, v in own.items()}
         state = self.state(keep=main)
