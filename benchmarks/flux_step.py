@@ -72,21 +72,15 @@ def memory_gb(device: torch.device) -> tuple[float, float]:
     return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
 
 
-def local(t: torch.Tensor) -> torch.Tensor:
-    """The part of ``t`` this process stores (its shard under FSDP)."""
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def held(params: list[torch.nn.Parameter]) -> int:
     """Elements of ``params`` this process stores."""
-    return sum(local(p).numel() for p in params)
+    return sum(Dist.local(p).numel() for p in params)
 
 
 def state_gb(trainer: GRPOTrainer) -> float:
     """Bytes this process stores of the training state: transformer weights (frozen and
     LoRA), LoRA gradients and AdamW moments."""
+    local = Dist.local
     tensors = [local(p) for p in trainer.policy.transformer.parameters()]
     tensors += [local(p.grad) for p in trainer.params if p.grad is not None]
     tensors += [local(v) for s in trainer.optimizer.state.values() for v in s.values() if v.dim()]

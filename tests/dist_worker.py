@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from cgrpo.trainer import GRPOTrainer
 
@@ -31,7 +30,7 @@ def one_step(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
     assert not res.skipped, res.metrics
     full = trainer.dist.full  # FSDP: the whole gradient, gathered from the shards
     grads = torch.cat([full(p.grad).flatten() for p in trainer.params])
-    held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in trainer.params)
+    held = sum(trainer.dist.local(p).numel() for p in trainer.params)
     shard = torch.tensor([trainer.shard.start, trainer.shard.stop])
     return {
         **seen,
@@ -66,7 +65,7 @@ def main() -> None:
     result = one_step(trainer)
     module = getattr(trainer.policy, "transformer", None)
     if module is not None:  # FLUX: the share of the frozen base this process holds
-        parts = [(p.to_local() if isinstance(p, DTensor) else p) for p in module.parameters()]
+        parts = [trainer.dist.local(p) for p in module.parameters()]
         total = sum(p.numel() for p in module.parameters())
         result["held_all"] = torch.tensor(sum(p.numel() for p in parts) / total)
     torch.save(result, Path(out) / f"rank{trainer.dist.rank}.pt")

@@ -183,6 +183,14 @@ class Dist:
         return whole.cpu() if keep else None
 
     @staticmethod
+    def local(t: torch.Tensor) -> torch.Tensor:
+        """The part of ``t`` this process stores: its shard of a sharded tensor, else ``t``
+        (no communication)."""
+        from torch.distributed.tensor import DTensor
+
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    @staticmethod
     def like(full: torch.Tensor, own: Any) -> torch.Tensor:
         """``full`` sharded as ``own`` is (each process keeps its part; no communication);
         ``full`` itself when ``own`` is not sharded."""
