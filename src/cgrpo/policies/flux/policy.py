@@ -1,14 +1,7 @@
-"""FLUX-family subject-driven policies (FLUX.1 Kontext, UNO) behind the policy protocol.
+"""The FLUX policy: :class:`FluxPolicy`, the policy protocol over a FLUX transformer + LoRA.
 
-Everything in this module is FLUX-specific: a diffusers ``FluxTransformer2DModel`` (the
-flow transformer), the FLUX ``AutoencoderKL`` (16 latent channels, 8x downsampling), the
-two FLUX text encoders (CLIP-L for the pooled vector, T5-XXL for the token sequence) and a
-peft LoRA on the transformer, which is all GRPO trains.
-
-Latents and tokens
-    A sample's latent is the *packed* FLUX latent: the VAE latent ``(C, h, w)`` cut into
-    2x2 patches, i.e. ``(h/2 * w/2, 4C)`` tokens (``(1024, 64)`` at 512 px). The rollout,
-    the SDE and the log-probs all work on these packed tokens; :meth:`FluxPolicy.decode`
+Latents
+    Packed FLUX latent tokens (:mod:`cgrpo.policies.flux.latents`); :meth:`FluxPolicy.decode`
     unpacks, unscales (``z / scaling_factor + shift_factor``) and VAE-decodes to [0, 1].
 
 Reference in context
@@ -16,15 +9,8 @@ Reference in context
     posterior mode), packed the same way and concatenated after the image tokens:
     ``hidden = [x tokens ; reference tokens]``. The transformer predicts all of them;
     :meth:`FluxPolicy.velocity` returns only the x tokens' prediction. The reference
-    tokens get their own rotary position ids (``FluxConfig.position_scheme``):
-
-    * ``kontext`` (FLUX.1 Kontext, as diffusers' ``FluxKontextPipeline``): same spatial
-      ids as a target-sized grid, first id component 1 instead of 0;
-    * ``uno`` (UNO's "UnoPE", FLUX.1-dev + the UNO LoRA): first component 0, spatial ids
-      shifted diagonally past the target, i.e. row ids offset by the target's height and
-      column ids by its width, both in latent-patch units (64 at 512 px).
-
-    Text tokens have ids 0 (as in every FLUX pipeline).
+    tokens get their own rotary position ids (``FluxConfig.position_scheme``, see
+    :func:`~cgrpo.policies.flux.latents.position_ids`).
 
 Sign conventions (checked against diffusers' ``FluxPipeline`` and
 ``FlowMatchEulerDiscreteScheduler``): the scheduler noises ``x_s = (1 - s) x0 + s noise``
@@ -39,257 +25,24 @@ Reference policy
     :meth:`FluxPolicy.reference_velocity` is the same forward with the LoRA disabled (the
     starting model, i.e. the base plus any merged ``start_lora``), under ``no_grad``; no
     second copy of the 12B transformer is kept.
-
-Weights are only ever read from disk (``from_pretrained(..., local_files_only=True)``);
-a missing or incomplete folder fails at construction with one line that says which
-component, where, which files are expected and how to get them (see ``docs/gpu.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from cgrpo.config import option
 from cgrpo.policies.base import Condition
+from cgrpo.policies.flux.config import FluxConfig, _check_component
+from cgrpo.policies.flux.latents import pack_latents, position_ids, unpack_latents
+from cgrpo.policies.flux.lora import _ADAPTER, inject_lora, load_lora, merge_lora, save_lora
+from cgrpo.policies.flux.prompt_cache import PromptCache
 
-__all__ = [
-    "DEFAULT_LORA_TARGETS",
-    "FluxConfig",
-    "FluxPolicy",
-    "FluxWeightsError",
-    "load_lora",
-    "pack_latents",
-    "position_ids",
-    "save_lora",
-    "unpack_latents",
-]
-
-#: LoRA targets, relative to each transformer block: attention q/k/v/out (image and text
-#: streams of the double blocks, the shared attention of the single blocks) and the MLP
-#: projections. Single blocks have no ``attn.to_out``/``add_*`` layers; names that a block
-#: lacks are simply not matched there.
-DEFAULT_LORA_TARGETS: list[str] = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-    "proj_mlp",
-    "proj_out",
-]
-
-_ADAPTER = "default"
-_LORA_PREFIX = "transformer."  # diffusers' key prefix for transformer LoRA weights
-
-
-@dataclass
-class FluxConfig:
-    """Settings of the FLUX policy (section ``flux`` of the training config)."""
-
-    path: str | None = option(
-        None,
-        "FLUX model folder in diffusers layout (transformer/, vae/, text_encoder/, "
-        "text_encoder_2/, tokenizer/, tokenizer_2/): FLUX.1-dev for uno, FLUX.1-Kontext-dev "
-        "for kontext",
-    )
-    position_scheme: Literal["kontext", "uno"] = option(
-        "uno",
-        "position ids of the reference tokens: kontext (first id 1) or uno (spatial ids "
-        "shifted past the target)",
-    )
-    guidance: float = option(3.5, "FLUX guidance-embedding value (distilled guidance)")
-    resolution: int = option(512, "generated and reference image side", unit="px")
-    lora_rank: int = option(512, "LoRA rank r (the paper: 512)")
-    lora_alpha: float | None = option(
-        None, "LoRA alpha; the update is scaled by alpha / r (null: alpha = r, scale 1)"
-    )
-    lora_targets: list[str] = option(
-        DEFAULT_LORA_TARGETS,
-        "LoRA target modules, relative to every double and single transformer block",
-    )
-    start_lora: str | None = option(
-        None,
-        "LoRA safetensors merged into the base weights before training (e.g. UNO's "
-        "dit_lora.safetensors; diffusers, XLabs and kohya formats)",
-    )
-    dtype: Literal["bfloat16", "float32"] = option(
-        "bfloat16", "dtype of the frozen weights (LoRA weights are always float32)"
-    )
-    gradient_checkpointing: bool = option(
-        True, "recompute transformer block activations in the backward pass"
-    )
-    prompt_cache_dir: str | None = option(
-        None,
-        "folder of cached T5/CLIP prompt embeddings, one safetensors per prompt keyed by "
-        "sha256(max_sequence_length, prompt): use one folder per text-encoder pair",
-    )
-    max_sequence_length: int = option(512, "T5 tokens per prompt", unit="tokens")
-
-    def __post_init__(self) -> None:
-        if self.resolution % 16:
-            raise ValueError(f"flux.resolution must be a multiple of 16, got {self.resolution}")
-        if self.lora_rank < 1:
-            raise ValueError(f"flux.lora_rank must be >= 1, got {self.lora_rank}")
-        if not self.lora_targets:
-            raise ValueError("flux.lora_targets is empty: name at least one module to adapt")
-        if not 1 <= self.max_sequence_length <= 512:
-            raise ValueError("flux.max_sequence_length must be in [1, 512] (T5 limit in FLUX)")
-
-
-class FluxWeightsError(FileNotFoundError):
-    """A FLUX component's weights are missing or incomplete; the message says how to fix it."""
-
-
-# ----------------------------------------------------------------------------- pure helpers
-
-
-def pack_latents(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) VAE latents -> (B, h/2 * w/2, 4C) tokens (2x2 patches, FLUX order)."""
-    b, c, h, w = z.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"latent height and width must be even to pack 2x2, got {h}x{w}")
-    z = z.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return z.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`pack_latents`: (B, h/2 * w/2, 4C) -> (B, C, h, w)."""
-    b, n, c4 = tokens.shape
-    if n != (h // 2) * (w // 2):
-        raise ValueError(f"{n} tokens do not tile a {h}x{w} latent in 2x2 patches")
-    z = tokens.reshape(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return z.reshape(b, c4 // 4, h, w)
-
-
-def _grid_ids(rows: int, cols: int, first: float, row_offset: int, col_offset: int) -> torch.Tensor:
-    ids = torch.zeros(rows, cols, 3)
-    ids[..., 0] = first
-    ids[..., 1] = torch.arange(rows)[:, None] + row_offset
-    ids[..., 2] = torch.arange(cols)[None, :] + col_offset
-    return ids.reshape(rows * cols, 3)
-
-
-def position_ids(
-    scheme: str, rows: int, cols: int, ref_rows: int, ref_cols: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary ids ``(image ids (rows*cols, 3), reference ids (ref_rows*ref_cols, 3))``.
-
-    ``rows``/``cols`` are the target's size in packed tokens (latent patches), ``ref_*``
-    the reference's. The target always gets ``(0, i, j)``. The reference gets
-    ``(1, i, j)`` under ``kontext`` and ``(0, i + rows, j + cols)`` under ``uno``.
-    """
-    img = _grid_ids(rows, cols, 0.0, 0, 0)
-    if scheme == "kontext":
-        ref = _grid_ids(ref_rows, ref_cols, 1.0, 0, 0)
-    elif scheme == "uno":
-        ref = _grid_ids(ref_rows, ref_cols, 0.0, rows, cols)
-    else:
-        raise ValueError(f"unknown position scheme {scheme!r}; valid: kontext, uno")
-    return img, ref
-
-
-def _target_regex(targets: list[str]) -> str:
-    """peft target regex: the given names inside every (single) transformer block only.
-
-    A plain name list would also match the model's final ``proj_out``, which is not in a
-    block; the regex keeps the LoRA on the blocks.
-    """
-    names = "|".join(re.escape(t) for t in targets)
-    return rf"(transformer_blocks|single_transformer_blocks)\.\d+\.({names})"
-
-
-def save_lora(path: str | Path, state: dict[str, torch.Tensor], rank: int, alpha: float) -> Path:
-    """Write LoRA weights (peft keys without adapter name) as diffusers-style safetensors.
-
-    Keys get the ``transformer.`` prefix, so the file also loads with diffusers'
-    ``FluxPipeline.load_lora_weights``; rank and alpha go into the metadata.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {_LORA_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items()}
-    meta = {"format": "pt", "lora_rank": str(rank), "lora_alpha": str(float(alpha))}
-    save_file(tensors, str(path), metadata=meta)
-    return path
-
-
-def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a LoRA safetensors: (state without the ``transformer.`` prefix, metadata)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FluxWeightsError(f"LoRA file not found: '{path}'")
-    state: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        for k in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            key = k[len(_LORA_PREFIX) :] if k.startswith(_LORA_PREFIX) else k
-            state[key] = f.get_tensor(k)
-    return state, meta
-
-
-def _read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-def _is_file(path: Path | None) -> bool:
-    return path is not None and path.is_file()
-
-
-def _prompt_key(prompt: str, max_len: int) -> str:
-    return hashlib.sha256(f"{max_len}\n{prompt}".encode()).hexdigest()[:32]
-
-
-# ----------------------------------------------------------------------------- loading
-
-_COMPONENTS: dict[str, tuple[tuple[str, ...], str]] = {
-    # folder: (files that must exist (glob patterns), what it is)
-    "transformer": (("config.json", "diffusion_pytorch_model*.safetensors"), "FLUX transformer"),
-    "vae": (("config.json", "diffusion_pytorch_model*.safetensors"), "FLUX VAE"),
-    "text_encoder": (("config.json", "model*.safetensors"), "CLIP-L text encoder"),
-    "text_encoder_2": (("config.json", "model*.safetensors"), "T5-XXL text encoder"),
-    "tokenizer": (("tokenizer_config.json",), "CLIP tokenizer"),
-    "tokenizer_2": (("tokenizer_config.json",), "T5 tokenizer"),
-}
-
-
-def _check_component(root: Path | None, name: str) -> Path:
-    patterns, what = _COMPONENTS[name]
-    hint = (
-        "download the diffusers-layout repo (black-forest-labs/FLUX.1-dev for uno, "
-        "black-forest-labs/FLUX.1-Kontext-dev for kontext) to flux.path, see docs/gpu.md"
-    )
-    if root is None:
-        raise FluxWeightsError(f"{what}: flux.path is not set; {hint}")
-    folder = root / name
-    missing = [p for p in patterns if not any(folder.glob(p))]
-    if missing:
-        raise FluxWeightsError(
-            f"{what} weights missing: '{folder}' needs {' and '.join(patterns)} "
-            f"(missing: {', '.join(missing)}); {hint}"
-        )
-    return folder
+__all__ = ["FluxPolicy"]
 
 
 class FluxPolicy:
@@ -358,6 +111,7 @@ class FluxPolicy:
             "tokenizer_2": tokenizer_2,
         }
         self._text_folders = folders
+        self.prompt_cache = PromptCache(config.prompt_cache_dir, config.max_sequence_length)
         for name in ("text_encoder", "text_encoder_2"):
             if self._text_modules[name] is not None:
                 self._text_modules[name] = self._prepare_text_encoder(self._text_modules[name])
@@ -418,90 +172,16 @@ class FluxPolicy:
         return module
 
     def _add_lora(self) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        self.lora_alpha = inject_lora(self.transformer, self.config)
 
-        c = self.config
-        alpha = float(c.lora_alpha) if c.lora_alpha is not None else float(c.lora_rank)
-        self.lora_alpha = alpha
-        lora_config = LoraConfig(
-            r=c.lora_rank,
-            lora_alpha=alpha,
-            target_modules=_target_regex(c.lora_targets),
-            init_lora_weights=True,  # A Kaiming-uniform, B zero: the adapter starts as identity
-        )
-        inject_adapter_in_model(lora_config, self.transformer, adapter_name=_ADAPTER)
-        for name, p in self.transformer.named_parameters():
-            is_lora = "lora_" in name
-            if is_lora:
-                p.data = p.data.float()  # fp32 master weights: bf16 would swallow lr 2e-5 steps
-            p.requires_grad_(is_lora)
-        if not self._lora_params:
-            raise ValueError(
-                f"flux.lora_targets {c.lora_targets} matched no module of the transformer"
-            )
-
-    @torch.no_grad()
     def merge_lora(self, path: str | Path) -> int:
         """Merge a LoRA file into the (frozen) base weights: ``W += alpha / r * B @ A``.
 
-        Accepts this module's format (see :func:`save_lora`) and whatever diffusers'
-        ``FluxLoraLoaderMixin.lora_state_dict`` converts (diffusers/peft, kohya, XLabs:
-        UNO's ``dit_lora.safetensors`` uses XLabs-style ``processor.qkv_lora`` keys).
+        See :func:`cgrpo.policies.flux.lora.merge_lora` for the formats it accepts.
         Returns how many linear layers were changed. Must run before the trainable LoRA
         is injected (the constructor does so for ``start_lora``).
         """
-        from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FluxWeightsError(f"flux.start_lora: LoRA file not found: '{path}'")
-        raw = load_file(str(path))
-        meta = _read_metadata(path)
-        state, alphas = FluxLoraLoaderMixin.lora_state_dict(raw, return_alphas=True)
-        alphas = {k: float(v) for k, v in (alphas or {}).items()}
-        modules = dict(self.transformer.named_modules())
-        leftover = [k for k in state if ".lora_A." not in k and ".lora_B." not in k]
-        if leftover:
-            raise ValueError(
-                f"flux.start_lora '{path}': {len(leftover)} keys are not LoRA A/B weights "
-                f"(e.g. '{leftover[0]}'): unsupported LoRA format"
-            )
-        merged = 0
-        for key in [k for k in state if ".lora_A." in k]:
-            mod_name = key.split(".lora_A.")[0]
-            name = mod_name[len(_LORA_PREFIX) :] if mod_name.startswith(_LORA_PREFIX) else mod_name
-            b_key = key.replace(".lora_A.", ".lora_B.")
-            module = modules.get(name)
-            if module is None or not isinstance(module, torch.nn.Linear) or b_key not in state:
-                raise ValueError(
-                    f"flux.start_lora '{path}': key '{key}' names no linear layer of the "
-                    "transformer (or has no lora_B): not a FLUX transformer LoRA?"
-                )
-            a, b = state[key].float(), state[b_key].float()
-            rank = a.shape[0]
-            alpha = alphas.get(f"{mod_name}.alpha", alphas.get(f"{name}.alpha"))
-            if alpha is None:
-                alpha = float(meta.get("lora_alpha", rank))
-            w = module.weight
-            delta = (alpha / rank) * (b.to(w.device) @ a.to(w.device))
-            if delta.shape[0] != w.shape[0] or delta.shape[1] > w.shape[1]:
-                raise ValueError(
-                    f"flux.start_lora '{path}': '{name}' LoRA is {tuple(delta.shape)}, the layer "
-                    f"{tuple(w.shape)}: made for another model size?"
-                )
-            # XLabs/UNO single-block "proj_lora" acts on the attention output only, i.e. on
-            # the first `dim` inputs of diffusers' fused proj_out(cat(attn, mlp)).
-            cols = delta.shape[1]
-            if cols < w.shape[1] and not name.endswith("proj_out"):
-                raise ValueError(
-                    f"flux.start_lora '{path}': '{name}' LoRA input size {cols} != {w.shape[1]}"
-                )
-            w[:, :cols] = (w[:, :cols].float() + delta).to(w.dtype)
-            merged += 1
-        if not merged:
-            raise ValueError(f"flux.start_lora '{path}' holds no LoRA (lora_A/lora_B) weights")
-        return merged
+        return merge_lora(self.transformer, path)
 
     @property
     def _lora_params(self) -> list[torch.nn.Parameter]:
@@ -546,12 +226,6 @@ class FluxPolicy:
             out.append(pack_latents(z).to(self.dtype))
         return torch.cat(out)
 
-    def _cache_path(self, prompt: str) -> Path | None:
-        d = self.config.prompt_cache_dir
-        if not d:
-            return None
-        return Path(d) / f"{_prompt_key(prompt, self.config.max_sequence_length)}.safetensors"
-
     @torch.no_grad()
     def _run_text_encoders(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 sequence (B, L, D), CLIP pooled (B, P)) as FluxPipeline.encode_prompt does."""
@@ -578,15 +252,12 @@ class FluxPolicy:
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 embeddings (B, L, D), CLIP pooled (B, P)); each distinct prompt is encoded
         once and, with ``prompt_cache_dir``, read from / written to its cache file."""
-        from safetensors.torch import load_file, save_file
-
         found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         todo: list[str] = []
         for p in dict.fromkeys(prompts):
-            path = self._cache_path(p)
-            if path is not None and path.is_file():
-                t = load_file(str(path))
-                found[p] = (t["prompt_embeds"], t["pooled_prompt_embeds"])
+            cached = self.prompt_cache.load(p)
+            if cached is not None:
+                found[p] = cached
             else:
                 todo.append(p)
         for lo in range(0, len(todo), self.text_batch_size):
@@ -594,16 +265,7 @@ class FluxPolicy:
             seq, pooled = self._run_text_encoders(chunk)
             for i, p in enumerate(chunk):
                 found[p] = (seq[i].cpu(), pooled[i].cpu())
-                path = self._cache_path(p)
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-                    save_file(
-                        {"prompt_embeds": found[p][0], "pooled_prompt_embeds": found[p][1]},
-                        str(tmp),
-                        metadata={"prompt": p, "max_sequence_length": str(len(found[p][0]))},
-                    )
-                    tmp.replace(path)
+                self.prompt_cache.save(p, *found[p])
         seq = torch.stack([found[p][0] for p in prompts]).to(self.device, self.dtype)
         pooled = torch.stack([found[p][1] for p in prompts]).to(self.device, self.dtype)
         return seq, pooled
@@ -611,9 +273,9 @@ class FluxPolicy:
     def precompute_prompts(self, prompts: list[str]) -> int:
         """Fill ``prompt_cache_dir`` for ``prompts`` (e.g. a whole dataset before training);
         returns how many were newly encoded."""
-        if not self.config.prompt_cache_dir:
+        if self.prompt_cache.folder is None:
             raise ValueError("set flux.prompt_cache_dir to precompute prompt embeddings")
-        todo = [p for p in dict.fromkeys(prompts) if not _is_file(self._cache_path(p))]
+        todo = [p for p in dict.fromkeys(prompts) if p not in self.prompt_cache]
         self.encode_prompts(todo)
         return len(todo)
 

@@ -1,0 +1,41 @@
+"""FLUX-family subject-driven policies (FLUX.1 Kontext, UNO) behind the policy protocol.
+
+Everything in this package is FLUX-specific: a diffusers ``FluxTransformer2DModel`` (the
+flow transformer), the FLUX ``AutoencoderKL`` (16 latent channels, 8x downsampling), the
+two FLUX text encoders (CLIP-L for the pooled vector, T5-XXL for the token sequence) and a
+peft LoRA on the transformer, which is all GRPO trains.
+
+Modules, each documenting its part:
+
+- :mod:`~cgrpo.policies.flux.config`: :class:`FluxConfig` (section ``flux``) and the
+  weights layout on disk, read only from disk and checked up front
+  (:class:`FluxWeightsError`);
+- :mod:`~cgrpo.policies.flux.latents`: packed 2x2 latent tokens and the rotary position
+  ids of the reference tokens (``kontext`` or ``uno``);
+- :mod:`~cgrpo.policies.flux.lora`: the trainable LoRA, its safetensors files and merging
+  a starting LoRA (e.g. UNO's) into the base weights;
+- :mod:`~cgrpo.policies.flux.prompt_cache`: cached T5/CLIP prompt embeddings on disk;
+- :mod:`~cgrpo.policies.flux.policy`: :class:`FluxPolicy`: VAE scaling, the reference in
+  context, sign conventions (``timestep = sigma`` gives ``v = noise - x0``), guidance and
+  the reference policy (the same transformer with the LoRA disabled).
+
+Importing this package is cheap: diffusers, transformers and peft are imported only
+where a policy is built or a LoRA file is merged.
+"""
+
+from cgrpo.policies.flux.config import DEFAULT_LORA_TARGETS, FluxConfig, FluxWeightsError
+from cgrpo.policies.flux.latents import pack_latents, position_ids, unpack_latents
+from cgrpo.policies.flux.lora import load_lora, save_lora
+from cgrpo.policies.flux.policy import FluxPolicy
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "FluxConfig",
+    "FluxPolicy",
+    "FluxWeightsError",
+    "load_lora",
+    "pack_latents",
+    "position_ids",
+    "save_lora",
+    "unpack_latents",
+]

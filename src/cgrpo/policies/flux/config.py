@@ -1,0 +1,126 @@
+"""Settings of the FLUX policy and the layout of the FLUX weights on disk.
+
+Weights are only ever read from disk (``from_pretrained(..., local_files_only=True)``);
+a missing or incomplete folder fails at construction with one line that says which
+component, where, which files are expected and how to get them (see ``docs/gpu.md``):
+:func:`_check_component` raises :class:`FluxWeightsError` with that line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cgrpo.config import option
+
+__all__ = ["DEFAULT_LORA_TARGETS", "FluxConfig", "FluxWeightsError"]
+
+#: LoRA targets, relative to each transformer block: attention q/k/v/out (image and text
+#: streams of the double blocks, the shared attention of the single blocks) and the MLP
+#: projections. Single blocks have no ``attn.to_out``/``add_*`` layers; names that a block
+#: lacks are simply not matched there.
+DEFAULT_LORA_TARGETS: list[str] = [
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+]
+
+
+@dataclass
+class FluxConfig:
+    """Settings of the FLUX policy (section ``flux`` of the training config)."""
+
+    path: str | None = option(
+        None,
+        "FLUX model folder in diffusers layout (transformer/, vae/, text_encoder/, "
+        "text_encoder_2/, tokenizer/, tokenizer_2/): FLUX.1-dev for uno, FLUX.1-Kontext-dev "
+        "for kontext",
+    )
+    position_scheme: Literal["kontext", "uno"] = option(
+        "uno",
+        "position ids of the reference tokens: kontext (first id 1) or uno (spatial ids "
+        "shifted past the target)",
+    )
+    guidance: float = option(3.5, "FLUX guidance-embedding value (distilled guidance)")
+    resolution: int = option(512, "generated and reference image side", unit="px")
+    lora_rank: int = option(512, "LoRA rank r (the paper: 512)")
+    lora_alpha: float | None = option(
+        None, "LoRA alpha; the update is scaled by alpha / r (null: alpha = r, scale 1)"
+    )
+    lora_targets: list[str] = option(
+        DEFAULT_LORA_TARGETS,
+        "LoRA target modules, relative to every double and single transformer block",
+    )
+    start_lora: str | None = option(
+        None,
+        "LoRA safetensors merged into the base weights before training (e.g. UNO's "
+        "dit_lora.safetensors; diffusers, XLabs and kohya formats)",
+    )
+    dtype: Literal["bfloat16", "float32"] = option(
+        "bfloat16", "dtype of the frozen weights (LoRA weights are always float32)"
+    )
+    gradient_checkpointing: bool = option(
+        True, "recompute transformer block activations in the backward pass"
+    )
+    prompt_cache_dir: str | None = option(
+        None,
+        "folder of cached T5/CLIP prompt embeddings, one safetensors per prompt keyed by "
+        "sha256(max_sequence_length, prompt): use one folder per text-encoder pair",
+    )
+    max_sequence_length: int = option(512, "T5 tokens per prompt", unit="tokens")
+
+    def __post_init__(self) -> None:
+        if self.resolution % 16:
+            raise ValueError(f"flux.resolution must be a multiple of 16, got {self.resolution}")
+        if self.lora_rank < 1:
+            raise ValueError(f"flux.lora_rank must be >= 1, got {self.lora_rank}")
+        if not self.lora_targets:
+            raise ValueError("flux.lora_targets is empty: name at least one module to adapt")
+        if not 1 <= self.max_sequence_length <= 512:
+            raise ValueError("flux.max_sequence_length must be in [1, 512] (T5 limit in FLUX)")
+
+
+class FluxWeightsError(FileNotFoundError):
+    """A FLUX component's weights are missing or incomplete; the message says how to fix it."""
+
+
+_COMPONENTS: dict[str, tuple[tuple[str, ...], str]] = {
+    # folder: (files that must exist (glob patterns), what it is)
+    "transformer": (("config.json", "diffusion_pytorch_model*.safetensors"), "FLUX transformer"),
+    "vae": (("config.json", "diffusion_pytorch_model*.safetensors"), "FLUX VAE"),
+    "text_encoder": (("config.json", "model*.safetensors"), "CLIP-L text encoder"),
+    "text_encoder_2": (("config.json", "model*.safetensors"), "T5-XXL text encoder"),
+    "tokenizer": (("tokenizer_config.json",), "CLIP tokenizer"),
+    "tokenizer_2": (("tokenizer_config.json",), "T5 tokenizer"),
+}
+
+
+def _check_component(root: Path | None, name: str) -> Path:
+    """The folder of component ``name`` under ``root``, or one line of :class:`FluxWeightsError`."""
+    patterns, what = _COMPONENTS[name]
+    hint = (
+        "download the diffusers-layout repo (black-forest-labs/FLUX.1-dev for uno, "
+        "black-forest-labs/FLUX.1-Kontext-dev for kontext) to flux.path, see docs/gpu.md"
+    )
+    if root is None:
+        raise FluxWeightsError(f"{what}: flux.path is not set; {hint}")
+    folder = root / name
+    missing = [p for p in patterns if not any(folder.glob(p))]
+    if missing:
+        raise FluxWeightsError(
+            f"{what} weights missing: '{folder}' needs {' and '.join(patterns)} "
+            f"(missing: {', '.join(missing)}); {hint}"
+        )
+    return folder
