@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from cgrpo.data import PairSource
-from cgrpo.datasets import DatasetError, DreamBenchPairs, JsonlPairs, PairsWithEval, load_image
+from cgrpo.datasets import DatasetError, DreamBenchPairs, JsonlPairs, PairsWithEval
+from cgrpo.rewards.images import load_image
 
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambench"
 
@@ -79,14 +80,32 @@ def test_jsonl_errors_name_the_file(pairs_dir: Path) -> None:
     src = JsonlPairs(f, 8)  # existence is checked up front, decoding when loaded
     with pytest.raises(DatasetError, match="corrupt.png"):
         src.sample(1, random.Random(0))
+    with pytest.raises(DatasetError, match="replace it with a valid PNG or JPEG"):
+        src.sample(1, random.Random(0))
 
 
 def test_load_image_centre_crops_the_shorter_side(tmp_path: Path) -> None:
     arr = np.zeros((10, 30, 3), np.uint8)
     arr[:, 10:20] = 255  # white centre third
     Image.fromarray(arr).save(tmp_path / "wide.png")
-    img = load_image(tmp_path / "wide.png", 10)
+    img = load_image(tmp_path / "wide.png", 10, crop=True)
     assert img.shape == (3, 10, 10) and float(img.mean()) > 0.9
+    small = load_image(tmp_path / "wide.png", 60, crop=True)  # the shorter side goes up too
+    assert small.shape == (3, 60, 60) and small.is_contiguous()
+
+
+def test_references_keep_the_stored_orientation(tmp_path: Path) -> None:
+    """The datasets read references as stored; the reward-side reading applies EXIF."""
+    im = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"reference": "rot.jpg", "prompt": "a"}))
+    refs, _ = JsonlPairs(tmp_path / "pairs.jsonl", 8).sample(1, random.Random(0))
+    stored = load_image(tmp_path / "rot.jpg", 8, crop=True, exif_transpose=False)
+    assert torch.equal(refs[0], stored)
+    assert load_image(tmp_path / "rot.jpg").shape == (3, 40, 20)  # EXIF applied
+    assert load_image(tmp_path / "rot.jpg", exif_transpose=False).shape == (3, 20, 40)
 
 
 @pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="shared DreamBench folder not present")

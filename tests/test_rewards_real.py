@@ -335,6 +335,11 @@ def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
         load_image(bad)
     with pytest.raises(ValueError, match="absent.png"):
         load_image(tmp_path / "absent.png")
+    # ... and says what to do about it
+    with pytest.raises(ValueError, match="replace it with a valid PNG or JPEG"):
+        load_image(bad, 16, crop=True)
+    with pytest.raises(ValueError, match=r"image file not found: .*check the path"):
+        load_image(tmp_path / "absent.png", 16)
 
 
 def test_bad_batches_are_rejected(dinov2_dir: Path) -> None:

@@ -5,9 +5,10 @@ All sources implement :class:`cgrpo.data.PairSource`:
 - ``sample(n, rng) -> (references (n,3,S,S) float32 in [0,1], prompts)``
 - ``eval_pairs() -> (references, prompts, names)``
 
-Images are read with PIL, converted to RGB, resized so that the *shorter* side is
-``image_size`` (bicubic) and centre-cropped to ``image_size`` x ``image_size``: the
-policies take square references, and subject photos (DreamBench) are roughly centred.
+Images are read with :func:`cgrpo.rewards.images.load_image` (``crop=True``): RGB, resized
+so that the *shorter* side is ``image_size`` (bicubic) and centre-cropped to ``image_size`` x
+``image_size``: the policies take square references, and subject photos (DreamBench) are
+roughly centred.
 
 * :class:`JsonlPairs`: a JSONL file (one object per line) or a JSON list of objects
   ``{"reference": path, "prompt": str, "target": path (optional)}``, the shape of what
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cgrpo.data import PairSource
+from cgrpo.rewards.images import load_image
 
 __all__ = [
     "DatasetError",
@@ -41,7 +42,6 @@ __all__ = [
     "JsonlPairs",
     "PairEntry",
     "PairsWithEval",
-    "load_image",
 ]
 
 
@@ -49,26 +49,13 @@ class DatasetError(ValueError):
     """A data file is missing, empty, malformed or names an unreadable image."""
 
 
-def load_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """(3, S, S) float32 in [0, 1]: RGB, shorter side resized to S, centre crop."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
+def _load_reference(path: Path, image_size: int) -> torch.Tensor:
+    """(3, S, S) float32 in [0, 1]: RGB, shorter side resized to S, centre crop, stored
+    orientation (no EXIF rotation); an unreadable file raises :class:`DatasetError`."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = image_size / min(w, h)
-            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-            im = im.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - image_size) // 2, (nh - image_size) // 2
-            im = im.crop((left, top, left + image_size, top + image_size))
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise DatasetError(f"image not found: '{path}'") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image '{path}': {exc}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        return load_image(path, image_size, crop=True, exif_transpose=False)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -147,7 +134,7 @@ class JsonlPairs:
         return len(self.entries)
 
     def _batch(self, entries: list[PairEntry]) -> tuple[torch.Tensor, list[str]]:
-        refs = torch.stack([load_image(e.reference, self.image_size) for e in entries])
+        refs = torch.stack([_load_reference(e.reference, self.image_size) for e in entries])
         return refs, [e.prompt for e in entries]
 
     def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
@@ -240,7 +227,7 @@ class DreamBenchPairs:
 
     def image(self, subject: str) -> torch.Tensor:
         if subject not in self._images:
-            self._images[subject] = load_image(self.references[subject], self.image_size)
+            self._images[subject] = _load_reference(self.references[subject], self.image_size)
         return self._images[subject]
 
     def eval_indices(self) -> list[int]:

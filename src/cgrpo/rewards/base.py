@@ -10,16 +10,33 @@ A reward model is called on a batch and returns one float per image::
 
 Rewards run under ``torch.no_grad``; they never see the generator's hidden state.
 A config names a reward by its registry string plus keyword options.
+
+The registry depends on no backend: it knows the built-in kinds as ``"module:factory"``
+entries (:data:`BUILTIN_REWARDS`) and imports a backend only when its kind is first looked
+up (:func:`reward_factory`, :func:`make_reward`, ``REWARDS[name]``). The backends do not
+import this module. Other code adds a kind at run time with
+``register_reward("mine")(factory)`` or as a decorator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["RewardModel", "register_reward", "make_reward", "make_reward_on", "REWARDS"]
+__all__ = [
+    "BUILTIN_REWARDS",
+    "REWARDS",
+    "RewardModel",
+    "make_reward",
+    "make_reward_on",
+    "register_reward",
+    "reward_factory",
+    "reward_kinds",
+]
 
 
 @runtime_checkable
@@ -33,15 +50,69 @@ class RewardModel(Protocol):
     ) -> torch.Tensor: ...
 
 
-REWARDS: dict[str, Callable[..., RewardModel]] = {}
+RewardFactory = Callable[..., RewardModel]
+
+#: The built-in kinds: name -> ``"module:attribute"`` of the factory (a class or a function).
+BUILTIN_REWARDS: dict[str, str] = {
+    "colour": "cgrpo.rewards.colour:ColourReward",
+    "effnet": "cgrpo.rewards.effnet:EffNetIdentityReward",
+    "embedded_identity": "cgrpo.rewards.embedded_identity:EmbeddedIdentityReward",
+    "embedded_prompt": "cgrpo.rewards.embedded_prompt:EmbeddedPromptReward",
+    "dinov2": "cgrpo.rewards.hf:Dinov2IdentityReward",
+    "dino": "cgrpo.rewards.hf:DinoIdentityReward",
+    "clip": "cgrpo.rewards.hf:ClipReward",
+    "hpsv3": "cgrpo.rewards.hpsv3:HPSv3Reward",
+}
 
 
-def register_reward(
-    name: str,
-) -> Callable[[Callable[..., RewardModel]], Callable[..., RewardModel]]:
-    """Decorator: make a reward factory available to configs under ``name``."""
+class RewardRegistry(MutableMapping[str, RewardFactory]):
+    """Name -> reward factory; a lazy entry (a ``"module:attribute"`` string) is imported
+    on its first lookup. Membership, iteration and ``len`` never import anything."""
 
-    def deco(factory: Callable[..., RewardModel]) -> Callable[..., RewardModel]:
+    def __init__(self, lazy: dict[str, str]) -> None:
+        self._lazy = dict(lazy)
+        self._factories: dict[str, RewardFactory] = {}
+
+    def __getitem__(self, name: str) -> RewardFactory:
+        if name not in self._factories:
+            spec = self._lazy[name]  # KeyError for an unknown name, as a dict
+            module, _, attr = spec.partition(":")
+            self._factories[name] = getattr(importlib.import_module(module), attr)
+            del self._lazy[name]
+        return self._factories[name]
+
+    def __setitem__(self, name: str, factory: RewardFactory) -> None:
+        self._lazy.pop(name, None)
+        self._factories[name] = factory
+
+    def __delitem__(self, name: str) -> None:
+        if name in self._factories:
+            del self._factories[name]
+        else:
+            del self._lazy[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._factories or name in self._lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._factories, *self._lazy])
+
+    def __len__(self) -> int:
+        return len(self._factories) + len(self._lazy)
+
+    def __repr__(self) -> str:
+        return f"RewardRegistry({sorted(self)})"
+
+
+#: Every registered reward kind, the built-ins included (looked up lazily).
+REWARDS: RewardRegistry = RewardRegistry(BUILTIN_REWARDS)
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Make a reward factory available to configs under ``name``: ``register_reward(name)
+    (factory)`` or ``@register_reward(name)``. A name that is taken raises ``ValueError``."""
+
+    def deco(factory: RewardFactory) -> RewardFactory:
         if name in REWARDS:
             raise ValueError(f"reward {name!r} is registered twice")
         REWARDS[name] = factory
@@ -50,9 +121,18 @@ def register_reward(
     return deco
 
 
-def _register_builtins() -> None:
-    """Import the built-in backends so that they register themselves."""
-    from cgrpo.rewards import colour, effnet, embedded, hf, hpsv3  # noqa: F401
+def reward_kinds() -> list[str]:
+    """The registered reward names, sorted (the built-ins included, none imported)."""
+    return sorted(REWARDS)
+
+
+def reward_factory(name: str) -> RewardFactory:
+    """The factory registered as ``name`` (importing its backend if needed), to check a
+    config against its signature before building it. Unknown names raise ``ValueError``
+    listing the registered ones."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; registered rewards: {reward_kinds()}")
+    return REWARDS[name]
 
 
 def make_reward(name: str, **options: Any) -> RewardModel:
@@ -60,22 +140,15 @@ def make_reward(name: str, **options: Any) -> RewardModel:
 
     Unknown names raise ``ValueError`` listing the registered ones.
     """
-    _register_builtins()
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
-    return REWARDS[name](**options)
+    return reward_factory(name)(**options)
 
 
 def make_reward_on(name: str, device: str, /, **options: Any) -> RewardModel:
     """:func:`make_reward`, placed on ``device`` unless ``options`` name one, for the
     backends that take a device (the embedded rewards run on the images' own device)."""
-    import inspect
-
+    factory = reward_factory(name)
     if "device" not in options:
-        _register_builtins()
-        factory = REWARDS.get(name)
-        if factory is not None:
-            params = inspect.signature(factory).parameters.values()
-            if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):
-                options = {**options, "device": device}
-    return make_reward(name, **options)
+        params = inspect.signature(factory).parameters.values()
+        if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):
+            options = {**options, "device": device}
+    return factory(**options)

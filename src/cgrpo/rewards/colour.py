@@ -12,8 +12,6 @@ from typing import Literal
 
 import torch
 
-from cgrpo.rewards.base import register_reward
-
 __all__ = ["ColourReward"]
 
 
@@ -32,8 +30,3 @@ class ColourReward:
         if self.kind == "brightness":
             return images.mean(dim=(1, 2, 3))
         return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
-
-
-@register_reward("colour")
-def _colour(kind: Literal["brightness", "redness"] = "brightness") -> ColourReward:
-    return ColourReward(kind)

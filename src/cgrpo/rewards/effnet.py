@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cgrpo.rewards.base import register_reward
 from cgrpo.rewards.files import find_model_file
 from cgrpo.rewards.images import normalize, resize_center_crop
 from cgrpo.rewards.segment import EmbeddingIdentityReward
@@ -170,7 +169,6 @@ def load_effnet(weights: str | Path | None = None) -> EfficientNetLite0:
     return model.eval()
 
 
-@register_reward("effnet")
 class EffNetIdentityReward(EmbeddingIdentityReward):
     """Identity: cosine of EfficientNet-Lite0 pooled features, generated image vs reference.
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from cgrpo.rewards.base import register_reward
 from cgrpo.rewards.images import (
     EmbeddingCache,
     check_batch,
@@ -184,7 +183,6 @@ class _HFImageEncoder(EmbeddingIdentityReward):
         return normalize(x, self.mean, self.std).to(self.dtype)
 
 
-@register_reward("dinov2")
 class Dinov2IdentityReward(_HFImageEncoder):
     """Identity: cosine of DINOv2 embeddings (``Dinov2Model``), generated vs reference.
 
@@ -239,7 +237,6 @@ class Dinov2IdentityReward(_HFImageEncoder):
         return torch.cat([cls, patches], dim=-1)
 
 
-@register_reward("dino")
 class DinoIdentityReward(_HFImageEncoder):
     """The DreamBench DINO metric: DINO v1 ViT-S/16 (``ViTModel``) CLS cosine.
 
@@ -285,7 +282,6 @@ class DinoIdentityReward(_HFImageEncoder):
         return self.model(pixel_values=pv, interpolate_pos_encoding=True).last_hidden_state[:, 0]
 
 
-@register_reward("clip")
 class ClipReward(_HFImageEncoder):
     """CLIP scores (``CLIPModel``): ``mode="text"`` (CLIP-T) or ``mode="image"`` (CLIP-I).
 

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgrpo.rewards.base import register_reward
 from cgrpo.rewards.images import check_batch, resolve_device
 
 __all__ = ["HPSv3Reward"]
@@ -83,7 +82,6 @@ def _to_pil(images: torch.Tensor) -> list[Any]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
 
 
-@register_reward("hpsv3")
 class HPSv3Reward:
     """Human preference of (image, prompt): HPS-v3's ``mu`` (unbounded; ~0-15 in practice).
 

@@ -1,7 +1,8 @@
 """Image helpers shared by the real-photo reward backends.
 
-- :func:`load_image` / :func:`load_images`: read image files into float tensors in [0, 1];
-  an unreadable file fails with its name.
+- :func:`load_image` / :func:`load_images`: read image files into float tensors in [0, 1]
+  (the project's one image loader, also behind :mod:`cgrpo.datasets`); an unreadable file
+  fails with its name and the fix.
 - :func:`check_batch`: validate the ``(images, prompts, references)`` triple of a reward call.
 - :func:`resize_center_crop` / :func:`normalize`: the resize-shorter-side, centre-crop and
   mean/std steps of the usual image processors, on batched tensors (CPU or GPU), so a batch
@@ -16,10 +17,14 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "EmbeddingCache",
@@ -44,27 +49,68 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 # ----------------------------------------------------------------------------- files
 
 
-def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """Read one image file as a float tensor (3, H, W) in [0, 1] (RGB, EXIF-rotated).
+def load_image(
+    path: str | Path,
+    size: int | None = None,
+    *,
+    crop: bool = False,
+    exif_transpose: bool = True,
+) -> torch.Tensor:
+    """Read one image file as a float tensor (3, H, W) in [0, 1] (RGB), the one image loader.
 
-    ``size``: when given, the longer side is downscaled to at most ``size`` pixels (aspect
-    kept) with PIL's antialiased bicubic filter while decoding (JPEG draft mode makes this
-    cheap). Raises ``ValueError`` naming the file when it is missing or cannot be decoded.
+    - ``size=None``: full resolution.
+    - ``size`` without ``crop``: the longer side is downscaled to at most ``size`` pixels
+      (aspect kept) with PIL's antialiased bicubic filter while decoding (JPEG draft mode
+      makes this cheap); what the reward backends and the evaluation read.
+    - ``crop=True``: the shorter side is resized to exactly ``size`` (PIL bicubic, up or
+      down, from the full decode) and the centre ``size`` x ``size`` square is kept (3, S, S);
+      what the datasets read as references.
+
+    ``exif_transpose``: apply the file's EXIF orientation (default); ``False`` keeps the
+    stored pixel order (the datasets' behaviour). Raises ``ValueError`` naming the file and
+    the fix when it is missing or cannot be decoded.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if crop and size is None:
+        raise ValueError("load_image: crop=True needs a size")
     p = Path(path)
     try:
         with Image.open(p) as im:
-            if size is not None:
+            if size is not None and not crop:
                 im.draft("RGB", (size, size))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            if size is not None and max(im.size) > size:
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
+            im = im.convert("RGB")
+            if crop:
+                assert size is not None
+                im = _resize_shorter_and_crop(im, size)
+            elif size is not None and max(im.size) > size:
                 im.thumbnail((size, size), Image.Resampling.BICUBIC)
             arr = np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ValueError(
+            f"image file not found: {str(p)!r}; check the path (and that the data folder "
+            "is in place)"
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {str(p)!r}: {exc}") from exc
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+        raise ValueError(
+            f"cannot read image file {str(p)!r}: {exc}; the file is truncated or not an image "
+            "PIL can decode: replace it with a valid PNG or JPEG (download or export it again)"
+        ) from exc
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
+
+
+def _resize_shorter_and_crop(im: PILImage, size: int) -> PILImage:
+    """PIL image: shorter side resized to ``size`` (bicubic), centre ``size`` x ``size`` crop."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
 
 
 def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
