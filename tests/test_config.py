@@ -1,4 +1,5 @@
-"""Tests for :mod:`cgrpo.config`: defaults, YAML + overrides, type rules, errors, docs."""
+"""Tests for :mod:`cgrpo.config`: defaults, YAML + overrides, type rules, errors, docs,
+strategy-family sections and dotted overrides into dict fields."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 import yaml
@@ -23,6 +24,7 @@ from cgrpo.config import (
     save_config,
     undocumented_keys,
 )
+from cgrpo.registry import Registry
 
 
 @dataclass
@@ -55,6 +57,75 @@ class Config:
     out_dir: Path = option(Path("runs"), "output folder")
     reference: LoraConfig | None = option(None, "optional reference adapter")
     trainer: TrainerConfig = option(TrainerConfig(), "optimisation")
+
+
+# A tiny strategy family (cgrpo.registry): a base class holding a Registry, two kinds.
+MIXERS = Registry("mixer")
+
+
+@dataclass(frozen=True)
+class Mixer:
+    registry: ClassVar[Registry] = MIXERS
+
+
+@MIXERS.register("plain")
+@dataclass(frozen=True)
+class PlainMixer(Mixer):
+    weight: float = option(1.0, "weight of the sum")
+    tag: str = option("", "free text")
+
+
+@MIXERS.register("bonus")
+@dataclass(frozen=True)
+class BonusMixer(Mixer):
+    gamma: float = option(0.4, "bonus scale", unit="x")
+    weight: float = option(2.0, "weight of the sum")
+    mode: Literal["a", "b"] = option("a", "bonus mode")
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
+
+
+@dataclass
+class MethodSection:
+    mixer: Mixer = option(BonusMixer(), "how the rewards mix")
+    backup: Mixer | None = option(None, "optional second mixer")
+
+
+@dataclass
+class FamilyConfig:
+    method: MethodSection = option(MethodSection(), "method settings")
+    rewards: dict[str, dict[str, Any]] = option(
+        {"identity": {"kind": "dino", "weight": 1.0}}, "named rewards"
+    )
+    options: dict[str, Any] = option({}, "free options")
+
+
+# A family whose second kind registers only after a first load (its parameter undocumented).
+LATE = Registry("late")
+
+
+class Late:
+    """A family base need not be a dataclass."""
+
+    registry: ClassVar[Registry] = LATE
+
+
+@dataclass(frozen=True)
+class LateKind(Late):  # registered inside test_kind_registered_after_first_load
+    y: int = 2
+
+
+@LATE.register("early")
+@dataclass(frozen=True)
+class EarlyKind(Late):
+    x: int = option(1, "x")
+
+
+@dataclass
+class LateConfig:
+    late: Late = option(EarlyKind(), "a late family")
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -154,11 +225,21 @@ def test_post_init_validation_runs() -> None:
 
 
 def test_float_accepts_int_and_yaml_string_exponent(tmp_path: Path) -> None:
-    path = _write(tmp_path, "trainer:\n  lr: 1e-4\n  clip: 2\n")  # PyYAML reads 1e-4 as str
+    path = _write(tmp_path, "trainer:\n  lr: 1e-4\n  clip: 2\n")  # YAML 1.2 float, not str
     cfg = load_config(Config, path)
     assert cfg.trainer.lr == 1e-4 and isinstance(cfg.trainer.lr, float)
     assert cfg.trainer.clip == 2.0 and isinstance(cfg.trainer.clip, float)
     assert load_config(Config, None, ["trainer.lr=3"]).trainer.lr == 3.0
+    assert load_config(Config, None, ["trainer.lr=-2E+3"]).trainer.lr == -2000.0
+    # pydantic's strict rule: quoted text is no float (the old coercion accepted it)
+    msg = _error([], _write(tmp_path, 'trainer:\n  lr: "1e-4"\n'))
+    assert "config key 'trainer.lr' expects float, got '1e-4' (str)" in msg
+
+
+def test_yaml_dates_and_exponents_stay_text_for_str_keys(tmp_path: Path) -> None:
+    assert load_config(Config, _write(tmp_path, "name: 2024-01-31\n")).name == "2024-01-31"
+    assert load_config(Config, None, ["name=1e-3"]).name == "1e-3"
+    assert "expects int, got 1000.0 (float)" in _error(["seed=1e3"])
 
 
 def test_int_is_strict() -> None:
@@ -171,7 +252,9 @@ def test_int_is_strict() -> None:
 
 def test_bool_is_strict() -> None:
     assert load_config(Config, None, ["deterministic=FALSE"]).deterministic is False
-    assert load_config(Config, None, ["deterministic='True'"]).deterministic is True
+    assert load_config(Config, None, ["deterministic=yes"]).deterministic is True
+    # pydantic's strict rule: quoted text is no bool (the old coercion accepted 'True')
+    assert "expects bool, got 'True' (str)" in _error(["deterministic='True'"])
     assert "config key 'deterministic' expects bool, got 1 (int)" in _error(["deterministic=1"])
     assert "expects bool, got 'maybe' (str)" in _error(["deterministic=maybe"])
 
@@ -297,7 +380,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
             "trainer.clip=0.25",
             "trainer.resolution=[8, 16, 24]",
             "reference.alpha=0.5",
-            "out_dir=some/where",
+            "out_dir=2e-3",  # a str that looks like a YAML 1.2 float: quoted when saved
         ],
     )
     assert cfg.name == "true"
@@ -308,7 +391,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     plain = yaml.safe_load(path.read_text())
     assert plain == config_to_dict(cfg)
     assert plain["trainer"]["resolution"] == [8, 16, 24]
-    assert plain["out_dir"] == "some/where"
+    assert plain["out_dir"] == "2e-3"
 
 
 def test_config_to_dict_is_plain() -> None:
@@ -385,3 +468,191 @@ def test_cli_overrides_before_and_after_flags(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["eval", "--quiet", "--nonsense"])
     assert "unrecognized arguments: --nonsense" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# strategy-family sections
+# ------------------------------------------------------------------------------------------
+
+
+def _fam(overrides: list[str], text: str | None = None, tmp_path: Path | None = None) -> Any:
+    path = _write(tmp_path, text) if text is not None and tmp_path is not None else None
+    return load_config(FamilyConfig, path, overrides)
+
+
+def _fam_error(overrides: list[str], text: str | None = None, tmp: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        _fam(overrides, text, tmp)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_family_defaults() -> None:
+    cfg = load_config(FamilyConfig)
+    assert cfg == FamilyConfig()
+    assert cfg.method.mixer == BonusMixer() and cfg.method.mixer.kind == "bonus"
+    assert cfg.method.backup is None
+
+
+def test_family_yaml_without_kind_merges_onto_current_kind(tmp_path: Path) -> None:
+    cfg = _fam([], "method:\n  mixer: {gamma: 0.1}\n", tmp_path)
+    assert cfg.method.mixer == BonusMixer(gamma=0.1, weight=2.0)
+    cfg = _fam(["method.mixer.weight=3"], "method:\n  mixer: {kind: bonus, gamma: 0.1}\n", tmp_path)
+    assert cfg.method.mixer == BonusMixer(gamma=0.1, weight=3.0)  # same kind: merged
+
+
+def test_family_other_kind_starts_from_its_defaults(tmp_path: Path) -> None:
+    # YAML: another kind than the default -> that kind's defaults (not bonus's weight 2)
+    assert _fam([], "method:\n  mixer: {kind: plain}\n", tmp_path).method.mixer == PlainMixer()
+    # an override changing the kind drops the lower layer's keys of the old kind, no error
+    yaml_text = "method:\n  mixer: {gamma: 0.1, weight: 5}\n"
+    cfg = _fam(["method.mixer.kind=plain"], yaml_text, tmp_path)
+    assert cfg.method.mixer == PlainMixer(weight=1.0)
+    # back to the lower layer's kind: its keys merge again
+    cfg = _fam(["method.mixer.tag=t"], "method:\n  mixer: {kind: plain, weight: 5}\n", tmp_path)
+    assert cfg.method.mixer == PlainMixer(weight=5.0, tag="t")
+
+
+def test_family_bare_string_is_the_kind(tmp_path: Path) -> None:
+    assert _fam([], "method:\n  mixer: plain\n", tmp_path).method.mixer == PlainMixer()
+    assert _fam(["method.mixer=plain"]).method.mixer == PlainMixer()
+    assert _fam(["method.mixer=plain", "method.mixer.weight=4"]).method.mixer == PlainMixer(4.0)
+    assert _fam(["method.mixer={kind: plain, weight: 4}"]).method.mixer == PlainMixer(4.0)
+
+
+def test_family_overrides_in_any_order() -> None:
+    expected = PlainMixer(weight=3.0, tag="123")  # a str key keeps the literal text
+    orders = [
+        ["method.mixer.weight=3", "method.mixer.kind=plain", "method.mixer.tag=123"],
+        ["method.mixer.kind=plain", "method.mixer.tag=123", "method.mixer.weight=3"],
+    ]
+    for overrides in orders:
+        assert _fam(overrides).method.mixer == expected
+    assert _fam(["method.mixer.gamma=0.2"]).method.mixer == BonusMixer(gamma=0.2)
+    assert _fam(["method.mixer.mode=b"]).method.mixer.mode == "b"
+
+
+def test_optional_family() -> None:
+    assert _fam(["method.backup.kind=plain"]).method.backup == PlainMixer()
+    assert _fam(["method.backup=bonus", "method.backup=null"]).method.backup is None
+    msg = _fam_error(["method.backup.weight=2"])  # no kind below and none given
+    assert "unknown mixer kind None for config key 'method.backup.kind'" in msg
+
+
+def test_family_unknown_kind(tmp_path: Path) -> None:
+    msg = _fam_error(["method.mixer.kind=zz"])
+    assert msg == (
+        "unknown mixer kind 'zz' for config key 'method.mixer.kind'; valid kinds: bonus, plain"
+    )
+    assert "'method.mixer.kind'; valid kinds: bonus, plain" in _fam_error(
+        [], "method:\n  mixer: zz\n", tmp_path
+    )
+
+
+def test_family_unknown_field_names_kind_and_fields(tmp_path: Path) -> None:
+    msg = _fam_error(["method.mixer.gama=1"])
+    assert msg == (
+        "unknown config key 'method.mixer.gama'. Did you mean 'method.mixer.gamma'? "
+        "Valid keys under 'method.mixer' (kind 'bonus'): gamma, kind, mode, weight"
+    )
+    msg = _fam_error(["method.mixer.kind=plain", "method.mixer.gamma=1"])
+    assert msg == (
+        "unknown config key 'method.mixer.gamma'. 'gamma' is a key of kind 'bonus'. "
+        "Valid keys under 'method.mixer' (kind 'plain'): kind, tag, weight"
+    )
+    msg = _fam_error([], "method:\n  mixer: {kind: plain, zzz: 1}\n", tmp_path)
+    assert "unknown config key 'method.mixer.zzz'." in msg and "(kind 'plain')" in msg
+
+
+def test_family_value_errors() -> None:
+    msg = _fam_error(["method.mixer.gamma=abc"])
+    assert msg == "config key 'method.mixer.gamma' expects float, got 'abc' (str)"
+    msg = _fam_error(["method.mixer.mode=c"])
+    assert msg == "config key 'method.mixer.mode' expects one of 'a', 'b', got 'c' (str)"
+    msg = _fam_error(["method.mixer.gamma=-1"])  # the kind's __post_init__
+    assert msg == "invalid section 'method.mixer': gamma must be >= 0, got -1.0"
+    msg = _fam_error(["method.mixer=5"])
+    assert msg == (
+        "config key 'method.mixer' expects a mixer kind name or a mapping with 'kind', got 5 (int)"
+    )
+
+
+def test_family_serialisation_round_trip(tmp_path: Path) -> None:
+    cfg = _fam(["method.mixer=plain", "method.mixer.weight=0.5"])
+    d = config_to_dict(cfg)
+    assert d["method"] == {"mixer": {"kind": "plain", "weight": 0.5, "tag": ""}, "backup": None}
+    assert config_from_dict(FamilyConfig, d) == cfg
+    for overrides in ([], ["method.backup=bonus", "method.backup.mode=b"], ["options.a=[1]"]):
+        cfg = _fam(overrides)
+        assert config_from_dict(FamilyConfig, config_to_dict(cfg)) == cfg
+        save_config(cfg, tmp_path / "c.yaml")
+        assert load_config(FamilyConfig, tmp_path / "c.yaml") == cfg
+    # instances are accepted in a dict as well
+    cfg = config_from_dict(FamilyConfig, {"method": {"mixer": PlainMixer(weight=3.0)}})
+    assert cfg.method.mixer == PlainMixer(weight=3.0)
+
+
+def test_family_documentation() -> None:
+    keys = config_keys(FamilyConfig)
+    assert len(keys) == len(set(keys))  # every key once
+    for key in (
+        "method.mixer.kind",
+        "method.mixer.gamma",
+        "method.mixer.weight",
+        "method.mixer.tag",
+    ):
+        assert key in keys
+    assert "method.mixer" not in keys and "method.backup.kind" in keys
+    text = describe_config(FamilyConfig)
+    lines = text.splitlines()
+    for key in keys:
+        assert len([ln for ln in lines if ln.strip().startswith(f"{key} (")]) == 1, key
+    assert "  method.mixer.kind ('bonus' | 'plain', default: 'bonus')" in text
+    assert "method.mixer.gamma (bonus; float, default: 0.4, unit: x)" in text
+    # a parameter of both kinds: listed once, default of the default kind
+    assert "method.mixer.weight (bonus, plain; float, default: 2.0)" in text
+    assert "method.mixer.tag (plain; str, default: '')" in text
+    assert "method.backup (Mixer | None, default: null)" in text
+    assert "method.backup.kind ('bonus' | 'plain', default: required)" in text
+    rows = config_markdown_table(FamilyConfig).splitlines()
+    assert "| `method.mixer.gamma` (bonus) | `float` | `0.4` | x | bonus scale |" in rows
+    assert (
+        "| `method.mixer.kind` | `'bonus' \\| 'plain'` | `'bonus'` |  | how the rewards mix |"
+        in rows
+    )
+    assert undocumented_keys(FamilyConfig) == []
+
+
+def test_kind_registered_after_first_load() -> None:
+    assert load_config(LateConfig).late == EarlyKind()
+    assert undocumented_keys(LateConfig) == []
+    with pytest.raises(ConfigError, match="valid kinds: early$"):
+        load_config(LateConfig, None, ["late=later"])
+    LATE.register("later")(LateKind)
+    assert load_config(LateConfig, None, ["late=later", "late.y=5"]).late == LateKind(y=5)
+    assert undocumented_keys(LateConfig) == ["late.y"]  # a kind's parameter without help
+
+
+# ------------------------------------------------------------------------------------------
+# dotted overrides into dict fields
+# ------------------------------------------------------------------------------------------
+
+
+def test_dotted_override_into_dict_fields(tmp_path: Path) -> None:
+    cfg = _fam(["rewards.colour.kind=colour", "rewards.identity.weight=2"])
+    assert cfg.rewards == {
+        "identity": {"kind": "dino", "weight": 2},  # set inside the default entry
+        "colour": {"kind": "colour"},  # a new entry
+    }
+    assert _fam(["options.a.b=1", "options.c=x"]).options == {"a": {"b": 1}, "c": "x"}
+    # a YAML (or whole-value) dict replaces the current one, as before ...
+    yaml_text = "rewards:\n  prompt: {kind: hps}\n"
+    assert _fam([], yaml_text, tmp_path).rewards == {"prompt": {"kind": "hps"}}
+    assert _fam(["rewards={x: {kind: y}}"]).rewards == {"x": {"kind": "y"}}
+    # ... and a dotted override then sets inside that value
+    cfg = _fam(["rewards.prompt.weight=3"], yaml_text, tmp_path)
+    assert cfg.rewards == {"prompt": {"kind": "hps", "weight": 3}}
+    cfg = _fam(["rewards={x: {kind: y}}", "rewards.x.weight=1"])
+    assert cfg.rewards == {"x": {"kind": "y", "weight": 1}}
+    msg = _fam_error(["rewards.identity=5"])
+    assert msg == "config key 'rewards.identity' expects dict[str, any], got 5 (int)"

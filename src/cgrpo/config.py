@@ -1,56 +1,79 @@
-"""Typed configuration machinery: dataclasses + YAML files + ``key=value`` CLI overrides.
+"""Typed configuration: dataclasses + YAML files + ``key=value`` CLI overrides, via pydantic.
 
-Configs are (possibly nested) :func:`dataclasses.dataclass` classes whose fields document
-themselves through field metadata (``help`` and optional ``unit``), most conveniently via
-:func:`option`::
+Configs are (nested) :func:`dataclasses.dataclass` classes whose fields document themselves
+through :func:`option` (``help`` and optional ``unit`` metadata)::
 
     @dataclass
     class TrainerConfig:
         lr: float = option(1e-4, "AdamW learning rate")
         steps: int = option(1000, "optimizer steps", unit="steps")
 
-    @dataclass
-    class Config:
-        trainer: TrainerConfig = option(TrainerConfig(), "optimisation settings")
-
     cfg = load_config(Config, "run.yaml", ["trainer.lr=3e-4"])
 
-Precedence is *defaults < YAML file < CLI overrides*. Every value is checked against the
-field annotation (resolved with :func:`typing.get_type_hints`, so ``from __future__ import
-annotations`` works) and every problem is reported as a single :class:`ConfigError` whose
-message names the full dotted key.
+Precedence is *defaults < YAML file < CLI overrides*. Each layer is merged onto the raw data
+below it (a section given in part keeps the rest of its current value, the parent's default
+instance included), then pydantic validates the result once, in strict mode and with its
+rules for JSON input; that also runs each dataclass's ``__post_init__`` (a ValueError there
+becomes a :class:`ConfigError` naming the section). Every problem is one
+:class:`ConfigError` whose one-line message names the full dotted key. Type rules:
 
-Coercion rules (deliberately strict):
-
-- ``int``: ints only; ``bool`` and every ``float`` (even ``3.0``) are rejected.
-- ``float``: ints and floats (not bools); strings that :func:`float` accepts (PyYAML reads
-  ``1e-4`` as a string because YAML 1.1 wants a dot in the mantissa).
-- ``bool``: ``true``/``false`` booleans, or the strings ``"true"``/``"false"`` (any case).
-  YAML itself also reads ``yes``/``no``/``on``/``off`` as booleans.
-- ``str``: strings only in YAML files. On the command line a value that YAML parses to a
-  non-string (``name=123``) falls back to the raw text when the field accepts a string.
+- ``int``: integers only; ``bool`` and every ``float`` (even ``3.0``) are rejected.
+- ``float``: integers and floats, not bools. YAML is read with YAML 1.2 floats, so ``1e-4``
+  is a float (PyYAML alone reads it as text); quoted text such as ``"1e-4"`` is rejected
+  (pydantic's strict rule; the hand-written coercion used to accept it).
+- ``bool``: YAML booleans only (``true``/``false``/``yes``/``no``/``on``/``off``, any case);
+  quoted text such as ``"true"`` is rejected (likewise stricter than before).
+- ``str``: strings only in YAML files (dates stay text: no YAML timestamps). On the command
+  line a value that YAML parses to a non-string (``name=123``) falls back to the raw text
+  when the field accepts that text.
 - ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``dict[K, V]``,
-  ``Literal[...]``, :class:`pathlib.Path` (from a string) and nested dataclasses (from a
-  mapping, merged onto the field's default) are supported.
+  ``Literal[...]``, :class:`pathlib.Path` (from text) and nested dataclasses (from a
+  mapping) are supported.
 
-``__post_init__`` of each dataclass still runs; a :class:`ValueError` raised there is
-re-raised as :class:`ConfigError` naming the section.
+Strategy families (:mod:`cgrpo.registry`): a field typed with a family base class holds one
+of its registered kinds, written ``{kind: name, ...its fields}`` or just ``name``. Without
+``kind`` a layer's keys merge onto the current kind; a layer naming another kind starts from
+that kind's defaults. A ``dict`` field is replaced by a YAML/dict value, but a dotted
+override (``rewards.identity.weight=2``) sets inside its current value.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
+import functools
+import json
 import os
-import secrets
-import types
-import typing
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
+import pydantic
 import yaml
+from pydantic_core import core_schema
+
+from cgrpo.config_docs import (
+    OptionInfo,
+    config_keys,
+    config_markdown_table,
+    config_options,
+    describe_config,
+    describe_got,
+    family,
+    field_default,
+    init_fields,
+    join,
+    kind_name,
+    optional_member,
+    section_class,
+    type_hints,
+    type_name,
+    undocumented_keys,
+    unknown_key_message,
+    validation_message,
+)
+from cgrpo.registry import Registry
 
 __all__ = [
     "ConfigError",
@@ -70,16 +93,11 @@ __all__ = [
 T = TypeVar("T")
 
 _MUTABLE_DEFAULT_TYPES = (list, dict, set, bytearray)
-_NONE_TYPE = type(None)
+_MISSING = dataclasses.MISSING
 
 
 class ConfigError(ValueError):
     """A configuration problem: unknown key, ill-typed value, bad file or malformed override."""
-
-
-# --------------------------------------------------------------------------------------------
-# Declaring options
-# --------------------------------------------------------------------------------------------
 
 
 def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
@@ -102,7 +120,7 @@ def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
     if unit is not None:
         metadata["unit"] = unit
     if "default_factory" in kw:
-        if default is not dataclasses.MISSING:
+        if default is not _MISSING:
             raise TypeError("option(): pass either a default or default_factory, not both")
         return dataclasses.field(metadata=metadata, **kw)
     needs_factory = isinstance(default, _MUTABLE_DEFAULT_TYPES) or (
@@ -117,281 +135,135 @@ def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Type helpers
+# YAML: PyYAML's safe schema with YAML 1.2 floats (1e-4) and no timestamps
 # --------------------------------------------------------------------------------------------
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    """Resolved annotations of a dataclass (strings from postponed evaluation included)."""
-    try:
-        return typing.get_type_hints(cls)
-    except Exception as exc:  # NameError for names that only exist in a local scope, etc.
-        raise TypeError(
-            f"cannot resolve the type annotations of config class {cls.__qualname__}: {exc}. "
-            "Config dataclasses must be defined at module level."
-        ) from exc
+class _Loader(yaml.SafeLoader):
+    """Reads YAML 1.2 floats (``1e-4``); dates stay text."""
 
 
-def _init_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
-    """The fields of ``cls`` that are settable through ``__init__`` (the config keys)."""
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+class _Dumper(yaml.SafeDumper):
+    """Quotes the text that ``_Loader`` or PyYAML would read as a float or a date."""
 
 
-def _is_union(tp: Any) -> bool:
-    return get_origin(tp) is Union or isinstance(tp, types.UnionType)
-
-
-def _section_class(tp: Any) -> type | None:
-    """The dataclass behind ``tp`` if it is a dataclass or ``Dataclass | None``, else None."""
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return tp
-    if _is_union(tp):
-        members = [a for a in get_args(tp) if a is not _NONE_TYPE]
-        if len(members) == 1 and isinstance(members[0], type):
-            if dataclasses.is_dataclass(members[0]):
-                return members[0]
-    return None
-
-
-def _type_name(tp: Any) -> str:
-    """Human-readable name of a type annotation (``float | None``, ``list[int]``, ...)."""
-    if tp is _NONE_TYPE or tp is None:
-        return "None"
-    if tp is Any:
-        return "any"
-    if _is_union(tp):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(_format_value(a) for a in get_args(tp))
-    if origin is not None:
-        args = get_args(tp)
-        name = getattr(origin, "__name__", str(origin))
-        if not args:
-            return name
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return f"tuple[{_type_name(args[0])}, ...]"
-        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp)
-
-
-def _format_value(value: Any) -> str:
-    """Compact YAML-like rendering of a default value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, Path):
-        return repr(str(value))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
-def _describe_got(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _type_error(key: str, tp: Any, value: Any, hint: str = "") -> ConfigError:
-    expected = _type_name(tp)
-    if get_origin(tp) is Literal:
-        expected = "one of " + ", ".join(_format_value(a) for a in get_args(tp))
-    return ConfigError(f"config key '{key}' expects {expected}, got {_describe_got(value)}{hint}")
-
-
-# --------------------------------------------------------------------------------------------
-# Coercion
-# --------------------------------------------------------------------------------------------
-
-
-def _coerce(value: Any, tp: Any, key: str, root: type) -> Any:
-    """Check ``value`` against annotation ``tp`` and convert it; raise ConfigError if invalid."""
-    if tp is Any or tp is object:
-        return value
-    if _is_union(tp):
-        args = get_args(tp)
-        if value is None:
-            if _NONE_TYPE in args:
-                return None
-            raise _type_error(key, tp, value)
-        members = [a for a in args if a is not _NONE_TYPE]
-        if len(members) == 1:  # Optional[X]: delegate for the precise error message
-            return _coerce(value, members[0], key, root)
-        for member in members:
-            try:
-                return _coerce(value, member, key, root)
-            except ConfigError:
-                continue
-        raise _type_error(key, tp, value)
-
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if origin is Literal:
-        for allowed in args:
-            if type(value) is type(allowed) and value == allowed:
-                return allowed
-        raise _type_error(key, tp, value)
-    if origin is list or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, tp, value)
-        item_tp = args[0] if args else Any
-        return [_coerce(v, item_tp, f"{key}[{i}]", root) for i, v in enumerate(value)]
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, tp, value)
-        if not args or (len(args) == 2 and args[1] is Ellipsis):
-            item_tp = args[0] if args else Any
-            return tuple(_coerce(v, item_tp, f"{key}[{i}]", root) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise _type_error(key, tp, value, f"; expected exactly {len(args)} items")
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_coerce(v, a, f"{key}[{i}]", root) for i, (v, a) in pairs)
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(key, tp, value)
-        key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _coerce(k, key_tp, f"{key}[{k!r}]", root): _coerce(v, val_tp, f"{key}[{k!r}]", root)
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise _type_error(key, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        hint = "; integer keys do not accept floats" if isinstance(value, float) else ""
-        raise _type_error(key, tp, value, hint)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _type_error(key, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(key, tp, value, "; quote the value to make it a string")
-    if isinstance(tp, type) and issubclass(tp, Path):
-        if isinstance(value, (str, os.PathLike)):
-            return tp(value)
-        raise _type_error(key, tp, value)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, Mapping):
-            return _build(tp, value, key, root, base=None)
-        raise _type_error(key, tp, value, "; expected a mapping of its keys")
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _type_error(key, tp, value)
-    return value  # unsupported annotation: accept as is
-
-
-# --------------------------------------------------------------------------------------------
-# Keys, unknown-key errors and building
-# --------------------------------------------------------------------------------------------
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def config_keys(cls: type) -> list[str]:
-    """All dotted leaf keys of config class ``cls`` (sections are descended into)."""
-    return [info.key for info in config_options(cls) if not info.is_section]
-
-
-def _unknown_key_error(cls: type, name: str, prefix: str, root: type) -> ConfigError:
-    full = _join(prefix, name)
-    valid = sorted(_init_fields(cls))
-    suggestion = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    did_you_mean = ""
-    if suggestion:
-        did_you_mean = f" Did you mean '{_join(prefix, suggestion[0])}'?"
-    else:
-        # The key may exist at another level (e.g. 'lr' instead of 'trainer.lr').
-        all_keys = [info.key for info in config_options(root)]
-        by_last = {k: k.rsplit(".", 1)[-1] for k in all_keys}
-        exact = [k for k, last in by_last.items() if last == name]
-        close = exact or [
-            k for k, last in by_last.items() if difflib.get_close_matches(name, [last], 1, 0.8)
-        ]
-        if close:
-            did_you_mean = f" Did you mean '{close[0]}'?"
-    where = f"under '{prefix}'" if prefix else "at the top level"
-    return ConfigError(
-        f"unknown config key '{full}'.{did_you_mean} Valid keys {where}: {', '.join(valid)}"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
     )
 
 
-def _field_default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str, root: type, base: Any) -> T:
-    """Instantiate ``cls`` from ``data`` (validated), on top of ``base`` or the class defaults."""
-    fields = _init_fields(cls)
-    hints = _type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for raw_name, value in data.items():
-        name = str(raw_name)
-        if name not in fields:
-            raise _unknown_key_error(cls, name, prefix, root)
-        key = _join(prefix, name)
-        tp = hints.get(name, Any)
-        section = _section_class(tp)
-        if section is not None and isinstance(value, Mapping):
-            if base is not None:
-                sub_base = getattr(base, name)
-            else:
-                sub_base = _field_default(fields[name])
-            if not isinstance(sub_base, section):
-                sub_base = None
-            kwargs[name] = _build(section, value, key, root, sub_base)
-        else:
-            kwargs[name] = _coerce(value, tp, key, root)
-    if base is None:
-        missing = [
-            _join(prefix, n)
-            for n, f in fields.items()
-            if n not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            raise ConfigError(
-                "missing required config key(s): " + ", ".join(f"'{k}'" for k in missing)
-            )
+def _yaml_scalar(raw: str) -> Any:
     try:
-        if base is not None:
-            return dataclasses.replace(base, **kwargs)
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        where = f"section '{prefix}'" if prefix else "config"
-        raise ConfigError(f"invalid {where}: {exc}") from exc
+        return yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        return raw
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory, not a file" if p.is_dir() else "not found"
+        raise ConfigError(f"config file {what}: '{p}'")
+    try:
+        loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(
+            f"config file '{p}' must contain a mapping of keys at the top level, "
+            f"got {type(loaded).__name__}"
+        )
+    return dict(loaded)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers: YAML files, dicts and overrides merged onto the raw data below them
+# --------------------------------------------------------------------------------------------
+
+
+class _Patch(dict):  # type: ignore[type-arg]
+    """A mapping made by dotted overrides: merged into a ``dict`` value, not replacing it."""
+
+
+class _UnknownKey(Exception):
+    """An unknown key (class, name, prefix[, kind]); :func:`_build` words it for the root."""
+
+
+def _merge(tp: Any, current: Any, layer: Any, key: str, kind: str | None = None) -> Any:
+    """Raw data of ``layer`` on top of ``current`` (the value below it) for annotation ``tp``."""
+    if (reg := family(tp)) is not None:
+        return _merge_family(reg, current, layer, key)
+    section = section_class(tp)
+    if section is not None and isinstance(layer, Mapping):
+        merged = dict(current) if isinstance(current, Mapping) else {}
+        fields, hints = init_fields(section), type_hints(section)
+        for name, value in layer.items():
+            if name not in fields:
+                raise _UnknownKey(section, str(name), key, kind)
+            below = merged[name] if name in merged else _plain(field_default(fields[name]))
+            merged[name] = _merge(hints.get(name, Any), below, value, join(key, name))
+        return merged
+    if isinstance(layer, _Patch) and isinstance(current, Mapping):
+        value_tp = _child_type(tp, "", key)
+        merged = dict(current)
+        for name, value in layer.items():
+            merged[name] = _merge(value_tp, current.get(name), value, f"{key}.{name}")
+        return merged
+    return layer
+
+
+def _merge_family(reg: Registry, current: Any, layer: Any, key: str) -> Any:
+    if isinstance(layer, str):
+        layer = {"kind": layer}
+    if not isinstance(layer, Mapping):
+        if layer is None:
+            return None
+        raise ConfigError(
+            f"config key '{key}' expects a {reg.family} kind name or a mapping with 'kind', "
+            f"got {describe_got(layer)}"
+        )
+    below = dict(current) if isinstance(current, Mapping) else {}
+    kind = layer.get("kind", below.get("kind"))
+    if not isinstance(kind, str) or kind not in reg:
+        raise ConfigError(
+            f"unknown {reg.family} kind {kind!r} for config key '{key}.kind'; "
+            f"valid kinds: {', '.join(sorted(reg.kinds))}"
+        )
+    if kind != below.pop("kind", None):  # another kind: start from its defaults
+        below = {}
+    fields = {k: v for k, v in layer.items() if k != "kind"}
+    return {"kind": kind, **_merge(reg.kinds[kind], below, fields, key, kind)}
+
+
+def _child_type(tp: Any, name: str, prefix: str) -> Any:
+    """The annotation of key ``name`` below a value of annotation ``tp`` (for overrides)."""
+    if (section := section_class(tp)) is not None:
+        fields = init_fields(section)
+        if name not in fields:
+            raise _UnknownKey(section, name, prefix)
+        return type_hints(section).get(name, Any)
+    if (reg := family(tp)) is not None:  # checked against the final kind when merging
+        hints = [type_hints(k).get(name) for k in reg.kinds.values()]
+        return str if name == "kind" else next((h for h in hints if h is not None), Any)
+    base = optional_member(tp)
+    if base is Any or base is object:
+        return Any
+    if get_origin(base) is dict or base is dict:
+        args = get_args(base)
+        return args[1] if args else Any
+    raise ConfigError(
+        f"config key '{prefix}' is a {type_name(tp)} value, not a section; "
+        f"cannot set '{join(prefix, name)}'"
+    )
 
 
 def _parse_override(text: str) -> tuple[str, str]:
@@ -405,90 +277,133 @@ def _parse_override(text: str) -> tuple[str, str]:
     return key, raw.strip()
 
 
-def _yaml_scalar(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def _apply_override(cls: type, data: dict[str, Any], key: str, raw: str) -> None:
-    """Validate dotted ``key`` against ``cls`` and store the parsed ``raw`` value in ``data``."""
-    parts = key.split(".")
-    current_cls: type = cls
-    node = data
-    for depth, name in enumerate(parts):
-        prefix = ".".join(parts[:depth])
-        fields = _init_fields(current_cls)
-        if name not in fields:
-            raise _unknown_key_error(current_cls, name, prefix, cls)
-        tp = _type_hints(current_cls).get(name, Any)
-        section = _section_class(tp)
-        if depth == len(parts) - 1:
-            value = _yaml_scalar(raw)
-            if section is not None and isinstance(value, Mapping):
-                existing = node.get(name)
-                node[name] = _deep_merge(existing if isinstance(existing, Mapping) else {}, value)
-                return
-            try:
-                node[name] = _coerce(value, tp, key, cls)
-                return
-            except ConfigError as exc:
-                if isinstance(value, str):
-                    raise
-                error = exc
-            try:  # e.g. name=123 for a str key: keep the literal text typed on the CLI
-                node[name] = _coerce(raw, tp, key, cls)
-            except ConfigError:
-                raise error from None
-            return
-        if section is None:
-            raise ConfigError(
-                f"config key '{_join(prefix, name)}' is a {_type_name(tp)} value, not a section; "
-                f"cannot set '{key}'"
-            )
-        child = node.get(name)
-        if not isinstance(child, dict):
-            child = dict(child) if isinstance(child, Mapping) else {}
+def _override_layer(cls: type, overrides: Sequence[str]) -> dict[str, Any]:
+    """One layer made of all ``key=value`` overrides (the last of a key wins)."""
+    layer: dict[str, Any] = {}
+    for text in overrides:
+        key, raw = _parse_override(text)
+        *parents, last = key.split(".")
+        node, tp = layer, cls
+        for depth, name in enumerate(parents):
+            tp = _child_type(tp, name, ".".join(parents[:depth]))
+            child = node.get(name)
+            if family(tp) is not None and isinstance(child, str):
+                child = {"kind": child}
+            if not isinstance(child, dict):
+                child = _Patch(child if isinstance(child, Mapping) else {})
             node[name] = child
-        node = child
-        current_cls = section
+            node = child
+        tp = _child_type(tp, last, ".".join(parents))
+        value = _yaml_scalar(raw)
+        if isinstance(value, Mapping) and (family(tp) or section_class(tp)):
+            below = node.get(last)
+            node[last] = _deep_merge(below, value) if isinstance(below, Mapping) else value
+        elif not isinstance(value, (str, Mapping)) and not _accepts(tp, value):
+            node[last] = raw if _accepts(tp, raw) else value  # name=123 for a str key
+        else:
+            node[last] = value
+    return layer
 
 
 def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
-            merged[k] = _deep_merge(merged[k], v)
-        else:
-            merged[k] = v
+        below = merged.get(k)
+        merged[k] = (
+            _deep_merge(below, v) if isinstance(v, Mapping) and isinstance(below, Mapping) else v
+        )
     return merged
 
 
-def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
-        raise ConfigError(f"config file {what}: '{p}'")
+# --------------------------------------------------------------------------------------------
+# Validation with pydantic
+# --------------------------------------------------------------------------------------------
+
+_PYDANTIC_CONFIG = pydantic.ConfigDict(strict=True, extra="forbid")
+
+
+def _family_schema(cls: type, source: Any, handler: Any) -> Any:
+    """pydantic schema of a family base: its kinds, tagged by the ``kind`` key."""
+    reg = family(source)
+    if reg is None:  # a kind class itself (this hook is inherited): a plain dataclass
+        return handler(source)
+    choices = {
+        name: core_schema.no_info_before_validator_function(_drop_kind, handler.generate_schema(k))
+        for name, k in sorted(reg.kinds.items())
+    }
+    return core_schema.tagged_union_schema(choices, discriminator="kind")
+
+
+def _drop_kind(value: Any) -> Any:
+    return {k: v for k, v in value.items() if k != "kind"} if isinstance(value, dict) else value
+
+
+def _hook_families(tp: Any, seen: set[Any]) -> None:
+    """Give every family base reachable from annotation ``tp`` the pydantic schema hook."""
+    if tp in seen:
+        return
+    seen.add(tp)
+    for arg in get_args(tp):
+        _hook_families(arg, seen)
+    if isinstance(tp, type) and (reg := family(tp)) is not None:  # X | None: via get_args
+        if "__get_pydantic_core_schema__" not in vars(tp):
+            tp.__get_pydantic_core_schema__ = classmethod(_family_schema)
+        for kind in reg.kinds.values():
+            _hook_families(kind, seen)
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        for hint in type_hints(tp).values():
+            _hook_families(hint, seen)
+
+
+@functools.cache
+def _validator(tp: Any, generation: int) -> type[pydantic.BaseModel]:
+    """A strict model of one field ``value: tp`` (``generation``: Registry.generation)."""
+    _hook_families(tp, set())
+    return pydantic.create_model("cgrpo_config", __config__=_PYDANTIC_CONFIG, value=(tp, ...))
+
+
+def _validate(tp: Any, data: Any) -> Any:
+    text = json.dumps({"value": data}, default=_unsupported)
+    return _validator(tp, Registry.generation).model_validate_json(text).value
+
+
+def _unsupported(value: Any) -> Any:
+    raise ConfigError(
+        f"config value {describe_got(value)} is not text, a number, a boolean, a list or a mapping"
+    )
+
+
+def _accepts(tp: Any, value: Any) -> bool:
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError(
-            f"config file '{p}' must contain a mapping of keys at the top level, "
-            f"got {type(loaded).__name__}"
-        )
-    return dict(loaded)
+        _validate(tp, value)
+    except (pydantic.ValidationError, ConfigError):
+        return False
+    return True
+
+
+def _build(cls: type[T], layers: Sequence[Any]) -> T:
+    """Merge ``layers`` (raw data, or ``f(cls)`` making it) onto the defaults of ``cls``."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"config class must be a dataclass, got {cls!r}")
+    data: dict[str, Any] = {}
+    try:
+        for layer in layers:
+            data = _merge(cls, data, layer(cls) if callable(layer) else layer, "")
+    except _UnknownKey as exc:
+        raise ConfigError(unknown_key_message(cls, *exc.args)) from None
+    try:
+        return _validate(cls, data)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        error = (errors[0].get("ctx") or {}).get("error")
+        if isinstance(error, ConfigError):  # raised by a __post_init__
+            raise error from None
+        raise ConfigError(validation_message(cls, data, errors)) from None
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build config ``cls`` from a (nested) mapping on top of its defaults, with validation."""
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        raise TypeError(f"config class must be a dataclass, got {cls!r}")
-    return _build(cls, data, "", cls, base=None)
+    return _build(cls, [_plain(dict(data))])
 
 
 def load_config(
@@ -508,13 +423,8 @@ def load_config(
     """
     if isinstance(overrides, str):
         raise TypeError("overrides must be a sequence of 'key=value' strings, not one string")
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        raise TypeError(f"config class must be a dataclass, got {cls!r}")
-    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
-    for text in overrides:
-        key, raw = _parse_override(text)
-        _apply_override(cls, data, key, raw)
-    return _build(cls, data, "", cls, base=None)
+    file_layer = [lambda _: _read_yaml(path)] if path is not None else []
+    return _build(cls, [*file_layer, functools.partial(_override_layer, overrides=overrides)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,16 +435,18 @@ def load_config(
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Convert a config dataclass instance to plain nested Python data (YAML-serialisable).
 
-    Tuples become lists and paths become strings; only ``init`` fields are included.
+    Tuples become lists and paths become strings; only ``init`` fields are included; a
+    family section becomes ``{kind: ..., **its fields}``.
     """
     if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
         raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
-    return {name: _plain(getattr(cfg, name)) for name in _init_fields(type(cfg))}
+    return {name: _plain(getattr(cfg, name)) for name in init_fields(type(cfg))}
 
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return config_to_dict(value)
+        kind = kind_name(value)
+        return {"kind": kind, **config_to_dict(value)} if kind else config_to_dict(value)
     if isinstance(value, Mapping):
         return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -544,122 +456,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
     """Atomically write ``cfg`` as YAML to ``path`` (readable again by :func:`load_config`)."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-    target = Path(path)
-    _atomic_write_text(target, text)
-    return target
+    from cgrpo.checkpoint import atomic_write  # torch-heavy: only when a config is saved
 
-
-# --------------------------------------------------------------------------------------------
-# Documentation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class OptionInfo:
-    """Documentation of one config key, as yielded by :func:`config_options`."""
-
-    key: str
-    """Full dotted key, e.g. ``trainer.lr``."""
-    type_name: str
-    """Readable annotation, e.g. ``float | None``."""
-    default: Any
-    """Default value, or :data:`dataclasses.MISSING` for a required key."""
-    help: str
-    """The field's ``help`` metadata ('' when undocumented)."""
-    unit: str | None
-    """The field's ``unit`` metadata."""
-    is_section: bool
-    """True for a nested-dataclass key whose sub-keys are listed after it."""
-
-    @property
-    def default_text(self) -> str:
-        """The default rendered for humans (``required`` when there is none)."""
-        if self.default is dataclasses.MISSING:
-            return "required"
-        return _format_value(self.default)
-
-
-def config_options(cls: type, prefix: str = "") -> Iterator[OptionInfo]:
-    """Yield an :class:`OptionInfo` for every key of ``cls``, depth first.
-
-    Sections (nested dataclasses) are yielded themselves only when they can be ``null``;
-    their sub-keys always follow. Defaults of sub-keys come from the parent's default
-    instance when it has one, so a section defaulting to ``Sub(x=2)`` documents ``x: 2``.
-    """
-    yield from _options(cls, prefix, instance=None)
-
-
-def _options(cls: type, prefix: str, instance: Any) -> Iterator[OptionInfo]:
-    hints = _type_hints(cls)
-    for name, f in _init_fields(cls).items():
-        key = _join(prefix, name)
-        tp = hints.get(name, Any)
-        default = getattr(instance, name) if instance is not None else _field_default(f)
-        help_text = str(f.metadata.get("help", ""))
-        unit = f.metadata.get("unit")
-        section = _section_class(tp)
-        if section is None:
-            yield OptionInfo(key, _type_name(tp), default, help_text, unit, False)
-            continue
-        if section is not tp:  # Optional section: document the key itself too
-            shown = None if isinstance(default, section) else default
-            yield OptionInfo(key, _type_name(tp), shown, help_text, unit, True)
-        sub_instance = default if isinstance(default, section) else None
-        yield from _options(section, key, sub_instance)
-
-
-def undocumented_keys(cls: type) -> list[str]:
-    """Dotted keys of ``cls`` whose field has no (non-empty) ``help`` metadata."""
-    return [info.key for info in config_options(cls) if not info.help.strip()]
-
-
-def describe_config(cls: type, prefix: str = "") -> str:
-    """One line per key, ``  key (type, default: X[, unit: U])  help``, for ``--help`` output."""
-    rows: list[tuple[str, str]] = []
-    for info in config_options(cls, prefix):
-        details = f"{info.type_name}, default: {info.default_text}"
-        if info.unit:
-            details += f", unit: {info.unit}"
-        rows.append((f"  {info.key} ({details})", info.help))
-    if not rows:
-        return ""
-    width = max(len(left) for left, _ in rows)
-    lines = [f"{left:<{width}}  {text}".rstrip() for left, text in rows]
-    return "\n".join(lines)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def config_markdown_table(cls: type) -> str:
-    """A markdown table ``key | type | default | unit | meaning`` documenting every key."""
-    lines = ["| key | type | default | unit | meaning |", "| --- | --- | --- | --- | --- |"]
-    for info in config_options(cls):
-        cells = [
-            f"`{info.key}`",
-            f"`{info.type_name}`",
-            f"`{info.default_text}`",
-            info.unit or "",
-            info.help,
-        ]
-        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
