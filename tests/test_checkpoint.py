@@ -1,4 +1,4 @@
-"""Tests for :mod:`cgrpo.checkpoint`: atomic writes, safe loading, RNG state, checkpoint dirs."""
+"""Tests for :mod:`cgrpo.checkpoint` (atomic IO, checkpoint dirs, EMA), :mod:`cgrpo.rng_state`."""
 
 from __future__ import annotations
 
@@ -14,20 +14,22 @@ import safetensors.torch
 import torch
 
 from cgrpo import checkpoint as ckpt
+from cgrpo import rng_state
 from cgrpo.checkpoint import (
     CheckpointError,
     atomic_write,
-    get_rng_state,
+    is_complete_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_state,
     load_tensors,
+    load_weights,
     save_checkpoint,
     save_state,
     save_tensors,
-    set_rng_state,
 )
+from cgrpo.rng_state import get_rng_state, set_rng_state
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -273,6 +275,13 @@ def test_rng_state_survives_save_state_round_trip(tmp_path: Path) -> None:
     assert _draw() == first
 
 
+def test_rng_state_reexported_by_checkpoint_and_format_checked() -> None:
+    assert ckpt.get_rng_state is rng_state.get_rng_state
+    assert ckpt.set_rng_state is rng_state.set_rng_state
+    with pytest.raises(CheckpointError, match="unsupported RNG state format 99"):
+        set_rng_state({"format": 99})
+
+
 # ------------------------------------------------------------------------------------------
 # checkpoint folders
 # ------------------------------------------------------------------------------------------
@@ -309,7 +318,10 @@ def test_save_and_load_checkpoint(tmp_path: Path) -> None:
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
 
 
-def test_meta_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("with_ema", [False, True])
+def test_meta_is_written_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_ema: bool
+) -> None:
     order: list[str] = []
     real_replace = os.replace
 
@@ -318,11 +330,14 @@ def test_meta_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", recording_replace)
-    save_checkpoint(tmp_path, 1, _model(), {"step": 1})
-    assert order == ["model.safetensors", "state.pt", "meta.json", "latest.json"]
+    save_checkpoint(tmp_path, 1, _model(), {"step": 1}, ema_tensors=_model(9) if with_ema else None)
+    ema = ["ema.safetensors"] if with_ema else []
+    assert order == ["model.safetensors", *ema, "state.pt", "meta.json", "latest.json"]
 
 
-@pytest.mark.parametrize("fail_on", ["model.safetensors", "state.pt", "meta.json"])
+@pytest.mark.parametrize(
+    "fail_on", ["model.safetensors", "ema.safetensors", "state.pt", "meta.json"]
+)
 def test_killed_save_keeps_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_on: str
 ) -> None:
@@ -337,7 +352,7 @@ def test_killed_save_keeps_previous_checkpoint(
 
     monkeypatch.setattr(os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path, 2, _model(2), {"step": 2})
+        save_checkpoint(tmp_path, 2, _model(2), {"step": 2}, ema_tensors=_model(3))
     monkeypatch.undo()
 
     assert latest_checkpoint(tmp_path) == tmp_path / "step_000001"
@@ -384,6 +399,56 @@ def test_latest_json_pointing_at_incomplete_folder_falls_back(tmp_path: Path) ->
     assert latest_checkpoint(tmp_path) == tmp_path / "step_000001"
 
 
+def test_ema_round_trip(tmp_path: Path) -> None:
+    model, ema = _model(0), _model(1)
+    folder = save_checkpoint(tmp_path, 7, model, {"step": 7}, ema_tensors=ema)
+    assert (folder / "ema.safetensors").is_file()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["file_sizes"]["ema.safetensors"] == (folder / "ema.safetensors").stat().st_size
+    for where in (folder, tmp_path):  # a step folder or a checkpoint root
+        weights, is_ema = load_weights(where)
+        assert is_ema and all(torch.equal(weights[k], ema[k]) for k in ema)
+        raw, is_ema = load_weights(where, ema=False)
+        assert not is_ema and all(torch.equal(raw[k], model[k]) for k in model)
+    _assert_checkpoint_equals(folder, 7, model, {"step": 7})  # load_checkpoint: raw weights
+
+
+def test_load_weights_without_ema_gives_raw_weights(tmp_path: Path) -> None:
+    model = _model(0)
+    save_checkpoint(tmp_path, 1, model, {"step": 1}, ema_tensors=_model(1))
+    save_checkpoint(tmp_path, 1, model, {"step": 1})  # a re-save without EMA drops the old one
+    assert not (tmp_path / "step_000001" / "ema.safetensors").exists()
+    save_checkpoint(tmp_path, 2, model, {"step": 2})
+    for step in (1, 2):
+        weights, is_ema = load_weights(tmp_path / f"step_{step:06d}", ema=True)
+        assert not is_ema and all(torch.equal(weights[k], model[k]) for k in model)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "garbage"])
+def test_damaged_ema_is_never_loaded(tmp_path: Path, damage: str) -> None:
+    save_checkpoint(tmp_path, 1, _model(1), {"step": 1}, ema_tensors=_model(2))
+    save_checkpoint(tmp_path, 2, _model(3), {"step": 2}, ema_tensors=_model(4))
+    folder = tmp_path / "step_000002"
+    ema_file = folder / "ema.safetensors"
+    data = ema_file.read_bytes()
+    if damage == "garbage":  # same size, so only reading it shows the damage
+        ema_file.write_bytes(b"\xff" * len(data))
+        assert is_complete_checkpoint(folder)
+        with pytest.raises(CheckpointError, match="ema.safetensors"):
+            load_weights(folder)
+        return
+    if damage == "truncated":
+        ema_file.write_bytes(data[: len(data) // 2])
+    else:
+        ema_file.unlink()
+    assert not is_complete_checkpoint(folder)
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_000001"
+    detail = "file sizes do not match" if damage == "truncated" else "missing ema.safetensors"
+    for load in (load_weights, load_checkpoint):
+        with pytest.raises(CheckpointError, match=f"incomplete \\({detail}"):
+            load(folder)
+
+
 def test_keep_last(tmp_path: Path) -> None:
     for step in (10, 20, 30, 40):
         save_checkpoint(tmp_path, step, _model(step), {"step": step}, keep_last=2)
@@ -401,7 +466,9 @@ def test_save_checkpoint_argument_checks(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, 1, _model(), {}, meta={"step": 3})
     with pytest.raises(ValueError, match="step"):
         save_checkpoint(tmp_path, -1, _model(), {})
-    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(ValueError, match=r"ema_tensors.*\['x'\]"):
+        save_checkpoint(tmp_path, 1, _model(), {}, ema_tensors={**_model(), "x": torch.ones(1)})
+    assert list(tmp_path.iterdir()) == []  # all checked before anything is written
 
 
 def test_load_checkpoint_missing(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ Layout written by :func:`save_checkpoint`::
       latest.json                 {"step": N, "path": "step_00000N"}   (updated last)
       step_00000N/
         model.safetensors         model tensors (safetensors, no pickle)
+        ema.safetensors           optional: their EMA (what :func:`load_weights` prefers)
         state.pt                  optimizer/scheduler/RNG state (loaded with weights_only=True)
         meta.json                 written LAST: marks the folder complete, records file sizes
 
@@ -20,27 +21,30 @@ object that such a load could not read back (numpy arrays, custom classes, ...).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
-import random
 import re
 import secrets
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as _st_load_file
 from safetensors.torch import save_file as _st_save_file
 
+# Re-exported for now: callers (the trainer) use ckpt.get_rng_state / ckpt.set_rng_state;
+# new code should import them from cgrpo.rng_state, where they live.
+from cgrpo.rng_state import get_rng_state, set_rng_state
+
 __all__ = [
     "CheckpointError",
+    "EMA_FILE",
     "MODEL_FILE",
     "STATE_FILE",
     "META_FILE",
@@ -53,6 +57,7 @@ __all__ = [
     "load_checkpoint",
     "load_state",
     "load_tensors",
+    "load_weights",
     "save_checkpoint",
     "save_state",
     "save_tensors",
@@ -60,11 +65,11 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 LATEST_FILE = "latest.json"
 CHECKPOINT_FORMAT = 1
-RNG_STATE_FORMAT = 1
 
 _STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 
@@ -122,10 +127,8 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) 
         os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600 files
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise
     _fsync_dir(target.parent)
     return target
@@ -211,20 +214,8 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 # Plain state (torch.save / weights_only load)
 # --------------------------------------------------------------------------------------------
 
-_SAFE_LEAVES = (
-    torch.Tensor,
-    torch.Size,
-    torch.device,
-    torch.dtype,
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    bytearray,
-    type(None),
-)
+_PLAIN_LEAVES = (bool, int, float, complex, str, bytes, bytearray, type(None))
+_SAFE_LEAVES = (torch.Tensor, torch.Size, torch.device, torch.dtype, *_PLAIN_LEAVES)
 
 
 def _check_weights_only_safe(obj: Any, where: str) -> None:
@@ -292,84 +283,6 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------------
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Capture the python ``random``, numpy global and torch (CPU + CUDA) generator states.
-
-    The result holds only ints, floats, strings, lists and tensors, so it can be stored with
-    :func:`save_state` and read back with ``weights_only=True``.
-    """
-    py_version, py_internal, py_gauss = random.getstate()
-    np_state = np.random.get_state(legacy=True)
-    assert isinstance(np_state, tuple)
-    np_name, np_keys, np_pos, np_has_gauss, np_cached = np_state
-    state: dict[str, Any] = {
-        "format": RNG_STATE_FORMAT,
-        "python": {
-            "version": int(py_version),
-            "internal": [int(x) for x in py_internal],
-            "gauss_next": None if py_gauss is None else float(py_gauss),
-        },
-        "numpy": {
-            "name": str(np_name),
-            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_cached),
-        },
-        "torch": torch.get_rng_state().clone(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.clone() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore generator states captured by :func:`get_rng_state` (sections present only).
-
-    CUDA states are restored for the devices that exist; a warning is issued when the saved
-    state covers GPUs that are not available.
-    """
-    fmt = state.get("format", RNG_STATE_FORMAT)
-    if fmt != RNG_STATE_FORMAT:
-        raise CheckpointError(f"unsupported RNG state format {fmt!r}")
-    if "python" in state:
-        py = state["python"]
-        random.setstate(
-            (int(py["version"]), tuple(int(x) for x in py["internal"]), py["gauss_next"])
-        )
-    if "numpy" in state:
-        npst = state["numpy"]
-        keys = npst["keys"]
-        keys_arr = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-        np.random.set_state(
-            (
-                str(npst["name"]),
-                keys_arr.astype(np.uint32),
-                int(npst["pos"]),
-                int(npst["has_gauss"]),
-                float(npst["cached_gaussian"]),
-            )
-        )
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].to(dtype=torch.uint8, device="cpu"))
-    if "cuda" in state:
-        cuda_states = list(state["cuda"])
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        for i, s in enumerate(cuda_states[:available]):
-            torch.cuda.set_rng_state(s.to(dtype=torch.uint8, device="cpu"), device=i)
-        if len(cuda_states) > available:
-            warnings.warn(
-                f"RNG state has {len(cuda_states)} CUDA generator(s) but only {available} "
-                "device(s) are available; the rest were not restored",
-                stacklevel=2,
-            )
-
-
-# --------------------------------------------------------------------------------------------
 # Checkpoint folders
 # --------------------------------------------------------------------------------------------
 
@@ -385,14 +298,26 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+_FILES = (MODEL_FILE, STATE_FILE)
+_FILES_WITH_EMA = (MODEL_FILE, EMA_FILE, STATE_FILE)
+
+
+def _checkpoint_files(meta: Any) -> tuple[str, ...]:
+    """The files besides ``meta.json`` that a step folder's meta says it holds: the EMA
+    file only when meta lists it (checkpoints from before EMA was saved have none)."""
+    sizes = meta.get("file_sizes") if isinstance(meta, dict) else None
+    return _FILES_WITH_EMA if isinstance(sizes, dict) and EMA_FILE in sizes else _FILES
+
+
 def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` is a step folder whose three files exist and match ``meta.json``."""
+    """True if ``path`` is a step folder whose files (model, state and the EMA file when
+    ``meta.json`` lists it) exist and match the sizes in ``meta.json``."""
     folder = Path(path)
     meta = _read_json(folder / META_FILE)
     if not isinstance(meta, dict):
         return False
     sizes = meta.get("file_sizes", {})
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in _checkpoint_files(meta):
         f = folder / name
         if not f.is_file():
             return False
@@ -447,13 +372,16 @@ def save_checkpoint(
     state: Mapping[str, Any],
     meta: Mapping[str, Any] | None = None,
     keep_last: int | None = None,
+    *,
+    ema_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save a complete checkpoint for ``step`` and point ``latest.json`` at it.
 
-    Writes ``model.safetensors`` and ``state.pt`` (each atomically), then ``meta.json`` LAST
-    (it marks the folder complete and records the file sizes), then atomically updates
-    ``latest.json``. Re-saving an existing step first removes its ``meta.json`` so a crash
-    mid-way never leaves a folder that looks complete but mixes two saves.
+    Writes ``model.safetensors``, ``ema.safetensors`` (with ``ema_tensors``) and ``state.pt``
+    (each atomically), then ``meta.json`` LAST (it marks the folder complete and records the
+    file sizes), then atomically updates ``latest.json``. Re-saving an existing step first
+    removes its ``meta.json`` so a crash mid-way never leaves a folder that looks complete
+    but mixes two saves.
 
     Args:
         directory: Checkpoint root (created if needed).
@@ -464,6 +392,8 @@ def save_checkpoint(
             the keys ``step``, ``format`` and ``file_sizes`` are reserved.
         keep_last: If set (>= 1), after a successful save delete older complete step folders
             so that at most ``keep_last`` remain counting the new one. Newer folders are kept.
+        ema_tensors: The EMA of ``model_tensors`` (the same names, else ValueError before
+            anything is written), which :func:`load_weights` returns by default.
 
     Returns:
         The step folder.
@@ -477,24 +407,29 @@ def save_checkpoint(
     if reserved:
         raise ValueError(f"meta keys {sorted(reserved)} are reserved by save_checkpoint")
     json.dumps(extra)  # fail early (TypeError) on non-JSON meta, before touching the disk
+    if ema_tensors is not None and set(ema_tensors) != set(model_tensors):
+        odd = sorted(set(ema_tensors) ^ set(model_tensors))
+        raise ValueError(f"ema_tensors must have the names of model_tensors; differing: {odd[:4]}")
 
     root = Path(directory)
     folder = root / _step_dir_name(step)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META_FILE).unlink(missing_ok=True)  # incomplete until meta.json is rewritten
+    if ema_tensors is None:
+        (folder / EMA_FILE).unlink(missing_ok=True)  # an earlier save's EMA is not this one's
     _fsync_dir(folder)
 
     save_tensors(folder / MODEL_FILE, model_tensors)
+    if ema_tensors is not None:
+        save_tensors(folder / EMA_FILE, ema_tensors)
     save_state(folder / STATE_FILE, state)
+    written = _FILES if ema_tensors is None else _FILES_WITH_EMA
     meta_obj = {
         **extra,
         "step": step,
         "format": CHECKPOINT_FORMAT,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "file_sizes": {
-            MODEL_FILE: (folder / MODEL_FILE).stat().st_size,
-            STATE_FILE: (folder / STATE_FILE).stat().st_size,
-        },
+        "file_sizes": {name: (folder / name).stat().st_size for name in written},
     }
     _write_json(folder / META_FILE, meta_obj)
     _write_json(root / LATEST_FILE, {"step": step, "path": folder.name})
@@ -507,18 +442,9 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Load ``(model_tensors, state, meta)`` from a step folder.
-
-    ``path`` may also be a checkpoint root, in which case :func:`latest_checkpoint` picks the
-    folder.
-
-    Raises:
-        FileNotFoundError: no checkpoint at ``path``.
-        CheckpointError: the folder is incomplete or a file is corrupt/unsafe.
-    """
+def _complete_folder(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The step folder ``path`` names (for a checkpoint root: its latest) and its meta;
+    FileNotFoundError if there is none, CheckpointError if it is incomplete."""
     p = Path(path)
     if not p.is_dir():
         raise _missing_file_error(p, "checkpoint folder")
@@ -529,11 +455,45 @@ def load_checkpoint(
             raise FileNotFoundError(f"no complete checkpoint found in '{p}'")
         folder = found
     if not is_complete_checkpoint(folder):
-        missing = [n for n in (MODEL_FILE, STATE_FILE, META_FILE) if not (folder / n).is_file()]
+        names = (*_checkpoint_files(_read_json(folder / META_FILE)), META_FILE)
+        missing = [n for n in names if not (folder / n).is_file()]
         detail = f"missing {', '.join(missing)}" if missing else "file sizes do not match meta"
         raise CheckpointError(f"checkpoint '{folder}' is incomplete ({detail})")
     meta = _read_json(folder / META_FILE)
     assert isinstance(meta, dict)
+    return folder, meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Load ``(model_tensors, state, meta)`` from a step folder (raw weights: the EMA ones
+    come from :func:`load_weights`).
+
+    ``path`` may also be a checkpoint root, in which case :func:`latest_checkpoint` picks the
+    folder.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: the folder is incomplete or a file is corrupt/unsafe.
+    """
+    folder, meta = _complete_folder(path)
     tensors = load_tensors(folder / MODEL_FILE)
     state = load_state(folder / STATE_FILE)
     return tensors, state, meta
+
+
+def load_weights(
+    path: str | os.PathLike[str], ema: bool = True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The weights to evaluate or sample with, and whether they are the EMA ones: with
+    ``ema`` (the default, as training evaluates) the EMA weights when the checkpoint has
+    them, else the raw model weights. ``path`` is as for :func:`load_checkpoint`.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: the folder is incomplete or the weights file is corrupt.
+    """
+    folder, meta = _complete_folder(path)
+    use_ema = ema and EMA_FILE in _checkpoint_files(meta)
+    return load_tensors(folder / (EMA_FILE if use_ema else MODEL_FILE)), use_ema
