@@ -5,9 +5,9 @@ Five arms with the same budget (the embedded default config, ``--steps`` steps e
 =================  ==========  =============================
 arm                shaping     weighting
 =================  ==========  =============================
-naive 1:1          linear      static, w_id 1, w_prompt 1
-naive 1:1.5        linear      static, w_id 1, w_prompt 1.5
-SARS               sars        static, w_id 1, w_prompt 1
+naive 1:1          linear      static, identity 1, prompt 1
+naive 1:1.5        linear      static, identity 1, prompt 1.5
+SARS               sars        static, identity 1, prompt 1
 TDW                linear      tdw
 SARS + TDW         sars        tdw   (Customized-GRPO)
 =================  ==========  =============================
@@ -16,8 +16,9 @@ Each arm runs ``--seeds`` seeds; every run is a normal ``cgrpo train`` run folde
 ``--out/<arm>/seed<k>`` (metrics.csv, eval.json, images), so ``cgrpo compare`` reads them
 too. Finished runs (eval.json with a trained entry) are skipped, so the command resumes.
 At the end it writes the report (``--doc``, default docs/results.md) with the table of
-held-out identity / prompt reward (mean +- std over seeds), the Pareto scatter, the
-curves along training and the share of conflicted samples per step.
+held-out means of the two competing rewards (``method.pair``, mean +- std over seeds),
+the Pareto scatter, the curves along training and the share of conflicted samples per
+step.
 
     python benchmarks/competitive_degradation.py [--seeds 3] [--steps 40] [key=value ...]
     python benchmarks/competitive_degradation.py --report-only
@@ -32,16 +33,22 @@ import sys
 import time
 from pathlib import Path
 
-from cgrpo.compare import ArmResult, RunResult, load_run, paired_change, write_experiment_report
+from cgrpo.compare import ArmResult, RunResult, load_run, write_experiment_report
 from cgrpo.config import load_config
 from cgrpo.evaluation import EvalConfig, eval_command
+from cgrpo.summary import paired_changes
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
 from cgrpo.trainer import GRPOTrainer
 
+#: The embedded rewards with prompt weighted 1.5 (weights live in ``rewards``).
+PROMPT_1_5 = (
+    "rewards={identity: {kind: embedded_identity, weight: 1.0}, "
+    "prompt: {kind: embedded_prompt, weight: 1.5}}"
+)
 ARMS: dict[str, list[str]] = {
-    "naive_1_1": ["method.shaping=linear", "method.weighting=static", "method.w_prompt=1.0"],
-    "naive_1_1.5": ["method.shaping=linear", "method.weighting=static", "method.w_prompt=1.5"],
-    "sars": ["method.shaping=sars", "method.weighting=static", "method.w_prompt=1.0"],
+    "naive_1_1": ["method.shaping=linear", "method.weighting=static"],
+    "naive_1_1.5": ["method.shaping=linear", "method.weighting=static", PROMPT_1_5],
+    "sars": ["method.shaping=sars", "method.weighting=static"],
     "tdw": ["method.shaping=linear", "method.weighting=tdw"],
     "sars_tdw": ["method.shaping=sars", "method.weighting=tdw"],
 }
@@ -73,14 +80,10 @@ def run_one(out: Path, arm: str, seed: int, steps: int, extra: list[str]) -> Non
     cfg = load_config(TrainConfig, EMBEDDED_CONFIG, overrides)
     resume = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
     t0 = time.time()
-    summary = GRPOTrainer(cfg).train(resume=resume, quiet=True)
-    b, t = summary["base"], summary["trained"]
-    print(
-        f"[done] {arm} seed {seed} in {time.time() - t0:.0f} s: identity "
-        f"{b['identity']:.4f} -> {t['identity']:.4f}, "
-        f"prompt {b['prompt']:.4f} -> {t['prompt']:.4f}",
-        flush=True,
-    )
+    GRPOTrainer(cfg).train(resume=resume, quiet=True)
+    r = load_run(run_dir)  # eval.json: base and trained held-out means of every reward
+    changes = ", ".join(f"{k} {r.base[k]:.4f} -> {v:.4f}" for k, v in r.trained.items())
+    print(f"[done] {arm} seed {seed} in {time.time() - t0:.0f} s: {changes}", flush=True)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -93,7 +96,8 @@ def _finished(run_dir: Path) -> bool:
 def final_eval(run_dir: Path, base_dir: Path, images_per_pair: int) -> RunResult:
     """The run's end point, measured precisely: ``cgrpo eval`` of its last checkpoint on
     the 256 held-out pairs x ``images_per_pair`` noises, paired with the base model's
-    images (same pairs, same noise); the curves come from the run's own evaluations."""
+    images (same pairs, same noise; the paired changes from the two metrics.json's
+    per-image values); the curves come from the run's own evaluations."""
     out = run_dir / "eval_final"
     if not (out / "metrics.json").is_file():
         eval_command(
@@ -101,10 +105,11 @@ def final_eval(run_dir: Path, base_dir: Path, images_per_pair: int) -> RunResult
         )
     run = load_run(run_dir)
     final, base = load_run(out), load_run(base_dir)
-    run.trained, run.base = final.trained, base.trained
+    run.trained, run.base, run.pairs = final.trained, base.trained, final.pairs
     run.name = run_dir.name
-    run.paired = paired_change(
-        out / "metrics.csv", base_dir / "metrics.csv", ("identity", "prompt")
+    run.paired = paired_changes(
+        json.loads((out / "metrics.json").read_text()),
+        json.loads((base_dir / "metrics.json").read_text()),
     )
     return run
 

@@ -102,8 +102,8 @@ def main() -> None:
             "flux.max_sequence_length=16", "flux.prompt_cache_dir=null",
             f"run.out_dir={folder / 'run'}", "run.eval=false",
             "run.image_every=0", "run.checkpoint_every=0", "run.steps=1000000",
-            "rewards.identity=colour", "rewards.identity_options={kind: brightness}",
-            "rewards.prompt=colour", "rewards.prompt_options={kind: redness}",
+            "rewards.identity={kind: colour, measure: brightness}",
+            "rewards.prompt={kind: colour, measure: redness}",
             *args.overrides,
         ]  # fmt: skip
         cfg = load_config(TrainConfig, ROOT / "configs" / "uno_dreambench.yaml", overrides)

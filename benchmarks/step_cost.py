@@ -25,7 +25,7 @@ from cgrpo.trainer import GRPOTrainer
 def bare_passes(trainer: GRPOTrainer) -> float:
     """Seconds of the model passes one step needs, with nothing else around them."""
     cfg = trainer.cfg
-    refs, prompts = trainer.data.sample(cfg.data.prompts_per_step, trainer.data_rng)
+    refs, prompts = trainer.data.sample(cfg.data.prompts_per_step, trainer.state.data_rng)
     g = cfg.grpo.group_size
     cond = trainer.policy.encode_condition(refs, prompts).repeat_interleave(g)
     n = cond.batch_size

@@ -81,8 +81,8 @@ def flux_train_config(flux_dir: Path, tmp_path: Path, *overrides: str) -> TrainC
         "flux.resolution=16", "flux.lora_rank=4", "flux.max_sequence_length=8",
         "data.kind=jsonl", f"data.path={pairs}", "data.prompts_per_step=2",
         "grpo.group_size=3", "sampler.num_steps=4", "optim.lr=1e-2",
-        f"run.out_dir={tmp_path / 'run'}", "run.threads=1", "rewards.identity=colour",
-        "rewards.identity_options={kind: brightness}", "rewards.prompt=colour",
-        "rewards.prompt_options={kind: redness}",
+        f"run.out_dir={tmp_path / 'run'}", "run.threads=1",
+        "rewards.identity={kind: colour, measure: brightness}",
+        "rewards.prompt={kind: colour, measure: redness}",
     ]  # fmt: skip
     return load_config(TrainConfig, None, [*base, *overrides])

@@ -20,10 +20,12 @@ def one_step(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
     advantages = trainer.advantages
 
-    def spy(r_id: torch.Tensor, r_p: torch.Tensor, group_ids: torch.Tensor):
-        a_id, a_p = advantages(r_id, r_p, group_ids)
+    def spy(rewards: dict[str, torch.Tensor], group_ids: torch.Tensor):
+        adv = advantages(rewards, group_ids)
+        r_id, r_p = rewards["identity"], rewards["prompt"]
+        a_id, a_p = adv["identity"], adv["prompt"]
         seen.update(r_id=r_id, r_p=r_p, group_ids=group_ids, a_id=a_id, a_p=a_p)
-        return a_id, a_p
+        return adv
 
     trainer.advantages = spy  # type: ignore[method-assign]
     res = trainer.train_step()

@@ -179,7 +179,9 @@ def test_fsdp_run_matches_one_process_and_resumes_sharded(tmp_path: Path) -> Non
     ev, ev_one = (json.loads((r / "eval.json").read_text()) for r in (fsdp, one))
     assert ev["base"]["per_image"] == ev_one["base"]["per_image"]
     for key in ("identity", "prompt"):
-        assert ev["trained"][key] == pytest.approx(ev_one["trained"][key], abs=1e-3)
+        assert ev["trained"]["overall"][key] == pytest.approx(
+            ev_one["trained"]["overall"][key], abs=1e-3
+        )
 
     launch("-m", "cgrpo", "train", "--quiet", "--resume", f"run.out_dir={fsdp}", "run.steps=3",
            "run.fsdp=true", *common)  # fmt: skip
@@ -211,11 +213,11 @@ def test_padded_share_gives_every_process_as_many_items(n: int) -> None:
 def test_evaluation_pads_a_short_share_and_drops_the_padding(tmp_path: Path) -> None:
     """8 pairs on 3 processes: process 2 has 2 pairs; it samples 3 (as processes 0 and 1
     do) and reports only its 2."""
-    from cgrpo.trainer import evaluate
+    from cgrpo.build import build_evaluator
 
     trainer = GRPOTrainer(fast_config(tmp_path, SHIPPED, "run.eval_steps=2"))
-    pairs = trainer.data.eval_pairs()
-    assert len(pairs[1]) == 8
+    pairs = trainer.eval_pairs
+    assert len(pairs) == 8
     calls, seen = [], []
     velocity = trainer.policy.velocity
     trainer.policy.velocity = lambda x, s, c: calls.append(len(x)) or velocity(x, s, c)
@@ -227,7 +229,8 @@ def test_evaluation_pads_a_short_share_and_drops_the_padding(tmp_path: Path) -> 
 
     for rank in (0, 2):
         calls.clear(), seen.clear()
-        evaluate(trainer.policy, trainer.rewards, pairs, trainer.cfg, dist=Third(_Place(rank, 3)))
+        ev = build_evaluator(trainer.cfg, pairs, trainer.rewards, Third(_Place(rank, 3)), 1)
+        ev.run(trainer.policy)
         assert calls == [3, 3]  # 2 sampler steps over 3 images, padded or not
         assert [x[0] for x in seen] == list(range(rank, 8, 3))
 
@@ -267,8 +270,15 @@ def test_fsdp_flux_run_checkpoints_the_whole_lora_and_resumes_sharded(
     sharded, _, _ = ckpt.load_checkpoint(run / "checkpoints" / "step_000002")
     single, _, _ = ckpt.load_checkpoint(one / "checkpoints" / "step_000002")
     assert sharded.keys() == single.keys() and all("lora_" in k for k in sharded)
-    for k in single:  # within 1 % of one AdamW step (lr 1e-2) of the 1-process weights
-        torch.testing.assert_close(sharded[k], single[k], rtol=1e-3, atol=1e-4)
+    # the 1-process weights, up to the order FSDP reduce-scatters the gradient in: an
+    # element whose gradient is ~0 may take a visibly different Adam step (seen: single
+    # elements off by 1.3 % to 12 % of one step, varying between runs, at the commit before
+    # the redesign too, which the old element-wise rtol/atol check tripped on now and then).
+    # So: the whole difference is < 1 % of the last step's movement.
+    prev, _, _ = ckpt.load_checkpoint(one / "checkpoints" / "step_000001")
+    diff = torch.cat([(sharded[k] - single[k]).flatten() for k in single])
+    moved = torch.cat([(single[k] - prev[k]).flatten() for k in single])
+    assert float(diff.norm()) < 0.01 * float(moved.norm())
 
     launch(*train, "--resume", f"run.out_dir={run}", "run.steps=3", "run.fsdp=true")
     after, state, _ = ckpt.load_checkpoint(run / "checkpoints" / "step_000003")

@@ -14,7 +14,7 @@ from tests.test_flux_policy import make_policy
 import cgrpo.world
 from cgrpo.cli import main
 from cgrpo.config import load_config
-from cgrpo.evaluation import EvalConfig, build_metrics, evaluate_protocol
+from cgrpo.evaluation import EvalConfig, build_metrics, eval_command, evaluate_protocol
 from cgrpo.train_config import TrainConfig
 from cgrpo.trainer import GRPOTrainer
 
@@ -41,9 +41,10 @@ def _eval(run: Path, out: Path, *overrides: str) -> int:
 
 def test_eval_run_writes_every_output(tmp_path: Path, trained_run: Path) -> None:
     out = tmp_path / "ev"
-    assert _eval(trained_run, out, "base=true", "prompts_per_subject=2") == 0
+    assert _eval(trained_run, out, "base=true", "prompts_per_subject=2", "images_per_pair=1") == 0
     m = json.loads((out / "metrics.json").read_text())
     assert (m["pairs"], m["subjects"], m["images"]) == (16, 8, 16)
+    assert m["weights"] == "raw"  # the run had no EMA
     assert m["identity_column"] == "identity" and m["prompt_column"] == "prompt"
     assert m["checkpoint"].startswith("step_")
     rows = _csv(out / "metrics.csv")
@@ -67,7 +68,7 @@ def test_eval_run_writes_every_output(tmp_path: Path, trained_run: Path) -> None
     assert m["columns"] == {"identity": "embedded_identity", "prompt": "embedded_prompt"}
     # the base model is evaluated on the same pairs and noise, in base/
     b = json.loads((out / "base" / "metrics.json").read_text())
-    assert m["base"] == b["overall"] and b["checkpoint"] is None
+    assert m["base"]["overall"] == b["overall"] and b["checkpoint"] is None
     # training changed the weights (lr 1e-3), so trained images differ from base ones
     diff = [(out / r["file"]).read_bytes() != (out / "base" / r["file"]).read_bytes() for r in rows]
     assert any(diff)
@@ -109,7 +110,8 @@ def test_eval_refuses_to_mix_settings(
         (["metrics={identity: dino}"], "metrics.identity must be a mapping"),
         (["prompt_column=hps"], "prompt_column='hps' is not a metrics column"),
         (["protocol=dreambench"], "needs a FLUX policy"),
-        (["metrics={x: {reward: nope}}"], "unknown reward 'nope'"),
+        (["metrics={x: {kind: nope}}"], "metrics.x.kind='nope' is not a registered reward"),
+        (["metrics={x: {kind: colour, colour: red}}"], "has no option(s) ['colour']"),
         (["protcol=embedded"], "protcol"),
         (["metrics={file: {reward: embedded_prompt}}"], "fixed column"),
     ],
@@ -141,10 +143,11 @@ def test_dreambench_protocol_with_flux_policy(tmp_path: Path, flux_dir: Path) ->
         TrainConfig, None, ["model.kind=flux", "flux.resolution=16", "sampler.num_steps=2"]
     )
     cfg = EvalConfig(protocol="dreambench", root=str(DREAMBENCH), prompts_per_subject=1)
-    cfg.metrics = {"identity_offline": {"reward": "effnet", "resize": 64, "crop": 64}}
-    metrics = build_metrics(cfg, "cpu")
+    cfg.metrics = {"identity_offline": {"kind": "effnet", "resize": 64, "crop": 64}}
+    metrics = build_metrics(cfg, "cpu", train_cfg)
     out = tmp_path / "db"
     result = evaluate_protocol(policy, train_cfg, cfg, metrics, out, {"model": "tiny"}, True)
+    assert result["images_per_pair"] == 1 and result["images"] == 30
     assert (result["pairs"], result["subjects"]) == (30, 30)
     assert result["identity_column"] == "identity_offline" and result["prompt_column"] == ""
     rows = _csv(out / "metrics.csv")
@@ -160,7 +163,7 @@ def test_base_model_eval_without_run(tmp_path: Path) -> None:
     out = tmp_path / "ev"
     assert main(["eval", "--quiet", f"out_dir={out}", "prompts_per_subject=1"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["model"] == "base" and m["images"] == 8 and "base" not in m
+    assert m["model"] == "base" and m["images"] == 8 * 4 and "base" not in m  # eval_noises 4
 
 
 def test_paper_eval_config_loads_and_names_missing_weights(tmp_path: Path) -> None:
@@ -171,3 +174,31 @@ def test_paper_eval_config_loads_and_names_missing_weights(tmp_path: Path) -> No
     cfg.metrics = {"dino": {**cfg.metrics["dino"], "path": str(tmp_path / "nowhere")}}
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_metrics(cfg, "cpu")
+
+
+def test_eval_of_a_run_prints_the_training_table(tmp_path: Path) -> None:
+    """One evaluator: training's held-out table and ``cgrpo eval --run R base=true`` of the
+    final checkpoint print the same numbers (EMA weights, same pairs, noise, batches)."""
+    from cgrpo.summary import summary_table
+
+    run = tmp_path / "run"
+    shipped = Path(cgrpo.world.__file__).parent / "weights" / "base.safetensors"
+    cfg = fast_config(run, shipped, "data.eval_noises=2", "optim.ema_decay=0.5")
+    summary = GRPOTrainer(cfg).train(quiet=True)
+    train_table = summary_table(summary["base"], summary["trained"])
+    out = tmp_path / "ev"
+    text = eval_command(load_config(EvalConfig, None, [f"out_dir={out}", "base=true"]), run,
+                        None, quiet=True)  # fmt: skip
+    assert train_table in text
+    assert "ema weights" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["per_image"] == summary["trained"]["per_image"]
+    assert m["base"]["per_image"] == summary["base"]["per_image"]
+    # the raw weights are other weights: other numbers
+    raw = eval_command(
+        load_config(EvalConfig, None, [f"out_dir={tmp_path / 'raw'}", "ema=false"]), run, None, True
+    )
+    assert "raw weights" in raw
+    raw_m = json.loads((tmp_path / "raw" / "metrics.json").read_text())
+    assert len(set(m["per_image"]["prompt"])) > 1  # real images, not a blank model
+    assert raw_m["per_image"] != m["per_image"]

@@ -284,6 +284,7 @@ def test_shipped_configs_parse(name: str) -> None:
     """The shipped FLUX configs load as a TrainConfig with the paper's settings."""
     from cgrpo.config import load_config, undocumented_keys
     from cgrpo.train_config import TrainConfig
+    from cgrpo.weighting import TimeAwareWeights
 
     cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "configs" / name)
     flux = cfg.flux
@@ -293,8 +294,12 @@ def test_shipped_configs_parse(name: str) -> None:
     assert undocumented_keys(TrainConfig) == []
     assert (cfg.sampler.num_steps, cfg.sampler.shift, cfg.sampler.eta) == (25, 3.0, 0.4)
     assert (cfg.grpo.group_size, cfg.grpo.clip_range, cfg.grpo.adv_clip) == (12, 1e-4, 5.0)
-    assert cfg.grpo.timestep_fraction == 0.6 and cfg.method.gamma == 0.4
-    assert (cfg.method.shaping, cfg.method.weighting) == ("sars", "tdw")
+    assert cfg.grpo.timestep_fraction == 0.6 and cfg.method.shaping.gamma == 0.4
+    assert (cfg.method.shaping.kind, cfg.method.weighting.kind) == ("sars", "tdw")
+    assert cfg.method.weighting == TimeAwareWeights()  # the paper's 25-step constants
+    assert list(cfg.rewards) == ["identity", "prompt"]
+    assert (cfg.rewards["identity"]["kind"], cfg.rewards["prompt"]["kind"]) == ("dinov2", "hpsv3")
+    assert cfg.rewards["identity"]["segmenter"] == "u2netp"
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (2e-5, 1.1e-4, 1.0)
 
 
@@ -326,7 +331,7 @@ def test_trainer_runs_flux_policy_and_checkpoints_only_lora(flux_dir: Path, tmp_
     trainer = GRPOTrainer(cfg)
     frozen = {n: p.detach().clone() for n, p in trainer.policy.transformer.named_parameters()}
     summary = trainer.train(quiet=True)
-    assert set(summary) >= {"base", "trained"} and summary["trained"]["n"] == 2
+    assert set(summary) >= {"base", "trained"} and summary["trained"]["pairs"] == 2
     changed = [
         n
         for n, p in trainer.policy.transformer.named_parameters()
@@ -375,10 +380,10 @@ def test_gpu_smoke_recipe_runs_the_shipped_config(flux_dir: Path, tmp_path: Path
         "flux.prompt_cache_dir=null", "flux.resolution=64", "flux.lora_rank=8",
         f"data.root={data}", "data.prompts_per_step=1", "data.prompts_per_subject=1",
         "grpo.group_size=4", "sampler.num_steps=4", "run.eval_steps=2", "run.threads=1",
-        "rewards.identity=colour", "rewards.identity_options={}", "rewards.prompt=colour",
-        "rewards.prompt_options={kind: redness}", "run.steps=2", f"run.out_dir={tmp_path}",
+        "rewards.identity={kind: colour}", "rewards.prompt={kind: colour, measure: redness}",
+        "run.steps=2", f"run.out_dir={tmp_path}",
     ]  # fmt: skip
     assert main(args) == 0
     assert (tmp_path / "checkpoints" / "step_000002").is_dir()
     summary = json.loads((tmp_path / "eval.json").read_text())
-    assert summary["trained"]["n"] == 30  # one prompt for each DreamBench subject
+    assert summary["trained"]["pairs"] == 30  # one prompt for each DreamBench subject

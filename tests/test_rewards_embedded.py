@@ -488,9 +488,9 @@ def test_colour_reward_from_the_registry() -> None:
     images[0] = 1.0  # white
     images[1, 0] = 1.0  # red
     images[2, 2] = 1.0  # blue
-    bright = make_reward("colour", kind="brightness")(images, ["x"] * 3, images)
-    red = make_reward("colour", kind="redness")(images, ["x"] * 3, images)
+    bright = make_reward("colour", measure="brightness")(images, ["x"] * 3, images)
+    red = make_reward("colour", measure="redness")(images, ["x"] * 3, images)
     torch.testing.assert_close(bright, torch.tensor([1.0, 1 / 3, 1 / 3]))
     torch.testing.assert_close(red, torch.tensor([0.0, 1.0, -1.0]))
     with pytest.raises(ValueError, match="brightness or redness"):
-        make_reward("colour", kind="green")
+        make_reward("colour", measure="green")

@@ -22,6 +22,8 @@ from cgrpo.shaping import (
     relation_shares,
     reward_relation,
     sars,
+    sars_bonus,
+    weighted_sum,
 )
 
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -141,16 +143,43 @@ def test_relation_shares_hand_and_empty() -> None:
 def test_strategy_objects_and_factory() -> None:
     a_id = torch.tensor([0.5, -1.0, 2.0])
     a_p = torch.tensor([1.5, 0.5, -0.2])
-    assert set(SHAPINGS) == {"linear", "sars"}
+    adv = {"identity": a_id, "prompt": a_p}
+    w = {"identity": 0.4, "prompt": 0.6}
+    pair = ("identity", "prompt")
+    assert set(SHAPINGS.kinds) == {"linear", "sars"}
     lin = make_shaping("linear")
-    assert isinstance(lin, LinearShaping)
-    torch.testing.assert_close(lin(a_id, a_p, 0.4, 0.6), linear(a_id, a_p, 0.4, 0.6))
+    assert isinstance(lin, LinearShaping) and lin.kind == "linear"
+    # for two rewards the strategies are exactly the pure functions (same float ops)
+    assert torch.equal(lin(adv, w, pair), linear(a_id, a_p, 0.4, 0.6))
     s = make_shaping("sars", gamma=0.25)
-    assert isinstance(s, SARSShaping) and s.gamma == 0.25
-    torch.testing.assert_close(s(a_id, a_p, 0.4, 0.6), sars(a_id, a_p, 0.4, 0.6, gamma=0.25))
+    assert isinstance(s, SARSShaping) and s.gamma == 0.25 and s.kind == "sars"
+    assert torch.equal(s(adv, w, pair), sars(a_id, a_p, 0.4, 0.6, gamma=0.25))
     assert SARSShaping().gamma == 0.4
-    torch.testing.assert_close(make_shaping("sars")(a_id, a_p, 1.0, 1.0), sars(a_id, a_p, 1.0, 1.0))
+    one = {"identity": 1.0, "prompt": 1.0}
+    assert torch.equal(make_shaping("sars")(adv, one, pair), sars(a_id, a_p, 1.0, 1.0))
     with pytest.raises(ValueError, match="linear, sars"):
         make_shaping("synergy")
     with pytest.raises(ValueError, match="gamma"):
         SARSShaping(gamma=-0.1)
+
+
+def test_three_rewards_linear_and_sars_on_the_pair() -> None:
+    """N > 2: every reward enters the weighted sum; the SARS bonus uses only the pair."""
+    g = torch.Generator().manual_seed(0)
+    adv = {k: torch.randn(16, generator=g) for k in ("identity", "prompt", "colour")}
+    w = {"identity": 0.3, "prompt": 0.7, "colour": 0.25}
+    expected_lin = 0.3 * adv["identity"] + 0.7 * adv["prompt"] + 0.25 * adv["colour"]
+    torch.testing.assert_close(weighted_sum(adv, w), expected_lin)
+    torch.testing.assert_close(LinearShaping()(adv, w, ("identity", "prompt")), expected_lin)
+    a, b = adv["identity"], adv["prompt"]
+    s = torch.where((a > 0) | (b > 0), 1.0, -1.0)
+    bonus = 0.4 * s * torch.tanh(a * b)
+    torch.testing.assert_close(SARSShaping()(adv, w, ("identity", "prompt")), expected_lin + bonus)
+    torch.testing.assert_close(sars_bonus(a, b, 0.4), bonus)
+    # another pair: the bonus moves with it
+    other = SARSShaping()(adv, w, ("identity", "colour"))
+    torch.testing.assert_close(other, expected_lin + sars_bonus(a, adv["colour"], 0.4))
+    with pytest.raises(ValueError, match="pair reward 'hps'"):
+        SARSShaping()(adv, w, ("identity", "hps"))
+    with pytest.raises(ValueError, match="no weight"):
+        weighted_sum(adv, {"identity": 1.0})

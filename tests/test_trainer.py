@@ -13,8 +13,10 @@ from tests.conftest import fast_config
 
 from cgrpo import checkpoint as ckpt
 from cgrpo.cli import main
+from cgrpo.reward_set import RewardSet
 from cgrpo.sde import sigma_schedule
-from cgrpo.trainer import GRPOTrainer, TrainingError, summary_table
+from cgrpo.summary import paired_difference, summary_table
+from cgrpo.trainer import GRPOTrainer, TrainingError
 from cgrpo.weighting import TimeAwareWeights
 
 
@@ -43,8 +45,8 @@ def test_short_run_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
     rows = _rows(run)
     assert [r["step"] for r in rows] == [1.0, 2.0]
     for r in rows:
-        assert 0 <= r["reward_identity_mean"] <= 1 and 0 <= r["reward_prompt_mean"] <= 1
-        shares = r["share_synergy"] + r["share_conflict"] + r["share_joint_failure"]
+        assert 0 <= r["reward/identity/mean"] <= 1 and 0 <= r["reward/prompt/mean"] <= 1
+        shares = r["share/synergy"] + r["share/conflict"] + r["share/joint_failure"]
         assert shares == pytest.approx(1.0)
         sde_steps = cfg.sampler.num_steps - cfg.sampler.ode_tail
         assert r["trained_steps"] == max(1, round(0.6 * sde_steps))
@@ -52,7 +54,8 @@ def test_short_run_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
     # the update changed the weights
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
     assert set(summary) >= {"base", "trained"}
-    assert "base" in summary_table(summary) and "trained" in summary_table(summary)
+    table = summary_table(summary["base"], summary["trained"])
+    assert "base" in table and "trained" in table
 
 
 def test_first_update_has_ratio_one(tmp_path: Path, tiny_weights: Path) -> None:
@@ -61,7 +64,7 @@ def test_first_update_has_ratio_one(tmp_path: Path, tiny_weights: Path) -> None:
     trainer = GRPOTrainer(cfg)
     roll, _, _ = trainer.rollout()
     a = torch.randn(roll.latents.shape[1])
-    stats = trainer.update(roll, a, a)
+    stats = trainer.update(roll, {"identity": a, "prompt": a})
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-10)
     assert stats["clip_fraction"] == 0.0
@@ -73,7 +76,7 @@ def test_second_chunk_sees_moved_policy(tmp_path: Path, tiny_weights: Path) -> N
     trainer = GRPOTrainer(cfg)
     roll, _, _ = trainer.rollout()
     a = torch.randn(roll.latents.shape[1])
-    stats = trainer.update(roll, a, a)
+    stats = trainer.update(roll, {"identity": a, "prompt": a})
     assert stats["approx_kl"] > 0
     assert stats["ratio_mean"] != 1.0
 
@@ -92,9 +95,9 @@ def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path, ode_
     tdw = TimeAwareWeights()
 
     class Recorder:
-        def weights(self, t: int, n: int) -> tuple[float, float]:
+        def step_weights(self, t: int, n: int, base, pair) -> dict[str, float]:
             weighted.append(t)
-            return tdw.weights(t, n)
+            return tdw.step_weights(t, n, base, pair)
 
     trainer.weighting = Recorder()
     roll, refs, prompts = trainer.rollout()
@@ -106,7 +109,7 @@ def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path, ode_
 
     trainer.policy.velocity = spy  # type: ignore[method-assign]
     a = torch.randn(roll.latents.shape[1])
-    trainer.update(roll, a, -a)
+    trainer.update(roll, {"identity": a, "prompt": -a})
     assert len(weighted) == round(0.6 * (8 - ode_tail))
     assert len(set(weighted)) == len(weighted)
     assert max(weighted) < 8 - ode_tail
@@ -127,7 +130,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_weights: Path) -> None
     for p, q in zip(straight.params, resumed.params, strict=True):
         assert torch.equal(p, q)
     ra, rb = _rows(tmp_path / "a"), _rows(tmp_path / "b")
-    keys = ["step", "reward_identity_mean", "reward_prompt_mean", "loss", "grad_norm"]
+    keys = ["step", "reward/identity/mean", "reward/prompt/mean", "loss", "grad_norm"]
     assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
     ea = json.loads((tmp_path / "a" / "eval.json").read_text())
     eb = json.loads((tmp_path / "b" / "eval.json").read_text())
@@ -161,25 +164,118 @@ def test_killed_checkpoint_write_keeps_previous(
     assert again.step == 3
 
 
+class NaNReward:
+    """A reward that is NaN for the first ``bad`` calls (every call when None)."""
+
+    name = "nan"
+
+    def __init__(self, bad: int | None = None) -> None:
+        self.bad, self.calls = bad, 0
+
+    def __call__(self, images, prompts, references):
+        self.calls += 1
+        if self.bad is None or self.calls <= self.bad:
+            return torch.full((images.shape[0],), math.nan)
+        return images.mean(dim=(1, 2, 3))
+
+
 def test_nan_rewards_are_skipped_then_stop(tmp_path: Path, tiny_weights: Path) -> None:
     cfg = fast_config(tmp_path / "run", tiny_weights, "run.max_skips=3", "run.eval=false")
     trainer = GRPOTrainer(cfg)
-
-    class NaNReward:
-        name = "nan"
-
-        def __call__(self, images, prompts, references):
-            return torch.full((images.shape[0],), math.nan)
-
-    trainer.rewards = (trainer.rewards[0], NaNReward())
+    models = {**trainer.rewards.models, "prompt": NaNReward()}
+    trainer.rewards = RewardSet(models, trainer.rewards.weights)
     before = [p.detach().clone() for p in trainer.params]
     with pytest.raises(TrainingError, match="3 consecutive steps had non-finite"):
         trainer.train(quiet=True)
     # the optimizer never saw them
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
+    # one row, for the step that never happened, with the skip count
     rows = _rows(tmp_path / "run")
-    assert [r["skipped"] for r in rows] == [1.0, 1.0, 1.0]
-    assert all(r["nonfinite_rewards"] == 8 for r in rows)
+    assert [(r["step"], r["skips"], r["total_skips"]) for r in rows] == [(1.0, 3.0, 3.0)]
+    assert rows[0]["nonfinite_rewards"] == 8
+
+
+def test_skipped_step_and_its_retry_log_one_row(tmp_path: Path, tiny_weights: Path) -> None:
+    """Defect: a skipped step and its retry logged the same step number."""
+    cfg = fast_config(tmp_path / "run", tiny_weights, "run.eval=false", "run.steps=2")
+    trainer = GRPOTrainer(cfg)
+    models = {**trainer.rewards.models, "prompt": NaNReward(bad=1)}
+    trainer.rewards = RewardSet(models, trainer.rewards.weights)
+    trainer.train(quiet=True)
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1.0, 2.0]
+    assert [r["skips"] for r in rows] == [1.0, 0.0] and rows[-1]["total_skips"] == 1.0
+
+
+def test_mid_run_evaluation_is_logged_off_log_steps(tmp_path: Path, tiny_weights: Path) -> None:
+    """Defect: mid-run evaluation metrics were dropped unless the step was a log step."""
+    cfg = fast_config(
+        tmp_path / "run", tiny_weights, "run.steps=3", "run.log_every=10", "run.eval_every=1"
+    )
+    GRPOTrainer(cfg).train(quiet=True)
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1.0, 2.0, 3.0]
+    assert all("eval/identity" in r and "eval/prompt" in r for r in rows)
+
+
+def test_nonfinite_later_chunk_leaves_weights_optimizer_and_ema(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Defect: with updates_per_rollout > 1, a later chunk's non-finite loss returned
+    "skipped" after earlier chunks had stepped the optimizer and the EMA."""
+    cfg = fast_config(
+        tmp_path / "run", tiny_weights, "grpo.updates_per_rollout=2", "optim.ema_decay=0.5"
+    )
+    trainer = GRPOTrainer(cfg)
+    roll, _, _ = trainer.rollout()
+    a = torch.randn(roll.latents.shape[1])
+    trainer.update(roll, {"identity": a, "prompt": a})  # moments and EMA exist now
+    weights = [p.detach().clone() for p in trainer.params]
+    moments = {
+        i: {k: v.clone() for k, v in s.items()}
+        for i, s in trainer.optimizer.state_dict()["state"].items()
+    }
+    ema = [e.clone() for e in trainer.state.ema.shadow]
+    real = trainer._transition_loss
+    calls = {"n": 0}
+    per_chunk = max(1, round(0.6 * (cfg.sampler.num_steps - cfg.sampler.ode_tail)))  # passes
+
+    def nan_in_second_chunk(*args):
+        calls["n"] += 1
+        loss, stats = real(*args)
+        return (loss * math.nan, stats) if calls["n"] > per_chunk else (loss, stats)
+
+    trainer._transition_loss = nan_in_second_chunk  # type: ignore[method-assign]
+    assert trainer.update(roll, {"identity": a, "prompt": a}) == {"nonfinite_loss": 1.0}
+    assert calls["n"] == 2 * per_chunk  # the first chunk did step
+    assert all(torch.equal(p, w) for p, w in zip(trainer.params, weights, strict=True))
+    after = trainer.optimizer.state_dict()["state"]
+    for i, s in moments.items():
+        for k, v in s.items():
+            assert torch.equal(after[i][k], v), (i, k)
+    assert all(torch.equal(e, f) for e, f in zip(trainer.state.ema.shadow, ema, strict=True))
+
+
+def test_trainer_leaves_the_callers_config(tmp_path: Path, tiny_weights: Path) -> None:
+    """Defect: the trainer wrote the per-process device into the user's config."""
+    from cgrpo.config import config_to_dict
+
+    cfg = fast_config(tmp_path / "run", tiny_weights, "run.eval=false", "run.steps=1")
+    before = config_to_dict(cfg)
+    trainer = GRPOTrainer(cfg)
+    trainer.cfg.model.device = "meta"  # the trainer's copy is its own
+    trainer.train(quiet=True)
+    assert config_to_dict(cfg) == before
+
+
+def test_rollout_carries_its_sde_steps(tmp_path: Path, tiny_weights: Path) -> None:
+    """Defect: num_sde_steps was inferred from finite log-probs, so a NaN shrank it."""
+    cfg = fast_config(tmp_path / "run", tiny_weights, "sampler.num_steps=4", "sampler.ode_tail=1")
+    trainer = GRPOTrainer(cfg)
+    roll, _, _ = trainer.rollout()
+    assert roll.num_sde_steps == 3
+    roll.log_probs[1, 0] = math.nan  # a NaN in an SDE step's log-prob
+    assert roll.num_sde_steps == 3
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -210,24 +306,127 @@ def test_evaluation_with_several_noises_reports_paired_error(
     import numpy as np
 
     from cgrpo.compare import load_run
-    from cgrpo.trainer import paired_change
 
     cfg = fast_config(tmp_path / "run", tiny_weights, "data.eval_noises=2", "run.eval_every=1")
     summary = GRPOTrainer(cfg).train(quiet=True)
     base, trained = summary["base"], summary["trained"]
-    assert (base["n"], base["images"]) == (8, 16)
+    assert (base["pairs"], base["images"]) == (8, 16)
     assert len(trained["per_image"]["identity"]) == 16
-    assert trained["identity"] == pytest.approx(np.mean(trained["per_image"]["identity"]), abs=1e-5)
+    ident = trained["per_image"]["identity"]
+    assert trained["overall"]["identity"] == pytest.approx(np.mean(ident), abs=1e-5)
     d = np.array(trained["per_image"]["prompt"]) - np.array(base["per_image"]["prompt"])
-    mean, se = paired_change(base, trained, "prompt")
+    mean, se = paired_difference(trained["per_image"]["prompt"], base["per_image"]["prompt"])
     assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 4)
-    table = summary_table(summary)
+    table = summary_table(base, trained)
     assert "8 pairs x 2 noises" in table and "paired SE" in table
-    # the mid-run evaluations use one noise: step 2's equals the final one's first half
+    # the mid-run evaluations use one noise: step 2's is the final one's first draws
     rows = _rows(tmp_path / "run")
-    first = np.mean(trained["per_image"]["identity"][:8])
-    assert rows[-1]["eval_identity"] == pytest.approx(first, abs=1e-5)
+    first = np.mean(ident[::2])
+    assert rows[-1]["eval/identity"] == pytest.approx(first, abs=1e-6)
     # eval.json keeps the per-image rewards, so compare shows the paired error too
     assert load_run(tmp_path / "run").paired["prompt"] == pytest.approx((mean, se))
     with pytest.raises(ValueError, match="same images"):
-        paired_change(base, {"per_image": {"prompt": [0.0] * 8}}, "prompt")
+        paired_difference([0.0] * 8, base["per_image"]["prompt"])
+
+
+def test_sample_from_a_run_uses_its_sampler_and_ema(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defects: cgrpo sample hard-coded shift 3 and ignored the run's sampler; checkpoints
+    held only the raw weights while evaluation used the EMA."""
+    import cgrpo.sample as sample_mod
+
+    run = tmp_path / "run"
+    cfg = fast_config(
+        run, tiny_weights, "optim.ema_decay=0.5", "sampler.shift=1.5", "run.eval_steps=2",
+        "run.eval=false",
+    )  # fmt: skip
+    trainer = GRPOTrainer(cfg)
+    trainer.train(quiet=True)
+    with trainer.ema_swapped():
+        ema = {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
+    raw = trainer.policy.trainable_state_dict()
+    policy, _ = sample_mod.policy_from(run, None)
+    got = policy.trainable_state_dict()
+    assert all(torch.equal(got[k], ema[k]) for k in ema)
+    assert any(not torch.equal(got[k], raw[k]) for k in raw)
+    raw_policy, _ = sample_mod.policy_from(run, None, ema=False)
+    assert all(torch.equal(raw_policy.trainable_state_dict()[k], raw[k]) for k in raw)
+    calls = []
+    real = sample_mod.sigma_schedule
+    monkeypatch.setattr(
+        sample_mod, "sigma_schedule", lambda n, s: (calls.append((n, s)), real(n, s))[1]
+    )
+    out = tmp_path / "s.png"
+    args = ["sample", "--run", str(run), "--reference", "red-hstripes-circle", "--num", "1"]
+    assert main([*args, "--prompt", "a circle on a sky background", "--out", str(out)]) == 0
+    assert calls == [(2, 1.5)] and out.is_file()
+
+
+def test_three_named_rewards_train_log_and_compare(tmp_path: Path, tiny_weights: Path) -> None:
+    """A third reward (colour) trains end to end: logged by name, in eval.json, tabled by
+    cgrpo compare; TDW sets only the (identity, prompt) pair's weights."""
+    from cgrpo.compare import compare_command
+
+    run = tmp_path / "run"
+    cfg = fast_config(run, tiny_weights, "rewards.colour={kind: colour, weight: 0.2}")
+    trainer = GRPOTrainer(cfg)
+    assert trainer.rewards.names == ["identity", "prompt", "colour"]
+    summary = trainer.train(quiet=True)
+    rows = _rows(run)
+    assert all(f"reward/{k}/mean" in r for r in rows for k in ("identity", "prompt", "colour"))
+    assert set(summary["trained"]["overall"]) == {"identity", "prompt", "colour"}
+    table = compare_command([run], tmp_path / "cmp")
+    assert all(k in table for k in ("identity", "prompt", "colour"))
+    adv = {k: torch.randn(8) for k in ("identity", "prompt", "colour")}
+    shaped = trainer.shaped_advantages(adv, [0, 2], 3)
+    tdw = cfg.method.weighting
+    for t in (0, 2):
+        w_id, w_p = tdw.weights(t, 3)
+        lin = w_id * adv["identity"] + w_p * adv["prompt"] + 0.2 * adv["colour"]
+        bonus = shaped[t] - lin
+        assert float(bonus.abs().max()) <= cfg.method.shaping.gamma + 1e-6
+        torch.testing.assert_close(bonus, _sars_bonus(adv["identity"], adv["prompt"]))
+
+
+def _sars_bonus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    s = torch.where((a > 0) | (b > 0), 1.0, -1.0)
+    return 0.4 * s * torch.tanh(a * b)
+
+
+def test_strategy_constants_and_new_kinds_come_from_config(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Every TDW / SARS constant is a config key, and a kind registered by name is usable
+    without touching the trainer."""
+    from dataclasses import dataclass
+
+    from cgrpo.config import option
+    from cgrpo.shaping import SHAPINGS, Shaping
+
+    cfg = fast_config(
+        tmp_path / "a", tiny_weights, "method.weighting.early_w_prompt=0.9",
+        "method.weighting.center=2", "method.shaping.gamma=0.1",
+    )  # fmt: skip
+    trainer = GRPOTrainer(cfg)
+    assert trainer.weighting.weights(0, 25) == pytest.approx((0.1, 0.9))
+    assert trainer.weighting.center == 2 and trainer.shaping.gamma == 0.1
+
+    @SHAPINGS.register("identity_only")
+    @dataclass(frozen=True)
+    class IdentityOnly(Shaping):
+        scale: float = option(1.0, "scale of the identity advantage")
+
+        def __call__(self, advantages, weights, pair):
+            return self.scale * advantages[pair[0]]
+
+    try:
+        cfg = fast_config(tmp_path / "b", tiny_weights, "method.shaping.kind=identity_only",
+                          "method.shaping.scale=2", "run.eval=false")  # fmt: skip
+        trainer = GRPOTrainer(cfg)
+        adv = {"identity": torch.ones(4), "prompt": -torch.ones(4)}
+        assert torch.equal(trainer.shaped_advantages(adv, [0], 3)[0], 2 * torch.ones(4))
+        trainer.train(quiet=True)
+        assert trainer.step == cfg.run.steps
+    finally:
+        del SHAPINGS.kinds["identity_only"]

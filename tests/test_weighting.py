@@ -97,17 +97,33 @@ def test_tdw_constants_are_fields() -> None:
 
 
 def test_static_weights() -> None:
-    sw = StaticWeights(w_id=0.25, w_prompt=2.0)
-    assert sw.weights(0, 10) == (0.25, 2.0)
-    assert sw.weights(9, 10) == (0.25, 2.0)
-    w_id, w_prompt = sw.weights_tensor(torch.tensor([0, 3, 9]), 10)
-    assert w_id.tolist() == [0.25] * 3 and w_prompt.tolist() == [2.0] * 3
-    assert StaticWeights().weights(0, 1) == (1.0, 1.0)
+    base = {"identity": 1.0, "prompt": 1.5, "colour": 0.2}
+    assert StaticWeights().step_weights(0, 10, base) == base
+    sw = StaticWeights(weights={"identity": 0.25, "prompt": 2.0})
+    assert sw.step_weights(0, 10, base) == {"identity": 0.25, "prompt": 2.0, "colour": 0.2}
+    assert sw.step_weights(9, 10, base) == sw.step_weights(0, 10, base)
+    with pytest.raises(ValueError, match="not rewards"):
+        StaticWeights(weights={"hps": 1.0}).step_weights(0, 10, base)
+    with pytest.raises(ValueError, match="0 <= t < num_steps"):
+        sw.step_weights(10, 10, base)
 
 
-@pytest.mark.parametrize("cls", [StaticWeights, TimeAwareWeights])
-def test_step_index_validation(cls) -> None:
-    w = cls()
+def test_tdw_sets_the_pair_and_leaves_other_rewards_static() -> None:
+    tdw = TimeAwareWeights()
+    base = {"identity": 1.0, "prompt": 1.0, "colour": 0.2}
+    for t in range(25):
+        w = tdw.step_weights(t, 25, base, ("identity", "prompt"))
+        assert (w["identity"], w["prompt"]) == tdw.weights(t, 25)
+        assert w["colour"] == 0.2
+    # the roles follow the pair's order: (identity role, prompt role)
+    w = tdw.step_weights(0, 25, base, ("colour", "identity"))
+    assert (w["colour"], w["identity"], w["prompt"]) == (*tdw.weights(0, 25), 1.0)
+    with pytest.raises(ValueError, match="TDW role reward 'hps'"):
+        tdw.step_weights(0, 25, base, ("identity", "hps"))
+
+
+def test_tdw_step_index_validation() -> None:
+    w = TimeAwareWeights()
     for bad in (-1, 25):
         with pytest.raises(ValueError, match="0 <= t < num_steps"):
             w.weights(bad, 25)
@@ -118,9 +134,10 @@ def test_step_index_validation(cls) -> None:
 
 
 def test_factory() -> None:
-    assert set(WEIGHTINGS) == {"static", "tdw"}
+    assert set(WEIGHTINGS.kinds) == {"static", "tdw"}
     assert isinstance(make_weighting("tdw"), TimeAwareWeights)
-    assert make_weighting("static", w_id=0.5).w_id == 0.5
+    assert make_weighting("static", weights={"identity": 0.5}).weights == {"identity": 0.5}
+    assert make_weighting("tdw", early_w_prompt=0.9).weights(0, 25) == pytest.approx((0.1, 0.9))
     with pytest.raises(ValueError, match="static, tdw"):
         make_weighting("time_aware")
 

@@ -52,15 +52,24 @@ def main(argv: list[str] | None = None) -> int:
         "sample",
         help="Images for given references + prompts from a run or the base model.",
         description="Generate images with the embedded generator (base weights or a run's "
-        "latest checkpoint). A reference is an embedded subject name "
-        "(colour-pattern-shape, e.g. red-hstripes-circle) or an image file.",
+        "latest checkpoint: its EMA weights when it has them, sampled with the run's sampler "
+        "settings). A reference is an embedded subject name (colour-pattern-shape, e.g. "
+        "red-hstripes-circle) or an image file.",
     )
     sp.add_argument("--run", type=Path, default=None, help="run folder (its latest checkpoint)")
     sp.add_argument("--weights", type=Path, default=None, help="generator safetensors")
     sp.add_argument("--reference", required=True, help="subject name or image path")
     sp.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
     sp.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
-    sp.add_argument("--steps", type=int, default=10, help="sampling steps (default 10)")
+    sp.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="sampling steps (default: as the run evaluates: run.eval_steps or sampler.num_steps)",
+    )
+    sp.add_argument(
+        "--raw", action="store_true", help="the checkpoint's raw weights instead of its EMA"
+    )
     sp.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     sp.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid")
 
@@ -99,12 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         if args.command == "train":
-            from cgrpo.trainer import GRPOTrainer, summary_table
+            from cgrpo.preemption import PREEMPTED_EXIT_CODE, Preempted
+            from cgrpo.summary import summary_table
+            from cgrpo.trainer import GRPOTrainer
 
             path = args.config if args.config is not None else EMBEDDED_CONFIG
             cfg = load_config(TrainConfig, path, args.overrides)
-            summary = GRPOTrainer(cfg).train(resume=args.resume, quiet=args.quiet)
-            print(summary_table(summary))
+            try:
+                summary = GRPOTrainer(cfg).train(resume=args.resume, quiet=args.quiet)
+            except Preempted as e:
+                print(f"cgrpo train: {e}", file=sys.stderr)
+                return PREEMPTED_EXIT_CODE
+            print(summary_table(summary.get("base"), summary.get("trained")))
             print(f"run folder: {cfg.run.out_dir}")
         elif args.command == "pretrain":
             from cgrpo.world.pretrain import pretrain

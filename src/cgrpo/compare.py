@@ -1,25 +1,27 @@
 """``cgrpo compare``: runs side by side, and the paper's picture.
 
-The paper's claim is a scatter: identity on x, prompt following on y, one point per
-method, the base model marked. Naive GRPO moves along one axis at the cost of the other
-(*competitive degradation*); Customized-GRPO moves up and to the right.
+The paper's claim is a scatter: the identity reward on x, prompt following on y, one point
+per method, the base model marked. Naive GRPO moves along one axis at the cost of the
+other (*competitive degradation*); Customized-GRPO moves up and to the right. Any number
+of named rewards is tabled; the scatter's x and y are a run's two competing rewards.
 
-A *run* here is any folder this project writes:
+A *run* here is any folder this project writes (``S`` is an evaluation summary of
+:mod:`cgrpo.summary`: ``overall`` {reward: mean}, ``overall_std``, ``pairs``, ``images``,
+``images_per_pair``, ``per_image`` {reward: values in item order}):
 
-- a ``cgrpo train`` run folder: ``eval.json`` (held-out ``base`` and ``trained``),
-  ``metrics.csv`` (held-out ``eval_identity`` / ``eval_prompt`` every
-  ``run.eval_every`` steps; ``share_conflict`` every step);
-- a ``cgrpo eval`` folder: ``metrics.json`` (its ``identity_column`` /
-  ``prompt_column`` give the axes, ``base`` the base model's figures when evaluated).
+- a ``cgrpo train`` run folder: ``config.yaml`` (``method.pair``: the x and y rewards),
+  ``eval.json`` ``{"base": S, "trained": S, "steps": n}`` and ``metrics.csv`` (``step``,
+  held-out ``eval/<reward>`` every ``run.eval_every`` steps, ``share/conflict``);
+- a ``cgrpo eval`` folder: ``metrics.json``: ``S``'s keys, ``identity_column`` /
+  ``prompt_column`` (the axes), ``base``: ``S`` of the base model when evaluated.
 
-Functions here are plain: :func:`load_run` reads a folder, :func:`compare_table` and
-:func:`pareto_plot` render, :func:`write_experiment_report` writes the multi-seed report
-of ``benchmarks/competitive_degradation.py``.
+:func:`load_run` reads a folder (paired changes: :func:`cgrpo.summary.paired_changes`),
+:func:`compare_table` and :func:`pareto_plot` render, :func:`write_experiment_report`
+writes the multi-seed report of ``benchmarks/competitive_degradation.py``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from cgrpo.checkpoint import atomic_write
+from cgrpo.run_log import read_metrics
+from cgrpo.summary import paired_changes
 
 __all__ = [
     "ArmResult",
@@ -36,147 +41,191 @@ __all__ = [
     "compare_command",
     "compare_table",
     "load_run",
-    "paired_change",
-    "paired_difference",
     "pareto_plot",
     "write_experiment_report",
 ]
 
+#: The axes of a train run whose config.yaml names no ``method.pair``.
+DEFAULT_AXES = ("identity", "prompt")
+
+_S = 'S = {"overall": {reward: mean}, "per_image": {reward: [value, ...]}, "pairs": n, ...}'
+#: What each file of a run folder should hold (said by every error about it).
+_HOLDS = {
+    "eval.json": '{"base": S, "trained": S, "steps": n}',
+    "metrics.json": 'S\'s keys, "identity_column" and "prompt_column" (the x and y reward), '
+    '"base": S (optional)',
+    "config.yaml": "the run's TrainConfig as YAML, method.pair: [x reward, y reward]",
+}
+
 
 @dataclass
 class RunResult:
-    """What a run folder says about identity (x) and prompt following (y)."""
+    """What a run folder says about its rewards: final means, curves, paired changes."""
 
     name: str
     path: Path
-    trained: dict[str, float] | None  # {"identity": .., "prompt": ..} at the end
-    base: dict[str, float] | None = None
+    trained: dict[str, float] | None  # {reward: held-out mean} at the end; None: unfinished
+    base: dict[str, float] | None = None  # the same for the starting model
     steps: int | None = None
-    # (step, identity, prompt) of held-out evaluations along training; step 0 = base
-    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    # (step, {reward: held-out mean}) of the evaluations along training; step 0 = base
+    curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     conflict: list[tuple[int, float]] = field(default_factory=list)  # (step, share)
-    axes: tuple[str, str] = ("identity", "prompt")  # what x and y measure
-    # per-image paired change from base: {"identity": (mean, standard error), ...}
+    axes: tuple[str, str] = DEFAULT_AXES  # the rewards on x and y
+    # per-image paired change from base: {reward: (mean, standard error)}
     paired: dict[str, tuple[float, float]] = field(default_factory=dict)
+    pairs: int | None = None  # held-out pairs of the final evaluation
 
 
-def _read_csv(path: Path) -> list[dict[str, float]]:
-    with path.open() as f:
-        return [
-            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)
-        ]
+def _malformed(path: Path, file: str, why: str) -> ValueError:
+    s = "" if file == "config.yaml" else f"; {_S}"
+    return ValueError(f"{path}: {file} is malformed ({why}); it should hold {_HOLDS[file]}{s}")
 
 
-def _point(d: dict[str, Any], x: str, y: str) -> dict[str, float]:
-    return {"identity": float(d[x]), "prompt": float(d[y])}
+def _read_json(path: Path, file: str) -> dict[str, Any]:
+    """``path / file`` as a JSON object."""
+    try:
+        data = json.loads((path / file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _malformed(path, file, str(e)) from None
+    if not isinstance(data, dict):
+        raise _malformed(path, file, f"not a JSON object but {type(data).__name__}")
+    return data
+
+
+def _means(s: Any, path: Path, file: str, what: str, axes: tuple[str, str]) -> dict[str, float]:
+    """``s["overall"]`` of summary ``s`` (``what`` says where it sits in ``file``) as
+    floats; it must hold both ``axes`` and, if any, a ``per_image`` mapping."""
+    overall = s.get("overall") if isinstance(s, dict) else None
+    ok = isinstance(overall, dict) and isinstance(s.get("per_image", {}), dict)
+    if not ok or not all(type(v) in (int, float) for v in overall.values()):
+        raise _malformed(path, file, f"{what} is not a summary with 'overall' reward means")
+    missing = [a for a in axes if a not in overall]
+    if missing:
+        why = f"{what} has no {missing} (x / y rewards: {list(axes)}); it has {list(overall)}"
+        raise _malformed(path, file, why)
+    return {k: float(v) for k, v in overall.items()}
+
+
+def _paired(model: Any, base: Any, path: Path, file: str) -> dict[str, tuple[float, float]]:
+    """:func:`cgrpo.summary.paired_changes` of two summaries of ``file``."""
+    try:
+        return paired_changes(model, base)
+    except (TypeError, ValueError) as e:
+        raise _malformed(path, file, f"per_image of base and model differ: {e}") from None
+
+
+def _pair(path: Path) -> tuple[str, str]:
+    """``method.pair`` of ``path / "config.yaml"`` (:data:`DEFAULT_AXES` without one)."""
+    file = path / "config.yaml"
+    if not file.is_file():
+        return DEFAULT_AXES
+    try:
+        cfg = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise _malformed(path, "config.yaml", str(e)) from None
+    cfg = {} if cfg is None else cfg
+    method = (cfg.get("method") or {}) if isinstance(cfg, dict) else None
+    if not isinstance(method, dict):
+        raise _malformed(path, "config.yaml", "not a mapping of TrainConfig sections")
+    pair = method.get("pair", DEFAULT_AXES)
+    ok = isinstance(pair, list | tuple) and len(pair) == 2
+    if not ok or not all(isinstance(p, str) and p for p in pair):
+        raise _malformed(path, "config.yaml", f"method.pair is {pair!r}, not two reward names")
+    return pair[0], pair[1]
+
+
+def _history(run: RunResult) -> None:
+    """``run.curve`` (``eval/<reward>`` rows, step 0 = base) and ``run.conflict``
+    (``share/conflict``) from ``run.path / "metrics.csv"`` when there is one."""
+    if not (run.path / "metrics.csv").is_file():
+        return
+    rows = read_metrics(run.path / "metrics.csv")
+    for r in rows:
+        evals = {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
+        if evals:
+            run.curve.append((int(r["step"]), evals))
+    if run.base is not None and not (run.curve and run.curve[0][0] == 0):
+        run.curve.insert(0, (0, dict(run.base)))
+    run.conflict = [(int(r["step"]), r["share/conflict"]) for r in rows if "share/conflict" in r]
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunResult:
-    """Read a ``cgrpo train`` run folder or a ``cgrpo eval`` folder.
+    """Read a ``cgrpo eval`` folder (its ``metrics.json``) or a ``cgrpo train`` run folder
+    (``eval.json``, ``config.yaml``'s ``method.pair`` and ``metrics.csv``).
 
-    Raises ``FileNotFoundError`` naming the folder when it holds neither ``eval.json``
-    nor ``metrics.json``.
+    Raises ``FileNotFoundError`` naming the folder when it holds neither ``eval.json`` nor
+    ``metrics.json``, and ``ValueError`` naming the file and what it should hold when one
+    is malformed.
     """
     path = Path(path)
     name = name or (path.name if not path.name.startswith("seed") else path.parent.name)
-    ev, mj = path / "eval.json", path / "metrics.json"
-    if mj.is_file():
-        m = json.loads(mj.read_text())
-        x, y = m["identity_column"], m["prompt_column"]
-        base = _point(m["base"], x, y) if m.get("base") else None
-        return RunResult(name, path, _point(m["overall"], x, y), base, axes=(x, y))
-    if not ev.is_file():
+    if (path / "metrics.json").is_file():
+        file, m = "metrics.json", _read_json(path, "metrics.json")
+        axes = m.get("identity_column"), m.get("prompt_column")
+        if not all(isinstance(a, str) and a for a in axes):
+            raise _malformed(path, file, f"identity_column / prompt_column are {axes}")
+        run = RunResult(name, path, _means(m, path, file, "the top level", axes), axes=axes)
+        if m.get("base") is not None:
+            run.base = _means(m["base"], path, file, "base", axes)
+            run.paired = _paired(m, m["base"], path, file)
+        run.pairs = m.get("pairs")
+        return run
+    if not (path / "eval.json").is_file():
         raise FileNotFoundError(
-            f"{path} is not a run: it has neither eval.json (cgrpo train) nor metrics.json "
-            "(cgrpo eval); pass run folders written by those commands"
+            f"{path} is not a run: it has neither eval.json (cgrpo train: {_HOLDS['eval.json']}) "
+            f"nor metrics.json (cgrpo eval: {_HOLDS['metrics.json']}), {_S}; pass run "
+            "folders written by those commands"
         )
-    summary = json.loads(ev.read_text())
-    base = _point(summary["base"], "identity", "prompt") if "base" in summary else None
-    trained = _point(summary["trained"], "identity", "prompt") if "trained" in summary else None
-    run = RunResult(name, path, trained, base, summary.get("steps"))
-    if all("per_image" in summary.get(k, {}) for k in ("base", "trained")):
-        b, t = summary["base"]["per_image"], summary["trained"]["per_image"]
-        run.paired = {k: paired_difference(t[k], b[k]) for k in ("identity", "prompt")}
-    if (path / "metrics.csv").is_file():
-        rows = _read_csv(path / "metrics.csv")
-        if base is not None:
-            run.curve.append((0, base["identity"], base["prompt"]))
-        run.curve += [
-            (int(r["step"]), r["eval_identity"], r["eval_prompt"])
-            for r in rows
-            if "eval_identity" in r
-        ]
-        run.conflict = [
-            (int(r["step"]), r["share_conflict"]) for r in rows if "share_conflict" in r
-        ]
+    file, axes = "eval.json", _pair(path)
+    ev = _read_json(path, file)
+    steps = ev.get("steps")
+    if type(steps) not in (int, type(None)):
+        raise _malformed(path, file, f"steps is {steps!r}, not a whole number")
+    run = RunResult(name, path, None, steps=steps, axes=axes)
+    if "base" in ev:
+        run.base = _means(ev["base"], path, file, "base", axes)
+    if "trained" in ev:
+        run.trained = _means(ev["trained"], path, file, "trained", axes)
+        run.pairs = ev["trained"].get("pairs")
+        if "base" in ev:
+            run.paired = _paired(ev["trained"], ev["base"], path, file)
+    _history(run)
     return run
 
 
-def paired_difference(model: Any, base: Any) -> tuple[float, float]:
-    """Mean of ``d = model - base`` over the same images, and its standard error
-    ``std(d) / sqrt(n)`` (ddof 1). Raises ``ValueError`` unless both hold the same n >= 2
-    images."""
-    a, b = np.asarray(model, dtype=np.float64), np.asarray(base, dtype=np.float64)
-    if a.shape != b.shape or a.size < 2:
-        raise ValueError("the two evaluations do not hold the same images")
-    d = a - b
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
-
-
-def paired_change(
-    model_csv: Path, base_csv: Path, columns: tuple[str, ...]
-) -> dict[str, tuple[float, float]]:
-    """Mean per-image change from base and its standard error, per column.
-
-    Both files are ``cgrpo eval`` ``metrics.csv`` of the same protocol and seed: row by
-    row the same (subject, prompt, sample) and the same initial noise, so the difference
-    is paired and its standard error ``std(d) / sqrt(n)`` is much smaller than that of
-    either mean (the noise draw dominates the variance of a single image).
-    """
-
-    def rows(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
-        with path.open() as f:
-            return {(r["subject"], r["prompt_index"], r["sample"]): r for r in csv.DictReader(f)}
-
-    a, b = rows(model_csv), rows(base_csv)
-    if set(a) != set(b):
-        raise ValueError(f"{model_csv} and {base_csv} hold different images; evaluate alike")
-    return {
-        c: paired_difference([float(a[k][c]) for k in a], [float(b[k][c]) for k in a])
-        for c in columns
-    }
+def _columns(runs: list[RunResult]) -> list[str]:
+    """The rewards every finished run measured (every base if none finished), the first
+    run's axes first."""
+    done = [r.trained for r in runs if r.trained] or [r.base for r in runs if r.base] or [{}]
+    shared = [k for k in done[0] if all(k in d for d in done)]
+    first = [a for a in runs[0].axes if a in shared]
+    return first + [k for k in shared if k not in first]
 
 
 def compare_table(runs: list[RunResult]) -> str:
-    """Markdown table: base and each run's identity / prompt, and the change from base
-    (± its paired standard error where the run kept per-image rewards)."""
-    x, y = runs[0].axes if runs else ("identity", "prompt")
-    lines = [
-        f"| run | {x} | {y} | change {x} | change {y} |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    """Markdown table, a column per reward all runs share: the base row (the first run's
+    base), then each run's value and its change from its base (``± paired SE`` where the
+    run kept per-image rewards of both)."""
+    cols = _columns(runs)
+    lines = ["| run | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     base = next((r.base for r in runs if r.base is not None), None)
     if base is not None:
-        lines.append(f"| base | {base['identity']:.4f} | {base['prompt']:.4f} | | |")
+        lines.append("| base | " + " | ".join(f"{base.get(k, math.nan):.4f}" for k in cols) + " |")
     for r in runs:
         if r.trained is None:
-            lines.append(f"| {r.name} | (unfinished) | | | |")
+            lines.append(f"| {r.name} | (unfinished) |" + " |" * (len(cols) - 1))
             continue
-        b = r.base or base
-        d = (
-            tuple(
-                f"{r.trained[k] - b[k]:+.4f}"
-                + (f" ± {r.paired[k][1]:.4f}" if k in r.paired else "")
-                for k in ("identity", "prompt")
-            )
-            if b
-            else ("", "")
-        )
-        lines.append(
-            f"| {r.name} | {r.trained['identity']:.4f} | {r.trained['prompt']:.4f} "
-            f"| {d[0]} | {d[1]} |"
-        )
-    return "\n".join(lines)
+        b = r.base or base or {}
+        cells = []
+        for k in cols:
+            cell = f"{r.trained[k]:.4f}"
+            if k in b:
+                se = f" ± {r.paired[k][1]:.4f}" if k in r.paired else ""
+                cell += f" ({r.trained[k] - b[k]:+.4f}{se})"
+            cells.append(cell)
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    note = "Cells: held-out mean (change from base ± its paired SE where per-image rewards exist)"
+    return "\n".join([*lines, "", note])
 
 
 def _plt():
@@ -198,10 +247,11 @@ def pareto_plot(
     points: list[tuple[str, float, float, float, float]],
     path: Path,
     base: tuple[float, float] | None = None,
-    axes: tuple[str, str] = ("identity", "prompt"),
+    axes: tuple[str, str] = DEFAULT_AXES,
     seeds: dict[str, list[tuple[float, float]]] | None = None,
 ) -> None:
-    """Scatter of identity (x) vs prompt (y): ``points`` are (label, x, y, x_err, y_err).
+    """Scatter of reward ``axes[0]`` (x) vs ``axes[1]`` (y) into PNG ``path``: ``points``
+    are (label, x, y, x_err, y_err).
 
     ``base`` is drawn as a black star with dashed lines through it (the quadrant up and to
     the right of it is "both better"); ``seeds`` adds each label's single runs, faint.
@@ -225,26 +275,36 @@ def pareto_plot(
     _save(fig, path)
 
 
-def compare_command(paths: list[Path], out: Path) -> str:
-    """Table + scatter of the given runs into ``out`` (compare.md, compare.png)."""
-    runs = [load_run(p, name=str(p)) for p in paths]
-    done = [r for r in runs if r.trained is not None]
-    if not done:
-        raise ValueError("none of the runs has a finished evaluation (eval.json 'trained')")
-    axes = {r.axes for r in done}
+def _same_axes(runs: list[RunResult]) -> tuple[str, str]:
+    """The axes all ``runs`` share; ``ValueError`` when they differ."""
+    axes = {r.axes for r in runs}
     if len(axes) > 1:
         raise ValueError(
             f"the runs measure different things ({sorted(axes)}); compare like with like"
         )
+    return runs[0].axes
+
+
+def compare_command(paths: list[Path], out: Path) -> str:
+    """``cgrpo compare``: read each folder of ``paths`` (:func:`load_run`), write the table
+    and the scatter of the finished ones into ``out`` (compare.md, compare.png); returns
+    the table."""
+    runs = [load_run(p, name=str(p)) for p in paths]
+    done = [r for r in runs if r.trained is not None]
+    if not done:
+        raise ValueError(
+            "none of the runs has a finished evaluation (eval.json 'trained' or metrics.json)"
+        )
+    x, y = _same_axes(done)
     base = next((r.base for r in done if r.base is not None), None)
     pareto_plot(
-        [(r.name, r.trained["identity"], r.trained["prompt"], 0.0, 0.0) for r in done],
+        [(r.name, r.trained[x], r.trained[y], 0.0, 0.0) for r in done],
         out / "compare.png",
-        (base["identity"], base["prompt"]) if base else None,
-        done[0].axes,
+        (base[x], base[y]) if base else None,
+        (x, y),
     )
     table = compare_table(runs)
-    text = f"# Run comparison\n\n{table}\n\n![identity vs prompt](compare.png)\n"
+    text = f"# Run comparison\n\n{table}\n\n![{x} vs {y}](compare.png)\n"
     atomic_write(out / "compare.md", lambda tmp: tmp.write_text(text))
     return table
 
@@ -254,25 +314,34 @@ def compare_command(paths: list[Path], out: Path) -> str:
 
 @dataclass
 class ArmResult:
-    """One method variant of the experiment: its finished runs (one per seed)."""
+    """One method variant of the experiment: its finished runs (one per seed), read on
+    their axes (the x and y rewards, the same for every run)."""
 
     key: str
     label: str
     runs: list[RunResult]
 
+    @property
+    def axes(self) -> tuple[str, str]:
+        return _same_axes(self.runs)
+
     def final(self, what: str) -> np.ndarray:
+        """Each run's final held-out mean of reward ``what``."""
         return np.array([r.trained[what] for r in self.runs])
 
     def change(self, what: str) -> np.ndarray:
+        """Each run's final change of reward ``what`` from its base."""
         return np.array([r.trained[what] - r.base[what] for r in self.runs])
 
     def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(steps, identity (seeds x steps), prompt) over the steps all seeds evaluated."""
-        common = sorted(set.intersection(*({c[0] for c in r.curve} for r in self.runs)))
-        idx = [{c[0]: c for c in r.curve} for r in self.runs]
-        ids = np.array([[d[s][1] for s in common] for d in idx])
-        ps = np.array([[d[s][2] for s in common] for d in idx])
-        return np.array(common), ids, ps
+        """(steps, x reward (seeds x steps), y reward) over the steps every seed evaluated
+        both axes at (``RunResult.curve``)."""
+        x, y = self.axes
+        idx = [{s: v for s, v in r.curve if x in v and y in v} for r in self.runs]
+        common = sorted(set.intersection(*(set(d) for d in idx)))
+        xs = np.array([[d[s][x] for s in common] for d in idx])
+        ys = np.array([[d[s][y] for s in common] for d in idx])
+        return np.array(common), xs, ys
 
     def conflict(self, window: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Steps and the share of conflicted samples, mean over seeds, moving average."""
@@ -295,7 +364,8 @@ def _ms(a: np.ndarray, signed: bool = False) -> str:
 def write_experiment_report(
     arms: list[ArmResult], doc: Path, command: str, evaluation: str = ""
 ) -> None:
-    """``docs/results.md``: table (mean ± std over seeds), Pareto scatter, curves, conflicts.
+    """``docs/results.md`` from the arms' runs (their axes' two rewards, x and y): table
+    (mean ± std over seeds), Pareto scatter, curves, conflicts.
 
     Figures go to ``<doc folder>/images/results_*.png``. The text states facts read from
     the runs (counts, means, which arms beat base on both); interpretation is written by
@@ -304,6 +374,7 @@ def write_experiment_report(
     measured (default: the runs' own held-out evaluation).
     """
     images = doc.parent / "images"
+    x, y = _same_axes([r for a in arms for r in a.runs])
     base = next((r.base for a in arms for r in a.runs if r.base is not None), None)
     plt = _plt()
 
@@ -311,24 +382,23 @@ def write_experiment_report(
         [
             (
                 a.label,
-                float(a.final("identity").mean()),
-                float(a.final("prompt").mean()),
-                float(a.final("identity").std(ddof=1)) if len(a.runs) > 1 else 0.0,
-                float(a.final("prompt").std(ddof=1)) if len(a.runs) > 1 else 0.0,
+                float(a.final(x).mean()),
+                float(a.final(y).mean()),
+                float(a.final(x).std(ddof=1)) if len(a.runs) > 1 else 0.0,
+                float(a.final(y).std(ddof=1)) if len(a.runs) > 1 else 0.0,
             )
             for a in arms
         ],
         images / "results_pareto.png",
-        (base["identity"], base["prompt"]) if base else None,
-        seeds={
-            a.label: [(r.trained["identity"], r.trained["prompt"]) for r in a.runs] for a in arms
-        },
+        (base[x], base[y]) if base else None,
+        (x, y),
+        seeds={a.label: [(r.trained[x], r.trained[y]) for r in a.runs] for a in arms},
     )
 
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.8))
     for a in arms:
-        steps, ids, ps = a.curve()
-        for ax, vals in ((axs[0], ids), (axs[1], ps)):
+        steps, xs, ys = a.curve()
+        for ax, vals in ((axs[0], xs), (axs[1], ys)):
             m = vals.mean(0)
             (line,) = ax.plot(steps, m, marker=".", label=a.label)
             if len(vals) > 1:
@@ -336,8 +406,8 @@ def write_experiment_report(
                 ax.fill_between(steps, m - s, m + s, alpha=0.12, color=line.get_color())
         cs, share = a.conflict()
         axs[2].plot(cs, share, label=a.label)
-    axs[0].set_title("held-out identity (mean ± std over seeds)")
-    axs[1].set_title("held-out prompt following")
+    axs[0].set_title(f"held-out {x} (mean ± std over seeds)")
+    axs[1].set_title(f"held-out {y}")
     axs[2].set_title("share of conflicted samples per step (5-step mean)")
     for ax in axs:
         ax.set_xlabel("training step")
@@ -347,50 +417,45 @@ def write_experiment_report(
     _save(fig, images / "results_curves.png")
 
     rows = [
-        "| arm | seeds | identity | prompt | Δ identity | Δ prompt | conflicted share |",
+        f"| arm | seeds | {x} | {y} | Δ {x} | Δ {y} | conflicted share |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     if base:
-        rows.append(f"| base | | {base['identity']:.4f} | {base['prompt']:.4f} | | | |")
+        rows.append(f"| base | | {base[x]:.4f} | {base[y]:.4f} | | | |")
     for a in arms:
         conf = np.array([np.mean([c[1] for c in r.conflict]) for r in a.runs])
         cells = [
-            _ms(a.final("identity")),
-            _ms(a.final("prompt")),
-            _ms(a.change("identity"), True),
-            _ms(a.change("prompt"), True),
+            _ms(a.final(x)),
+            _ms(a.final(y)),
+            _ms(a.change(x), True),
+            _ms(a.change(y), True),
             f"{conf.mean():.3f}",
         ]
         rows.append(f"| {a.label} | {len(a.runs)} | " + " | ".join(cells) + " |")
     per_run = []
-    if all(r.paired for a in arms for r in a.runs):
+    if all(x in r.paired and y in r.paired for a in arms for r in a.runs):
         per_run = [
-            "| arm | run | Δ identity ± paired SE | Δ prompt ± paired SE |",
+            "### Each run: paired change from base (same pairs, same noise)",
+            "",
+            f"| arm | run | Δ {x} ± paired SE | Δ {y} ± paired SE |",
             "|---|---|---:|---:|",
         ]
         for a in arms:
             for r in a.runs:
-                (di, si), (dp, sp) = r.paired["identity"], r.paired["prompt"]
+                (dx, sx), (dy, sy) = r.paired[x], r.paired[y]
                 per_run.append(
-                    f"| {a.label} | {r.name} | {di:+.4f} ± {si:.4f} | {dp:+.4f} ± {sp:.4f} |"
+                    f"| {a.label} | {r.name} | {dx:+.4f} ± {sx:.4f} | {dy:+.4f} ± {sy:.4f} |"
                 )
-        per_run = [
-            "### Each run: paired change from base (same pairs, same noise)",
-            "",
-            *per_run,
-            "",
-        ]
+        per_run.append("")
     along = ["| arm | " + " | ".join(f"step {s}" for s in arms[0].curve()[0]) + " |"]
     along.append("|---|" + "---:|" * len(arms[0].curve()[0]))
     for a in arms:
-        steps, ids, ps = a.curve()
-        cells = [f"{i:.3f} / {p:.3f}" for i, p in zip(ids.mean(0), ps.mean(0), strict=True)]
+        steps, xs, ys = a.curve()
+        cells = [f"{i:.3f} / {p:.3f}" for i, p in zip(xs.mean(0), ys.mean(0), strict=True)]
         along.append(f"| {a.label} | " + " | ".join(cells) + " |")
-    both = [
-        a.label for a in arms if a.change("identity").mean() > 0 and a.change("prompt").mean() > 0
-    ]
+    both = [a.label for a in arms if a.change(x).mean() > 0 and a.change(y).mean() > 0]
     steps_run = sorted({r.steps for a in arms for r in a.runs if r.steps is not None})
-    n_pairs = next((r.base.get("n") for a in arms for r in a.runs if r.base), None)
+    n_pairs = next((r.pairs for a in arms for r in a.runs if r.pairs), None)
     evaluation = evaluation or (
         f"Held-out evaluation: {n_pairs or 'all'} pairs of the 8 held-out subjects, "
         "deterministic sampling from fixed noise."
@@ -415,7 +480,7 @@ def write_experiment_report(
             + ".",
             "",
             *per_run,
-            "### Along training (held-out identity / prompt, mean over seeds; step 0 = base)",
+            f"### Along training (held-out {x} / {y}, mean over seeds; step 0 = base)",
             "",
             *along,
             "",

@@ -35,7 +35,10 @@ class EmbeddedData:
     """Pairs of the embedded subject world."""
 
     def __init__(
-        self, attribute_prob: float = 0.45, eval_prompts_per_subject: int = 8, eval_seed: int = 3407
+        self,
+        attribute_prob: float = 0.45,
+        eval_prompts_per_subject: int = 32,
+        eval_seed: int = 3407,
     ) -> None:
         self.train_subjects, self.eval_subjects = scene.all_subjects()
         self.attribute_prob = attribute_prob

@@ -89,8 +89,16 @@ class Dist:
         self._sharded: torch.nn.Module | None = None
 
     @classmethod
-    def from_env(cls, device: str, fsdp: bool = False) -> Dist:
-        """Accelerate's state when launched on several processes, else a single process."""
+    def from_env(
+        cls,
+        device: str,
+        fsdp: bool = False,
+        log_with: list[str] | None = None,
+        logging_dir: str | None = None,
+    ) -> Dist:
+        """Accelerate's state when launched on several processes, else a single process.
+        ``log_with`` / ``logging_dir``: the accelerator's trackers (see
+        :class:`cgrpo.run_log.MetricsLog`)."""
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
             raise ValueError(_FSDP_PLUGIN_ERROR)
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
@@ -102,7 +110,15 @@ class Dist:
 
         # gradients as views of DDP's buckets: no second copy of the (large) LoRA gradients
         ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
-        accelerator = Accelerator(cpu=torch.device(device).type == "cpu", kwargs_handlers=[ddp])
+        from accelerate.utils import ProjectConfiguration
+
+        project = ProjectConfiguration(project_dir=logging_dir, logging_dir=logging_dir)
+        accelerator = Accelerator(
+            cpu=torch.device(device).type == "cpu",
+            kwargs_handlers=[ddp],
+            log_with=log_with or None,
+            project_config=project,
+        )
         return cls(accelerator, fsdp=fsdp)
 
     @property

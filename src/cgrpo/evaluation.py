@@ -8,18 +8,23 @@ Protocols (``protocol``):
   jungle"); the policy is the run's (a FLUX model: ``model.kind=flux``).
 - ``embedded``: the embedded world's 8 held-out subjects with its prompt templates.
 
-``images_per_pair`` images per pair (default 1), each from its own fixed noise (seeded by
-``seed``, the pair's index and the image's index, so an image does not depend on the
-batch it was drawn in). Images are written as PNG and every metric is computed from the
-PNG files, so the command is resumable: images already on disk are not drawn again and a
-resumed evaluation gives the same numbers as an uninterrupted one.
+Drawing and scoring is :class:`cgrpo.evaluator.Evaluator`, the same code path as
+training's held-out evaluation: with a run's defaults (``0`` / ``null`` settings take the
+run's own: prompts per subject, images per pair = ``data.eval_noises``, seed =
+``data.eval_seed``, steps, batch size, and the run's rewards as metrics on the embedded
+protocol) ``cgrpo eval --run R base=true`` prints the very table ``cgrpo train`` printed
+for ``R``. The checkpoint's EMA weights are evaluated when it has them (``ema=false``: the
+raw weights). Images are written as PNG and scored as the 8-bit images the PNGs hold, so
+the command is resumable: images already on disk are not drawn again and a resumed
+evaluation gives the same numbers as an uninterrupted one.
 
-Metrics are columns, each a reward of the registry (``metrics``: column -> ``{reward:
-name, ...options}``): DINO (``dino``), CLIP-I / CLIP-T (``clip`` with ``mode``), DINO-Seg
-(``dinov2`` with ``segmenter``), HPS-v3 (``hpsv3``), each where its local weights are
-given. Without ``metrics``: the embedded protocol scores the embedded identity and prompt
-rewards; DreamBench scores the offline identity metric (EfficientNet-Lite0 cosine, no
-download). ``configs/eval_dreambench.yaml`` lists the paper's five columns.
+Metrics are columns, each a reward of the registry (``metrics``: column -> ``{kind:
+name, ...options}``; ``reward:`` is the deprecated spelling of ``kind``): DINO
+(``dino``), CLIP-I / CLIP-T (``clip`` with ``mode``), DINO-Seg (``dinov2`` with
+``segmenter``), HPS-v3 (``hpsv3``), each where its local weights are given. Without
+``metrics``: the embedded protocol scores the run's rewards; DreamBench scores the
+offline identity metric (EfficientNet-Lite0 cosine, no download).
+``configs/eval_dreambench.yaml`` lists the paper's five columns.
 
 Outputs in ``out_dir``: ``images/<subject>/<prompt>_<k>.png``, ``metrics.csv`` (one row
 per image), ``metrics.json`` (overall and per-subject means, which reward each column
@@ -37,23 +42,20 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cgrpo import checkpoint as ckpt
+from cgrpo.build import build_policy
 from cgrpo.config import load_config, option
+from cgrpo.evaluator import EvalError, EvalPairs, EvalResult, Evaluator, PngStore, grid_items
 from cgrpo.policies.base import Policy
-from cgrpo.rewards import RewardModel
-from cgrpo.rewards.base import make_reward_on
+from cgrpo.reward_set import RewardSet, parse_rewards
 from cgrpo.rewards.images import load_image
-from cgrpo.rollout import sample_ode
+from cgrpo.run_log import save_grid
 from cgrpo.sde import sigma_schedule
+from cgrpo.summary import summary_table
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
 
-__all__ = ["EvalConfig", "EvalError", "evaluate_protocol", "eval_command"]
-
-
-class EvalError(ValueError):
-    """The evaluation cannot run as configured; the message names the setting and the fix."""
+__all__ = ["EvalConfig", "EvalError", "build_metrics", "evaluate_protocol", "eval_command"]
 
 
 @dataclass
@@ -63,18 +65,30 @@ class EvalConfig:
     )
     root: str = option("../shared/data/dreambench", "dreambench: the DreamBench folder")
     prompts_per_subject: int = option(
-        0, "prompts per subject (0: all 25 on DreamBench, 32 on the embedded world)"
+        0,
+        "prompts per subject (0: the run's data.eval_prompts_per_subject on the embedded "
+        "world, all 25 on DreamBench)",
     )
-    images_per_pair: int = option(1, "images drawn per (reference, prompt) pair", unit="images")
-    seed: int = option(0, "seed of the per-image noise")
-    steps: int = option(0, "sampler steps (0: the run's sampler.num_steps)", unit="steps")
-    batch_size: int = option(16, "images drawn and scored per batch", unit="images")
+    images_per_pair: int = option(
+        0,
+        "images drawn per pair, each from its own noise (0: the run's data.eval_noises)",
+        unit="images",
+    )
+    seed: int | None = option(None, "seed of the per-image noise (null: the run's data.eval_seed)")
+    steps: int = option(
+        0, "sampler steps (0: the run's run.eval_steps, else sampler.num_steps)", unit="steps"
+    )
+    batch_size: int = option(
+        0, "images drawn and scored per batch (0: the run's run.eval_batch_size)", unit="images"
+    )
     out_dir: str = option("runs/eval", "output folder (images, metrics, grid)")
     base: bool = option(False, "also evaluate the starting policy, under out_dir/base")
+    ema: bool = option(True, "evaluate the checkpoint's EMA weights when it has them")
     metrics: dict[str, Any] = option(
         {},
-        "columns: name -> {reward: registry name, ...its options}; empty: the protocol's "
-        "defaults (embedded rewards; DreamBench: offline identity 'effnet')",
+        "columns: name -> {kind: reward registry name, ...its options}; empty: the "
+        "protocol's defaults (embedded: the run's rewards; DreamBench: offline identity "
+        "'effnet')",
     )
     identity_column: str = option("", "the identity column cgrpo compare plots (x)")
     prompt_column: str = option("", "the prompt-following column cgrpo compare plots (y)")
@@ -82,35 +96,20 @@ class EvalConfig:
 
 FIXED_COLUMNS = ("subject", "prompt_index", "prompt_text", "sample", "file")  # metrics.csv
 
-DEFAULT_METRICS: dict[str, dict[str, dict[str, Any]]] = {
-    "embedded": {
-        "identity": {"reward": "embedded_identity"},
-        "prompt": {"reward": "embedded_prompt"},
-    },
-    "dreambench": {"identity_offline": {"reward": "effnet"}},
-}
+DREAMBENCH_METRICS: dict[str, dict[str, Any]] = {"identity_offline": {"kind": "effnet"}}
 
 
-@dataclass
-class Pairs:
-    references: torch.Tensor  # (N, 3, H, W) in [0, 1]
-    prompts: list[str]
-    subjects: list[str]
-    prompt_index: list[int]  # index of the prompt within its subject's list
-
-
-def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> Pairs:
+def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
     """The (reference, prompt, subject) pairs of the protocol."""
     if cfg.protocol == "embedded":
         if train_cfg.model.kind != "embedded":
             raise EvalError("protocol=embedded needs the embedded generator (model.kind=embedded)")
         from cgrpo.data import EmbeddedData
 
-        n = cfg.prompts_per_subject or 32
-        refs, prompts, names = EmbeddedData(
-            train_cfg.data.attribute_prob, n, train_cfg.data.eval_seed
-        ).eval_pairs()
-        return Pairs(refs, prompts, names, [i % n for i in range(len(prompts))])
+        d = train_cfg.data
+        n = cfg.prompts_per_subject or d.eval_prompts_per_subject
+        refs, prompts, names = EmbeddedData(d.attribute_prob, n, d.eval_seed).eval_pairs()
+        return EvalPairs.from_lists(refs, prompts, names)
     from cgrpo.datasets import DreamBenchPairs
 
     if train_cfg.model.kind == "embedded":
@@ -121,48 +120,48 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> Pairs:
     db = DreamBenchPairs(cfg.root, train_cfg.flux.resolution, cfg.prompts_per_subject or 25)
     idx = db.eval_indices()
     refs, prompts, names = db.eval_pairs()
-    return Pairs(refs, prompts, names, [i for _ in db.subjects for i in idx])
+    return EvalPairs(refs, prompts, names, [i for _ in db.subjects for i in idx])
 
 
-def build_metrics(cfg: EvalConfig, device: str) -> dict[str, RewardModel]:
-    specs = cfg.metrics or DEFAULT_METRICS[cfg.protocol]
+def metric_specs(cfg: EvalConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The columns' reward entries (``{kind, ...}``); ``reward:`` is read as ``kind``."""
+    if not cfg.metrics:
+        return dict(train_cfg.rewards) if cfg.protocol == "embedded" else DREAMBENCH_METRICS
     out = {}
-    for col, spec in specs.items():
+    for col, spec in cfg.metrics.items():
         if col in FIXED_COLUMNS:
             raise EvalError(
                 f"metrics.{col}: {col!r} is a fixed column of metrics.csv "
                 f"({', '.join(FIXED_COLUMNS)}); name the metric otherwise"
             )
-        if not isinstance(spec, dict) or "reward" not in spec:
+        if not isinstance(spec, dict) or not ({"kind", "reward"} & set(spec)):
             raise EvalError(
-                f"metrics.{col} must be a mapping with a 'reward' key (a registry name) and "
-                f"its options, e.g. {{reward: dino, path: /weights/dino-vits16}}; got {spec!r}"
+                f"metrics.{col} must be a mapping with a 'kind' key (a reward registry name) "
+                f"and its options, e.g. {{kind: dino, path: /weights/dino-vits16}}; got {spec!r}"
             )
-        opts = {k: v for k, v in spec.items() if k != "reward"}
-        out[col] = make_reward_on(spec["reward"], device, **opts)
+        spec = dict(spec)
+        if "reward" in spec:  # the earlier spelling
+            spec["kind"] = spec.pop("reward")
+        out[col] = spec
     return out
 
 
-def _axes(cfg: EvalConfig, columns: list[str]) -> tuple[str, str]:
-    x = cfg.identity_column or columns[0]
-    y = cfg.prompt_column or (columns[1] if len(columns) > 1 else "")
+def build_metrics(cfg: EvalConfig, device: str, train_cfg: TrainConfig | None = None) -> RewardSet:
+    """The metric columns as a :class:`RewardSet` (option names checked before loading)."""
+    train_cfg = train_cfg or TrainConfig()
+    specs = parse_rewards(metric_specs(cfg, train_cfg), where="metrics")
+    return RewardSet.build(specs, device, where="metrics")
+
+
+def _axes(cfg: EvalConfig, train_cfg: TrainConfig, columns: list[str]) -> tuple[str, str]:
+    pair = list(train_cfg.method.pair)
+    default = pair if all(p in columns for p in pair) else (columns + [""])[:2]
+    x = cfg.identity_column or default[0]
+    y = cfg.prompt_column or default[1]
     for key, col in (("identity_column", x), ("prompt_column", y)):
         if col and col not in columns:
             raise EvalError(f"{key}={col!r} is not a metrics column; columns: {columns}")
     return x, y
-
-
-def _image_path(root: Path, subject: str, prompt_index: int, k: int) -> Path:
-    return root / "images" / subject / f"{prompt_index:03d}_{k}.png"
-
-
-def _save_png(path: Path, image: torch.Tensor) -> None:
-    from PIL import Image
-
-    arr = (image.clamp(0, 1).permute(1, 2, 0).cpu().float().numpy() * 255).round()
-    img = Image.fromarray(arr.astype(np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def _check_source(out: Path, source: dict[str, Any]) -> None:
@@ -182,104 +181,50 @@ def _check_source(out: Path, source: dict[str, Any]) -> None:
     ckpt.atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-@torch.no_grad()
-def draw_images(
-    policy: Policy, pairs: Pairs, cfg: EvalConfig, sigmas: torch.Tensor, out: Path, quiet: bool
-) -> list[tuple[int, int, Path]]:
-    """Draw the images not yet on disk; returns (pair, k, path) for every image."""
-    items = [
-        (i, k, _image_path(out, pairs.subjects[i], pairs.prompt_index[i], k))
-        for i in range(len(pairs.prompts))
-        for k in range(cfg.images_per_pair)
-    ]
-    todo = [it for it in items if not it[2].is_file()]
-    shape = policy.latent_shape()
-    bar = tqdm(total=len(todo), desc=f"draw {out.name}", disable=quiet or not todo, mininterval=2)
-    for lo in range(0, len(todo), cfg.batch_size):
-        batch = todo[lo : lo + cfg.batch_size]
-        idx = torch.tensor([i for i, _, _ in batch])
-        noise = torch.stack(
-            [
-                torch.randn(
-                    shape,
-                    generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + i * 1_009 + k),
-                )
-                for i, k, _ in batch
-            ]
-        )
-        cond = policy.encode_condition(pairs.references[idx], [pairs.prompts[i] for i in idx])
-        images = policy.decode(sample_ode(policy, cond, sigmas, noise.to(policy.device)))
-        for (_, _, path), img in zip(batch, images, strict=True):
-            _save_png(path, img)
-        bar.update(len(batch))
-    bar.close()
-    return items
-
-
-@torch.no_grad()
-def score_images(
-    items: list[tuple[int, int, Path]],
-    pairs: Pairs,
-    metrics: dict[str, RewardModel],
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """Every column's value per image, computed from the PNG files."""
-    values: dict[str, list[float]] = {c: [] for c in metrics}
-    for lo in range(0, len(items), batch_size):
-        batch = items[lo : lo + batch_size]
-        imgs = torch.stack([load_image(p) for _, _, p in batch])
-        idx = [i for i, _, _ in batch]
-        refs = pairs.references[idx]
-        prompts = [pairs.prompts[i] for i in idx]
-        for col, m in metrics.items():
-            r = m(imgs, prompts, refs).float().cpu()
-            if not torch.isfinite(r).all():
-                bad = [str(batch[j][2]) for j in torch.nonzero(~torch.isfinite(r)).flatten()]
-                raise EvalError(f"metric {col!r} gave a non-finite value for {bad[:3]}")
-            values[col] += r.tolist()
-    return {c: np.array(v) for c, v in values.items()}
-
-
-def _summaries(
-    items: list[tuple[int, int, Path]], pairs: Pairs, values: dict[str, np.ndarray]
-) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, float]]]:
-    overall = {c: float(v.mean()) for c, v in values.items()}
-    std = {c: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for c, v in values.items()}
-    subjects = [pairs.subjects[i] for i, _, _ in items]
-    per: dict[str, dict[str, float]] = {}
-    for s in dict.fromkeys(subjects):
-        mask = np.array([x == s for x in subjects])
-        per[s] = {c: float(v[mask].mean()) for c, v in values.items()}
-    return overall, std, per
+def evaluator_for(
+    cfg: EvalConfig, train_cfg: TrainConfig, pairs: EvalPairs, metrics: RewardSet
+) -> Evaluator:
+    """The run's evaluator with this command's settings where they are set."""
+    r, d = train_cfg.run, train_cfg.data
+    steps = cfg.steps or r.eval_steps or train_cfg.sampler.num_steps
+    return Evaluator(
+        pairs,
+        metrics,
+        sigma_schedule(steps, train_cfg.sampler.shift),
+        seed=d.eval_seed if cfg.seed is None else cfg.seed,
+        images_per_pair=cfg.images_per_pair or d.eval_noises,
+        batch_size=cfg.batch_size or r.eval_batch_size,
+    )
 
 
 def _write_outputs(
-    out: Path,
-    items: list[tuple[int, int, Path]],
-    pairs: Pairs,
-    values: dict[str, np.ndarray],
-    meta: dict[str, Any],
+    out: Path, store: PngStore, pairs: EvalPairs, res: EvalResult, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    cols = list(values)
-    overall, std, per = _summaries(items, pairs, values)
+    cols = res.names
+    k = res.images_per_pair
+    summary = res.summary()
+    subjects = [pairs.subjects[j // k] for j in range(res.pairs * k)]
+    per: dict[str, dict[str, float]] = {}
+    for s in dict.fromkeys(subjects):
+        mask = np.array([x == s for x in subjects])
+        per[s] = {c: float(res.per_image[c].numpy()[mask].mean()) for c in cols}
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow([*FIXED_COLUMNS, *cols])
-            for j, (i, k, p) in enumerate(items):
+            for j in range(res.pairs * k):
+                i = j // k
                 w.writerow(
                     [
-                        pairs.subjects[i],
-                        pairs.prompt_index[i],
-                        pairs.prompts[i],
-                        k,
-                        str(p.relative_to(out)),
-                        *(f"{values[c][j]:.6f}" for c in cols),
+                        pairs.subjects[i], pairs.prompt_index[i], pairs.prompts[i], j % k,
+                        str(store.path(j).relative_to(out)),
+                        *(f"{float(res.per_image[c][j]):.6f}" for c in cols),
                     ]
-                )
+                )  # fmt: skip
 
     ckpt.atomic_write(out / "metrics.csv", write_csv)
+    overall = summary["overall"]
     lines = ["| subject | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for s, row in per.items():
         lines.append(f"| {s} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")
@@ -287,77 +232,45 @@ def _write_outputs(
     lines += ["", _column_legend(meta["columns"]) + " (cgrpo.rewards registry)"]
     table = "\n".join(lines) + "\n"
     ckpt.atomic_write(out / "per_subject.md", lambda tmp: tmp.write_text(table))
-    result = {
-        **meta,
-        "images": len(items),
-        "overall": overall,
-        "overall_std": std,
-        "per_subject": per,
-    }
+    result = {**meta, **summary, "per_subject": per}
     text = json.dumps(result, indent=2)
     ckpt.atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text))
-    _grid(out, items, pairs)
+    items, width = grid_items(pairs, k)
+    if items:
+        images = torch.stack([load_image(store.path(j)) for j in items])
+        refs = pairs.references[[j // k for j in items]]
+        save_grid(out / "grid.png", refs, images, width)
     return result
-
-
-def _grid(out: Path, items: list[tuple[int, int, Path]], pairs: Pairs) -> None:
-    """grid.png: up to 8 subjects (rows) x reference + their first 8 prompts' first image."""
-    from cgrpo.trainer import save_grid
-
-    rows: dict[str, list[Path]] = {}
-    first_ref: dict[str, int] = {}
-    for i, k, p in items:
-        s = pairs.subjects[i]
-        if k == 0 and (s in rows or len(rows) < 8) and len(rows.setdefault(s, [])) < 8:
-            rows[s].append(p)
-            first_ref.setdefault(s, i)
-    width = min(len(v) for v in rows.values())
-    images = torch.stack([load_image(p) for v in rows.values() for p in v[:width]])
-    refs = torch.stack([pairs.references[first_ref[s]] for s in rows for _ in range(width)])
-    save_grid(out / "grid.png", refs, images, width)
 
 
 def evaluate_protocol(
     policy: Policy,
     train_cfg: TrainConfig,
     cfg: EvalConfig,
-    metrics: dict[str, RewardModel],
+    metrics: RewardSet,
     out: Path,
     source: dict[str, Any],
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Draw (resumably) and score one policy on the protocol into ``out``."""
     pairs = protocol_pairs(cfg, train_cfg)
-    steps = cfg.steps or train_cfg.sampler.num_steps
-    _check_source(
-        out,
-        {
-            **source,
-            "protocol": cfg.protocol,
-            "seed": cfg.seed,
-            "steps": steps,
-            "shift": train_cfg.sampler.shift,
-        },
-    )
-    items = draw_images(
-        policy, pairs, cfg, sigma_schedule(steps, train_cfg.sampler.shift), out, quiet
-    )
-    values = score_images(items, pairs, metrics, cfg.batch_size)
-    x, y = _axes(cfg, list(metrics))
-    specs = cfg.metrics or DEFAULT_METRICS[cfg.protocol]
+    ev = evaluator_for(cfg, train_cfg, pairs, metrics)
+    steps = len(ev.sigmas) - 1
+    settings = {"protocol": cfg.protocol, "seed": ev.seed, "steps": steps}
+    _check_source(out, {**source, **settings, "shift": train_cfg.sampler.shift})
+    store = PngStore(out, pairs, ev.k)
+    res = ev.run(policy, store=store, quiet=quiet, desc=f"eval {out.name}")
+    x, y = _axes(cfg, train_cfg, metrics.names)
+    specs = metric_specs(cfg, train_cfg)
     meta = {
-        "protocol": cfg.protocol,
-        "pairs": len(pairs.prompts),
+        **settings,
         "subjects": len(set(pairs.subjects)),
-        "images_per_pair": cfg.images_per_pair,
-        "seed": cfg.seed,
-        "steps": steps,
-        "columns": {c: specs[c]["reward"] for c in metrics},
+        "columns": {c: specs[c]["kind"] for c in metrics.names},
         "identity_column": x,
         "prompt_column": y,
         **source,
     }
-    return _write_outputs(out, items, pairs, values, meta)
+    return _write_outputs(out, store, pairs, res, meta)
 
 
 def eval_command(
@@ -365,10 +278,8 @@ def eval_command(
 ) -> str:
     """``cgrpo eval``: evaluate ``run``'s latest checkpoint (and its base with ``cfg.base``),
     or the base model of ``model_config``; returns the printed table."""
-    from cgrpo.trainer import build_policy
-
-    if cfg.images_per_pair < 1 or cfg.batch_size < 1:
-        raise EvalError("images_per_pair and batch_size must be >= 1")
+    if cfg.images_per_pair < 0 or cfg.batch_size < 0:
+        raise EvalError("images_per_pair and batch_size must be >= 1 (0: the run's)")
     last = None
     if run is not None:
         if not (run / "config.yaml").is_file():
@@ -381,50 +292,40 @@ def eval_command(
             raise FileNotFoundError(f"--run {run}: no complete checkpoint under {run}/checkpoints")
     else:
         train_cfg = load_config(TrainConfig, model_config or EMBEDDED_CONFIG, [])
-    train_cfg.grpo.kl_coef = 0.0  # no reference copy needed
-    policy = build_policy(train_cfg)
-    metrics = build_metrics(cfg, train_cfg.model.device)
+    if train_cfg.run.threads:  # as the run evaluated (thread counts change float sums)
+        torch.set_num_threads(train_cfg.run.threads)
+    metrics = build_metrics(cfg, train_cfg.model.device, train_cfg)
+    policy = build_policy(train_cfg, keep_reference=False)
     out = Path(cfg.out_dir)
     base = None
     if cfg.base or last is None:
+        src = {"model": "base", "checkpoint": None}
         base = evaluate_protocol(
-            policy,
-            train_cfg,
-            cfg,
-            metrics,
-            out / "base" if last else out,
-            {"model": "base", "checkpoint": None},
-            quiet,
+            policy, train_cfg, cfg, metrics, out / "base" if last else out, src, quiet
         )
     if last is None:
         result = base
+        assert result is not None
     else:
-        tensors, _, _ = ckpt.load_checkpoint(last)
-        policy.load_trainable_state_dict(tensors)
-        result = evaluate_protocol(
-            policy,
-            train_cfg,
-            cfg,
-            metrics,
-            out,
-            {"model": str(run), "checkpoint": last.name},
-            quiet,
-        )
+        weights, is_ema = ckpt.load_weights(last, ema=cfg.ema)
+        policy.load_trainable_state_dict(weights)
+        src = {"model": str(run), "checkpoint": last.name, "weights": "ema" if is_ema else "raw"}
+        result = evaluate_protocol(policy, train_cfg, cfg, metrics, out, src, quiet)
         if base is not None:
-            result["base"] = base["overall"]
+            result["base"] = {k: v for k, v in base.items() if k in _SUMMARY_KEYS}
             text = json.dumps(result, indent=2)
             ckpt.atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text))
-    cols = list(result["overall"])
-    lines = [
+    head = (
         f"{result['protocol']}: {result['pairs']} pairs x {result['images_per_pair']} "
         f"image(s), {result['steps']} sampler steps"
-    ]
-    lines.append(f"{'':10s} " + " ".join(f"{c:>18s}" for c in cols))
-    if base is not None and last is not None:
-        lines.append(f"{'base':10s} " + " ".join(f"{base['overall'][c]:18.4f}" for c in cols))
-    lines.append(f"{'model':10s} " + " ".join(f"{result['overall'][c]:18.4f}" for c in cols))
-    lines.append(_column_legend(result["columns"]))
-    return "\n".join(lines)
+        + (f", {result['weights']} weights" if "weights" in result else "")
+    )
+    label = "trained" if last is not None else "base"
+    table = summary_table(base if last is not None else None, result, label)
+    return "\n".join([head, table, _column_legend(result["columns"])])
+
+
+_SUMMARY_KEYS = ("overall", "overall_std", "pairs", "images", "images_per_pair", "per_image")
 
 
 def _column_legend(columns: dict[str, str]) -> str:

@@ -29,6 +29,9 @@ class Rollout:
         sigmas: (T+1,) the noise levels; step t goes from ``sigmas[t]`` to ``sigmas[t+1]``.
         condition: the N samples' condition (each pair's condition repeated G times).
         group_ids: (N,) which (reference, prompt) pair each sample belongs to.
+        num_sde_steps: steps ``0..num_sde_steps-1`` were sampled with the SDE and can be
+            trained; the rest are the deterministic tail (carried explicitly: a NaN in a
+            log-prob must not shrink the trained range).
     """
 
     latents: torch.Tensor
@@ -36,15 +39,11 @@ class Rollout:
     sigmas: torch.Tensor
     condition: Condition
     group_ids: torch.Tensor
+    num_sde_steps: int
 
     @property
     def num_steps(self) -> int:
         return self.log_probs.shape[0]
-
-    @property
-    def num_sde_steps(self) -> int:
-        """Steps 0..num_sde_steps-1 were sampled with the SDE and can be trained."""
-        return int(torch.isfinite(self.log_probs[:, 0]).sum())
 
     @property
     def final(self) -> torch.Tensor:
@@ -133,7 +132,7 @@ def sample_groups(
             latents[t + 1, sl] = nxt
             log_probs[t, sl] = logp
     group_ids = torch.arange(num_groups, device=x.device).repeat_interleave(group_size)[shard]
-    return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids)
+    return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids, steps - ode_tail)
 
 
 @torch.no_grad()

@@ -1,20 +1,28 @@
-"""Combining the identity advantage and the prompt advantage into one advantage.
+"""Combining the named rewards' advantages into one advantage (the *shaping* family).
 
-* :func:`linear` is the naive multi-reward GRPO baseline: a weighted sum.
-* :func:`sars` (Synergy-Aware Reward Shaping) adds a bounded interaction term that
-  amplifies samples good on both rewards and penalises conflicts and joint failures.
+* :func:`linear` / :func:`weighted_sum` is the naive multi-reward GRPO baseline: a
+  weighted sum over all N rewards.
+* :func:`sars` (Synergy-Aware Reward Shaping) adds a bounded interaction term for the
+  competing pair (identity, prompt) that amplifies samples good on both and penalises
+  conflicts and joint failures; other rewards enter the weighted sum only.
 
-``a_id`` and ``a_prompt`` are group-normalised advantages (see :mod:`cgrpo.advantages`);
-weights may be python floats or tensors that broadcast against them (see
-:mod:`cgrpo.weighting`).
+Advantages are group-normalised (see :mod:`cgrpo.advantages`); weights may be python
+floats or tensors that broadcast against them (see :mod:`cgrpo.weighting`). The strategy
+objects (:class:`LinearShaping`, :class:`SARSShaping`) are config sections
+(``method.shaping: {kind: sars, gamma: 0.4}``) registered in :data:`SHAPINGS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from cgrpo.config import option
+from cgrpo.registry import Registry
 
 __all__ = [
     "SYNERGY",
@@ -22,9 +30,12 @@ __all__ = [
     "JOINT_FAILURE",
     "RELATION_NAMES",
     "linear",
+    "weighted_sum",
     "sars",
+    "sars_bonus",
     "reward_relation",
     "relation_shares",
+    "Shaping",
     "LinearShaping",
     "SARSShaping",
     "SHAPINGS",
@@ -74,8 +85,32 @@ def sars(
     always; ``gamma = 0`` is exactly :func:`linear`. ``gamma = 0.4`` is the paper's released
     setting.
     """
+    return linear(a_id, a_prompt, w_id, w_prompt) + sars_bonus(a_id, a_prompt, gamma)
+
+
+def sars_bonus(a_id: Tensor, a_prompt: Tensor, gamma: float = 0.4) -> Tensor:
+    """The SARS interaction term alone::
+
+    bonus = gamma * s * tanh(a_id * a_prompt),  s = +1 if a_id > 0 or a_prompt > 0 else -1
+    """
     s = torch.where((a_id > 0) | (a_prompt > 0), 1.0, -1.0).to(torch.result_type(a_id, a_prompt))
-    return linear(a_id, a_prompt, w_id, w_prompt) + gamma * s * torch.tanh(a_id * a_prompt)
+    return gamma * s * torch.tanh(a_id * a_prompt)
+
+
+def weighted_sum(advantages: Mapping[str, Tensor], weights: Mapping[str, float | Tensor]) -> Tensor:
+    """``A = sum_k w_k * A_k`` over the named advantages, in their order (for two rewards,
+    term by term the same floating-point operations as :func:`linear`)."""
+    if not advantages:
+        raise ValueError("shaping needs at least one named advantage, got none")
+    missing = [k for k in advantages if k not in weights]
+    if missing:
+        raise ValueError(f"no weight for reward(s) {missing}; weights given: {sorted(weights)}")
+    total: Tensor | None = None
+    for name, adv in advantages.items():
+        term = weights[name] * adv
+        total = term if total is None else total + term
+    assert total is not None
+    return total
 
 
 def reward_relation(a_id: Tensor, a_prompt: Tensor) -> Tensor:
@@ -106,43 +141,82 @@ def relation_shares(a_id: Tensor, a_prompt: Tensor) -> dict[str, float]:
     return {name: counts[code] / n for code, name in enumerate(RELATION_NAMES)}
 
 
-@dataclass(frozen=True)
-class LinearShaping:
-    """Strategy object for :func:`linear` (config name ``"linear"``)."""
+# ----------------------------------------------------------------------------- strategies
+
+#: The shaping family: kind name -> strategy class.
+SHAPINGS = Registry("shaping")
+
+
+class Shaping:
+    """Base of the shaping family: ``shaping(advantages, weights, pair) -> A``.
+
+    ``advantages``: reward name -> (N,) group advantages; ``weights``: reward name -> this
+    step's weight; ``pair``: the competing (identity, prompt) reward names."""
+
+    registry: ClassVar[Registry] = SHAPINGS
+    kind: ClassVar[str]
 
     def __call__(
-        self, a_id: Tensor, a_prompt: Tensor, w_id: float | Tensor, w_prompt: float | Tensor
+        self,
+        advantages: Mapping[str, Tensor],
+        weights: Mapping[str, float | Tensor],
+        pair: tuple[str, str],
     ) -> Tensor:
-        return linear(a_id, a_prompt, w_id, w_prompt)
+        raise NotImplementedError
+
+    def uses_pair(self) -> bool:
+        """Whether this kind needs the two rewards of ``pair`` to exist."""
+        return False
 
 
+@SHAPINGS.register("linear")
 @dataclass(frozen=True)
-class SARSShaping:
-    """Strategy object for :func:`sars` (config name ``"sars"``); ``gamma >= 0``."""
+class LinearShaping(Shaping):
+    """Naive multi-reward GRPO: ``A = sum_k w_k A_k`` (:func:`weighted_sum`)."""
 
-    gamma: float = 0.4
+    def __call__(
+        self,
+        advantages: Mapping[str, Tensor],
+        weights: Mapping[str, float | Tensor],
+        pair: tuple[str, str] = ("identity", "prompt"),
+    ) -> Tensor:
+        return weighted_sum(advantages, weights)
+
+
+@SHAPINGS.register("sars")
+@dataclass(frozen=True)
+class SARSShaping(Shaping):
+    """SARS: ``A = sum_k w_k A_k + gamma * s * tanh(A_a * A_b)`` for the pair ``(a, b)``
+    (the bonus of :func:`sars_bonus`; other rewards enter the sum only); ``gamma >= 0``."""
+
+    gamma: float = option(0.4, "SARS bonus scale gamma (bonus bounded by +- gamma)")
 
     def __post_init__(self) -> None:
         if not self.gamma >= 0:
             raise ValueError(f"SARS gamma must be >= 0, got {self.gamma!r}")
 
     def __call__(
-        self, a_id: Tensor, a_prompt: Tensor, w_id: float | Tensor, w_prompt: float | Tensor
+        self,
+        advantages: Mapping[str, Tensor],
+        weights: Mapping[str, float | Tensor],
+        pair: tuple[str, str] = ("identity", "prompt"),
     ) -> Tensor:
-        return sars(a_id, a_prompt, w_id, w_prompt, gamma=self.gamma)
+        a, b = pair
+        for name in pair:
+            if name not in advantages:
+                raise ValueError(
+                    f"SARS pair reward {name!r} is not among the rewards {list(advantages)}; "
+                    "set method.pair to two of them"
+                )
+        return weighted_sum(advantages, weights) + sars_bonus(
+            advantages[a], advantages[b], self.gamma
+        )
+
+    def uses_pair(self) -> bool:
+        return True
 
 
-#: Config name -> strategy class.
-SHAPINGS: dict[str, type] = {"linear": LinearShaping, "sars": SARSShaping}
-
-
-def make_shaping(name: str, **kwargs: float) -> LinearShaping | SARSShaping:
-    """Build the shaping strategy called ``name`` (a key of :data:`SHAPINGS`) with ``kwargs``
-    (e.g. ``make_shaping("sars", gamma=0.4)``)."""
-    try:
-        cls = SHAPINGS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown shaping {name!r}; valid names: {', '.join(sorted(SHAPINGS))}"
-        ) from None
-    return cls(**kwargs)
+def make_shaping(kind: str, **params: float) -> Shaping:
+    """The shaping strategy of kind ``kind`` (a key of :data:`SHAPINGS`) with ``params``
+    (e.g. ``make_shaping("sars", gamma=0.4)``); ValueError naming the valid kinds."""
+    return SHAPINGS.make(kind, **params)

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 from cgrpo.config import option
 from cgrpo.policies.flux import FluxConfig
+from cgrpo.reward_set import canonical_rewards
+from cgrpo.shaping import SARSShaping, Shaping
+from cgrpo.weighting import TimeAwareWeights, Weighting
 
 EMBEDDED_CONFIG = Path(__file__).parent / "configs" / "embedded.yaml"
 
@@ -54,7 +57,7 @@ class DataConfig:
         "embedded: probability that a prompt mentions each attribute (bg, place, size, colour)",
     )
     eval_prompts_per_subject: int = option(
-        16, "embedded: evaluation prompts per held-out subject", unit="prompts"
+        32, "embedded: evaluation prompts per held-out subject", unit="prompts"
     )
     eval_seed: int = option(3407, "seed of the evaluation prompts and noise (the paper's)")
     eval_noises: int = option(
@@ -102,23 +105,28 @@ class GRPOConfig:
 
 @dataclass
 class MethodConfig:
-    shaping: Literal["linear", "sars"] = option(
-        "sars", "how A_id and A_prompt combine: linear (naive GRPO) or SARS"
+    shaping: Shaping = option(
+        SARSShaping(),
+        "how the rewards' advantages combine into one: linear (naive GRPO, the weighted "
+        "sum) or sars (the weighted sum + the SARS bonus of the pair)",
     )
-    gamma: float = option(0.4, "SARS bonus scale gamma")
-    weighting: Literal["static", "tdw"] = option(
-        "tdw", "reward weights per denoising step: static or time-aware (TDW)"
+    weighting: Weighting = option(
+        TimeAwareWeights(),
+        "reward weights per denoising step: static (each reward's weight) or tdw (the "
+        "pair's weights follow the time-aware schedule, other rewards static)",
     )
-    w_id: float = option(1.0, "static weighting: identity weight")
-    w_prompt: float = option(1.0, "static weighting: prompt-following weight")
+    pair: tuple[str, str] = option(
+        ("identity", "prompt"),
+        "the two competing rewards as (identity role, prompt role): SARS's bonus pair, "
+        "TDW's roles and the synergy / conflict / joint-failure diagnostics",
+    )
 
 
-@dataclass
-class RewardsConfig:
-    identity: str = option("embedded_identity", "identity reward (registry name)")
-    prompt: str = option("embedded_prompt", "prompt-following reward (registry name)")
-    identity_options: dict[str, Any] = option({}, "keyword options of the identity reward")
-    prompt_options: dict[str, Any] = option({}, "keyword options of the prompt reward")
+#: The embedded world's rewards; a FLUX config names the paper's (dino_seg, hpsv3).
+DEFAULT_REWARDS: dict[str, Any] = {
+    "identity": {"kind": "embedded_identity", "weight": 1.0},
+    "prompt": {"kind": "embedded_prompt", "weight": 1.0},
+}
 
 
 @dataclass
@@ -157,8 +165,18 @@ class RunConfig:
     eval_steps: int = option(0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps")
     eval_every: int = option(
         0,
-        "also evaluate on the held-out pairs every N steps, logged as eval_* (0: off)",
+        "also evaluate on the held-out pairs every N steps, logged as eval/<reward> (0: off)",
         unit="steps",
+    )
+    eval_batch_size: int = option(
+        64,
+        "images drawn and scored per batch in evaluation (cgrpo eval uses the same)",
+        unit="images",
+    )
+    log_with: list[str] = option(
+        ["tensorboard"],
+        "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow, aim, ... "
+        "(each needs its package; W&B offline: WANDB_MODE=offline); [] for the CSV only",
     )
 
 
@@ -172,7 +190,11 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    rewards: dict[str, Any] = option(
+        DEFAULT_REWARDS,
+        "named rewards: name -> {kind: registry name, weight: static weight (1), "
+        "...options of the reward}; null removes one (see docs/rewards.md)",
+    )
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -191,3 +213,15 @@ class TrainConfig:
             raise ValueError("grpo.timestep_fraction must be in (0, 1]")
         if self.grpo.updates_per_rollout < 1:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
+        self.rewards = canonical_rewards(self.rewards)
+        m = self.method
+        if m.pair[0] == m.pair[1]:
+            raise ValueError(f"method.pair must name two different rewards, got {m.pair}")
+        for what in (m.shaping, m.weighting):
+            missing = [n for n in m.pair if n not in self.rewards]
+            if what.uses_pair() and missing:
+                raise ValueError(
+                    f"method.{what.registry.family}={what.kind} needs the rewards of "
+                    f"method.pair {list(m.pair)}; {missing} missing from rewards "
+                    f"{list(self.rewards)}"
+                )

@@ -1,9 +1,15 @@
-"""Per-denoising-step weights of the identity and prompt advantages.
+"""Per-denoising-step weights of the named rewards' advantages (the *weighting* family).
 
-* :class:`StaticWeights`: the same ``(w_id, w_prompt)`` at every step.
+* :class:`StaticWeights`: every reward at its static weight (``rewards.<name>.weight``,
+  optionally overridden by ``weights``) at every step.
 * :class:`TimeAwareWeights` (TDW, time-aware dynamic weighting): early (high-noise) steps
   decide layout and semantics, so they lean on the prompt reward; middle steps, where the
-  subject's details form, lean on identity; the last steps balance both.
+  subject's details form, lean on identity; the last steps balance both. TDW sets the
+  weights of the two roles (``method.pair``: identity, prompt) and leaves every other
+  reward at its static weight.
+
+Strategies are config sections (``method.weighting: {kind: tdw, early_w_prompt: 0.7}``)
+registered in :data:`WEIGHTINGS`; all of TDW's constants are fields.
 
 Step index convention: ``t = 0`` is the first step (from pure noise), ``t = num_steps - 1``
 the last one. **The weight must be taken at the true step index of the transition being
@@ -13,12 +19,18 @@ trained**; see :func:`train_step_indices`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from cgrpo.config import option
+from cgrpo.registry import Registry
+
 __all__ = [
+    "Weighting",
     "StaticWeights",
     "TimeAwareWeights",
     "WEIGHTINGS",
@@ -53,29 +65,59 @@ def _check_steps_tensor(step_indices: Tensor, num_steps: int) -> Tensor:
     return t
 
 
+#: The weighting family: kind name -> strategy class.
+WEIGHTINGS = Registry("weighting")
+
+
+class Weighting:
+    """Base of the weighting family: ``step_weights(t, T, base, pair) -> {name: weight}``.
+
+    ``t``: the TRUE index of the trained transition (0 = from pure noise) of ``T`` steps;
+    ``base``: every reward's static weight; ``pair``: the (identity, prompt) reward names."""
+
+    registry: ClassVar[Registry] = WEIGHTINGS
+    kind: ClassVar[str]
+
+    def step_weights(
+        self, step_index: int, num_steps: int, base: Mapping[str, float], pair: tuple[str, str]
+    ) -> dict[str, float]:
+        raise NotImplementedError
+
+    def uses_pair(self) -> bool:
+        """Whether this kind needs the two rewards of ``pair`` to exist."""
+        return False
+
+
+@WEIGHTINGS.register("static")
 @dataclass(frozen=True)
-class StaticWeights:
-    """Constant weights: ``(w_id, w_prompt)`` at every step."""
+class StaticWeights(Weighting):
+    """Constant weights: each reward's static weight, or ``weights[name]`` where given."""
 
-    w_id: float = 1.0
-    w_prompt: float = 1.0
+    weights: dict[str, float] = option(
+        {}, "per-reward weights overriding rewards.<name>.weight (empty: the rewards' own)"
+    )
 
-    def weights(self, step_index: int, num_steps: int) -> tuple[float, float]:
-        """``(w_id, w_prompt)``; ``step_index`` is only validated (``0 <= t < num_steps``)."""
+    def step_weights(
+        self,
+        step_index: int,
+        num_steps: int,
+        base: Mapping[str, float],
+        pair: tuple[str, str] = ("identity", "prompt"),
+    ) -> dict[str, float]:
+        """``{name: weight}``; ``step_index`` is only validated (``0 <= t < num_steps``)."""
         _check_step(step_index, num_steps)
-        return float(self.w_id), float(self.w_prompt)
-
-    def weights_tensor(self, step_indices: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:
-        """Vectorised :meth:`weights`: float32 tensors shaped like ``step_indices``."""
-        t = _check_steps_tensor(step_indices, num_steps)
-        kw = {"dtype": torch.float32, "device": t.device}
-        return torch.full(t.shape, float(self.w_id), **kw), torch.full(
-            t.shape, float(self.w_prompt), **kw
-        )
+        unknown = sorted(set(self.weights) - set(base))
+        if unknown:
+            raise ValueError(
+                f"method.weighting.weights names {unknown}, which are not rewards; "
+                f"rewards: {list(base)}"
+            )
+        return {k: float(self.weights.get(k, w)) for k, w in base.items()}
 
 
+@WEIGHTINGS.register("tdw")
 @dataclass(frozen=True)
-class TimeAwareWeights:
+class TimeAwareWeights(Weighting):
     """Time-aware dynamic weighting (TDW). With ``t' = reference_steps * t / num_steps``
     (``t' = t`` at the paper's 25 steps)::
 
@@ -90,15 +132,17 @@ class TimeAwareWeights:
     the trajectory.
     """
 
-    reference_steps: int = 25
-    early_end: float = 6
-    late_start: float = 22
-    early_w_prompt: float = 0.7
-    late_w_prompt: float = 0.5
-    low: float = 0.3
-    span: float = 0.4
-    slope: float = 0.8
-    center: float = 10
+    reference_steps: int = option(25, "step count the constants below are given for", unit="steps")
+    early_end: float = option(6, "t' below this: the early phase (w_prompt = early_w_prompt)")
+    late_start: float = option(22, "t' from this on: the late phase (w_prompt = late_w_prompt)")
+    early_w_prompt: float = option(0.7, "prompt weight of the early (high-noise) steps")
+    late_w_prompt: float = option(0.5, "prompt weight of the last steps")
+    low: float = option(0.3, "middle phase: lowest prompt weight (low + span at t' = -inf)")
+    span: float = option(0.4, "middle phase: height of the sigmoid")
+    slope: float = option(0.8, "middle phase: sigmoid slope", unit="1/step")
+    center: float = option(
+        10, "middle phase: sigmoid centre (w_prompt = low + span/2)", unit="steps"
+    )
 
     def __post_init__(self) -> None:
         if self.reference_steps < 1:
@@ -139,20 +183,31 @@ class TimeAwareWeights:
         )
         return (1.0 - wp).to(torch.float32), wp.to(torch.float32)
 
+    def step_weights(
+        self,
+        step_index: int,
+        num_steps: int,
+        base: Mapping[str, float],
+        pair: tuple[str, str] = ("identity", "prompt"),
+    ) -> dict[str, float]:
+        """``base`` with the pair's weights replaced by :meth:`weights` at step ``t``:
+        ``pair[0]`` (identity) gets ``w_id``, ``pair[1]`` (prompt) gets ``w_prompt``."""
+        for name in pair:
+            if name not in base:
+                raise ValueError(
+                    f"TDW role reward {name!r} is not among the rewards {list(base)}; "
+                    "set method.pair to the (identity, prompt) rewards"
+                )
+        w_id, w_prompt = self.weights(step_index, num_steps)
+        return {**dict(base), pair[0]: w_id, pair[1]: w_prompt}
 
-#: Config name -> weighting class.
-WEIGHTINGS: dict[str, type] = {"static": StaticWeights, "tdw": TimeAwareWeights}
+    def uses_pair(self) -> bool:
+        return True
 
 
-def make_weighting(name: str, **kwargs: float) -> StaticWeights | TimeAwareWeights:
-    """Build the weighting called ``name`` (a key of :data:`WEIGHTINGS`) with ``kwargs``."""
-    try:
-        cls = WEIGHTINGS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown weighting {name!r}; valid names: {', '.join(sorted(WEIGHTINGS))}"
-        ) from None
-    return cls(**kwargs)
+def make_weighting(kind: str, **params: Any) -> Weighting:
+    """The weighting of kind ``kind`` (a key of :data:`WEIGHTINGS`) with ``params``."""
+    return WEIGHTINGS.make(kind, **params)
 
 
 def train_step_indices(
