@@ -430,3 +430,25 @@ def test_strategy_constants_and_new_kinds_come_from_config(
         assert trainer.step == cfg.run.steps
     finally:
         del SHAPINGS.kinds["identity_only"]
+
+
+def test_optimizer_state_is_keyed_by_parameter_name(tmp_path: Path, tiny_weights: Path) -> None:
+    """torch.distributed.checkpoint's full optimizer state: keyed by each parameter's name
+    in the policy's module; an index-keyed state (older checkpoints) still loads."""
+    cfg = fast_config(tmp_path / "run", tiny_weights, "run.eval=false", "run.steps=1")
+    trainer = GRPOTrainer(cfg)
+    fresh = trainer.state.state_dict(trainer.dist)["optimizer"]
+    assert fresh["state"] == {}  # not stepped yet: saving must not create state
+    trainer.train(quiet=True)
+    optim = trainer.state.state_dict(trainer.dist)["optimizer"]
+    names = [n for n, p in trainer.policy.model.named_parameters() if p.requires_grad]
+    assert sorted(optim["state"]) == sorted(names)
+    moments = {n: optim["state"][n]["exp_avg"].clone() for n in names}
+    # the same state by index, as checkpoints before names held it
+    old = trainer.optimizer.state_dict()
+    other = GRPOTrainer(cfg)
+    other.state._load_optimizer_state(old, other.dist)
+    again = other.state.state_dict(other.dist)["optimizer"]
+    assert all(torch.equal(again["state"][n]["exp_avg"], moments[n]) for n in names)
+    with pytest.raises(ValueError, match="does not train"):
+        other.state._load_optimizer_state({**optim, "state": {"nope": {}}}, other.dist)

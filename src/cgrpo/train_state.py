@@ -1,10 +1,14 @@
 """What a checkpoint holds besides the policy's weights: the step counters, the optimizer,
 the EMA, and every random number generator the run draws from.
 
-Tensors are written whole (gathered from FSDP shards tensor by tensor into CPU memory on
-the main process, :meth:`cgrpo.distributed.Dist.full`) and sharded again on load
-(:meth:`~cgrpo.distributed.Dist.like`), so a checkpoint resumes on any number of processes,
-with or without FSDP.
+Tensors are written whole, so a checkpoint resumes on any number of processes, with or
+without FSDP. The optimizer state goes through ``torch.distributed.checkpoint.state_dict``
+(``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` with ``full_state_dict`` and
+``cpu_offload``): gathered into CPU memory on the main process, keyed by each parameter's
+name in the policy's root module (not by its position in the optimizer), and sharded
+again on load. The EMA is gathered / sharded with :meth:`cgrpo.distributed.Dist.full` /
+:meth:`~cgrpo.distributed.Dist.like` (it is not optimizer state). Checkpoints written
+before names (optimizer state by index) still load.
 """
 
 from __future__ import annotations
@@ -32,8 +36,22 @@ class TrainState:
         optimizer: torch.optim.Optimizer,
         ema: EMA | None,
         seed: int,
+        module: torch.nn.Module | None = None,
     ) -> None:
+        """``module``: the policy's root module holding every parameter (its names key the
+        optimizer state); without one, the state is kept by index."""
         self.params, self.optimizer, self.ema = params, optimizer, ema
+        self.module = module
+        self.names: list[str] | None = None
+        if module is not None:
+            name_of = {id(p): n for n, p in module.named_parameters()}
+            missing = [i for i, p in enumerate(params) if id(p) not in name_of]
+            if missing:
+                raise ValueError(
+                    f"trainable parameters {missing} are not in {type(module).__name__}: the "
+                    "policy's shard_modules() root must hold every trainable parameter"
+                )
+            self.names = [name_of[id(p)] for p in params]
         self.step = 0
         self.consecutive_skips = 0
         self.total_skips = 0
@@ -46,16 +64,12 @@ class TrainState:
         """Full (unsharded) tensors; with FSDP every process must call it, and ``keep=False``
         ones only help gather (see :meth:`Dist.full`)."""
         py = self.data_rng.getstate()
-        optim = self.optimizer.state_dict()
-        optim["state"] = {
-            i: {k: dist.full(v, keep) for k, v in s.items()} for i, s in optim["state"].items()
-        }
         ema = None if self.ema is None else [dist.full(e, keep) for e in self.ema.shadow]
         return {
             "step": self.step,
             "consecutive_skips": self.consecutive_skips,
             "total_skips": self.total_skips,
-            "optimizer": optim,
+            "optimizer": self._optimizer_state(dist, keep),
             "ema": ema,
             "rng": ckpt.get_rng_state(),
             "data_rng": [py[0], list(py[1]), py[2]],
@@ -64,13 +78,7 @@ class TrainState:
 
     def load_state_dict(self, state: dict[str, Any], dist: Dist) -> None:
         """Restore everything :meth:`state_dict` wrote (sharded as the parameters are)."""
-        optim = state["optimizer"]
-        for i, s in optim["state"].items():  # moments sharded as their parameter
-            p = self.params[int(i)]
-            optim["state"][i] = {
-                k: dist.like(v, p) if torch.is_tensor(v) and v.dim() else v for k, v in s.items()
-            }
-        self.optimizer.load_state_dict(optim)
+        self._load_optimizer_state(state["optimizer"], dist)
         ema = state["ema"]
         if (ema is None) != (self.ema is None):
             raise ValueError(
@@ -86,6 +94,65 @@ class TrainState:
         self.step = int(state["step"])
         self.consecutive_skips = int(state["consecutive_skips"])
         self.total_skips = int(state["total_skips"])
+
+    def _optimizer_state(self, dist: Dist, keep: bool) -> dict[str, Any]:
+        """The full optimizer state, keyed by parameter name (by index without a module)."""
+        if self.module is None or not self.optimizer.state:
+            # (never stepped: DCP would give the optimizer a zero step, changing the run)
+            optim = self.optimizer.state_dict()
+            optim["state"] = {
+                i: {k: dist.full(v, keep) for k, v in s.items()} for i, s in optim["state"].items()
+            }
+            return optim
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.module, self.optimizer, options=opts)
+
+    def _load_optimizer_state(self, optim: dict[str, Any], dist: Dist) -> None:
+        if not optim["state"]:
+            self.optimizer.load_state_dict(optim)
+            return
+        by_index = all(isinstance(k, int) for k in optim["state"])
+        if self.names is None:
+            if not by_index:
+                raise ValueError(
+                    "the checkpoint keys its optimizer state by parameter name, but this "
+                    "policy has no root module (shard_modules) to name its parameters"
+                )
+            for i, s in optim["state"].items():  # moments sharded as their parameter
+                p = self.params[int(i)]
+                optim["state"][i] = {
+                    k: dist.like(v, p) if torch.is_tensor(v) and v.dim() else v
+                    for k, v in s.items()
+                }
+            self.optimizer.load_state_dict(optim)
+            return
+        if by_index:  # written before names: index i is params[i]
+            names = self.names
+            optim = {
+                "state": {names[int(i)]: s for i, s in optim["state"].items()},
+                "param_groups": [
+                    {**g, "params": [names[int(i)] for i in g["params"]]}
+                    for g in optim["param_groups"]
+                ],
+            }
+        unknown = sorted(set(optim["state"]) - set(self.names))
+        if unknown:
+            raise ValueError(
+                f"the checkpoint's optimizer state names parameters this policy does not "
+                f"train: {unknown[:5]}; resume with the run's own model config"
+            )
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(self.module, self.optimizer, optim, options=opts)
 
     # -- an update that may have to be undone --------------------------------------------
 

@@ -109,7 +109,9 @@ class GRPOTrainer:
             self.params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
         )
         ema = EMA(self.params, o.ema_decay) if o.ema_decay > 0 else None
-        self.state = TrainState(self.params, optimizer, ema, cfg.run.seed)
+        shard_modules = getattr(self.policy, "shard_modules", None)
+        root = shard_modules()[0] if callable(shard_modules) else None
+        self.state = TrainState(self.params, optimizer, ema, cfg.run.seed, root)
         self.velocity = self.dist.velocity_fn(self.policy, self.params)  # DDP if several
         self.shard = self.dist.shard(cfg.data.prompts_per_step * cfg.grpo.group_size)
         self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
