@@ -33,9 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-from cgrpo.compare import ArmResult, RunResult, load_run, write_experiment_report
+from cgrpo.compare import RunResult, load_run
 from cgrpo.config import load_config
 from cgrpo.evaluation import EvalConfig, eval_command
+from cgrpo.experiment_report import ArmResult, write_experiment_report
 from cgrpo.summary import paired_changes
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
 from cgrpo.trainer import GRPOTrainer

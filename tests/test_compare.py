@@ -12,14 +12,8 @@ import pytest
 import yaml
 
 from cgrpo.cli import main
-from cgrpo.compare import (
-    ArmResult,
-    RunResult,
-    compare_command,
-    compare_table,
-    load_run,
-    write_experiment_report,
-)
+from cgrpo.compare import RunResult, compare_command, compare_table, load_run
+from cgrpo.experiment_report import ArmResult, write_experiment_report
 
 REWARDS = {"identity": "embedded_identity", "prompt": "embedded_prompt", "colour": "colour"}
 BASE = {"identity": 0.5, "prompt": 0.8, "colour": 0.3}
@@ -210,3 +204,23 @@ def test_experiment_report(tmp_path: Path) -> None:
     assert other.curve()[1].tolist() == [[0.3, 0.3, 0.31]]
     with pytest.raises(ValueError, match="different things"):
         write_experiment_report([good, other], doc, "python z.py")
+
+
+def test_gap_to_the_truth_is_read_and_tabled(tmp_path: Path) -> None:
+    """eval.json's ground-truth scores give each reward's share of the gap closed."""
+    from cgrpo.summary import gap_closed
+
+    ev = write_train_run(tmp_path / "run")
+    ev["truth"] = _summary({k: m + 0.2 for k, m in BASE.items()}, 2)
+    (tmp_path / "run" / "eval.json").write_text(json.dumps(ev))
+    r = load_run(tmp_path / "run")
+    assert r.gap == gap_closed(ev["trained"], ev["base"], ev["truth"]) and set(r.gap) == set(BASE)
+    table = compare_table([r])
+    g, se = r.gap["colour"]
+    assert f"gap {100 * g:+.1f} ± {100 * se:.1f} %" in table
+    assert (
+        "gap"
+        not in compare_table([load_run(write_train_run(tmp_path / "b") and tmp_path / "b")]).split(
+            "\n\n"
+        )[0]
+    )

@@ -185,7 +185,8 @@ def test_eval_of_a_run_prints_the_training_table(tmp_path: Path) -> None:
     shipped = Path(cgrpo.world.__file__).parent / "weights" / "base.safetensors"
     cfg = fast_config(run, shipped, "data.eval_noises=2", "optim.ema_decay=0.5")
     summary = GRPOTrainer(cfg).train(quiet=True)
-    train_table = summary_table(summary["base"], summary["trained"])
+    train_table = summary_table(summary["base"], summary["trained"], truth=summary["truth"])
+    assert "gap closed" in train_table and "truth" in train_table
     out = tmp_path / "ev"
     text = eval_command(load_config(EvalConfig, None, [f"out_dir={out}", "base=true"]), run,
                         None, quiet=True)  # fmt: skip
@@ -194,6 +195,7 @@ def test_eval_of_a_run_prints_the_training_table(tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["per_image"] == summary["trained"]["per_image"]
     assert m["base"]["per_image"] == summary["base"]["per_image"]
+    assert m["truth"] == summary["truth"]
     # the raw weights are other weights: other numbers
     raw = eval_command(
         load_config(EvalConfig, None, [f"out_dir={tmp_path / 'raw'}", "ema=false"]), run, None, True

@@ -319,6 +319,11 @@ def test_evaluation_with_several_noises_reports_paired_error(
     assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 4)
     table = summary_table(base, trained)
     assert "8 pairs x 2 noises" in table and "paired SE" in table
+    # the ground truth of each pair is scored once, repeated for its draws
+    truth = summary["truth"]
+    assert len(truth["per_image"]["identity"]) == 16
+    assert truth["per_image"]["identity"][::2] == truth["per_image"]["identity"][1::2]
+    assert "gap closed" in summary_table(base, trained, truth=truth)
     # the mid-run evaluations use one noise: step 2's is the final one's first draws
     rows = _rows(tmp_path / "run")
     first = np.mean(ident[::2])

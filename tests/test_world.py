@@ -136,3 +136,23 @@ def test_shipped_base_weights_load() -> None:
     model = load_generator()
     assert sum(p.numel() for p in model.parameters()) > 500_000
     assert DEFAULT_WEIGHTS.stat().st_size < 8 * 2**20
+
+
+def test_eval_truth_is_the_rendered_prompt() -> None:
+    """The held-out ground truth: the renderer's image of each pair's prompt, scored high
+    by the embedded rewards (the reference is not the answer when the prompt recolours)."""
+    import torch
+
+    from cgrpo.data import EmbeddedData
+    from cgrpo.rewards import make_reward
+
+    data = EmbeddedData(eval_prompts_per_subject=4)
+    refs, prompts, names = data.eval_pairs()
+    truth = data.eval_truth()
+    assert truth.shape == refs.shape
+    i = 5
+    want = scene.render(scene.subject_by_name(names[i]), scene.parse_prompt(prompts[i]))
+    assert torch.equal(truth[i], torch.from_numpy(want).permute(2, 0, 1))
+    prompt = make_reward("embedded_prompt")(truth, prompts, refs)
+    copy = make_reward("embedded_prompt")(refs, prompts, refs)
+    assert float(prompt.mean()) > 0.9 and float(prompt.mean()) > float(copy.mean())

@@ -65,9 +65,10 @@ def build_rewards(cfg: TrainConfig, device: str | None = None) -> RewardSet:
 
 
 def eval_pairs_of(data: PairSource) -> EvalPairs:
-    """The held-out pairs of a pair source."""
+    """The held-out pairs of a pair source (with their ground truth where it has one)."""
     refs, prompts, subjects = data.eval_pairs()
-    return EvalPairs.from_lists(refs, prompts, subjects)
+    truth = data.eval_truth() if hasattr(data, "eval_truth") else None
+    return EvalPairs.from_lists(refs, prompts, subjects, truth)
 
 
 def build_evaluator(

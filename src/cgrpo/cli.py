@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             except Preempted as e:
                 print(f"cgrpo train: {e}", file=sys.stderr)
                 return PREEMPTED_EXIT_CODE
-            print(summary_table(summary.get("base"), summary.get("trained")))
+            print(summary_table(summary.get("base"), summary.get("trained"), "trained",
+                                summary.get("truth")))  # fmt: skip
             print(f"run folder: {cfg.run.out_dir}")
         elif args.command == "pretrain":
             from cgrpo.world.pretrain import pretrain

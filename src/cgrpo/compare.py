@@ -16,8 +16,8 @@ A *run* here is any folder this project writes (``S`` is an evaluation summary o
   ``prompt_column`` (the axes), ``base``: ``S`` of the base model when evaluated.
 
 :func:`load_run` reads a folder (paired changes: :func:`cgrpo.summary.paired_changes`),
-:func:`compare_table` and :func:`pareto_plot` render, :func:`write_experiment_report`
-writes the multi-seed report of ``benchmarks/competitive_degradation.py``.
+:func:`compare_table` and :func:`pareto_plot` render; the multi-seed report of
+``benchmarks/competitive_degradation.py`` is :mod:`cgrpo.experiment_report`.
 """
 
 from __future__ import annotations
@@ -28,21 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from cgrpo.checkpoint import atomic_write
 from cgrpo.run_log import read_metrics
-from cgrpo.summary import paired_changes
+from cgrpo.summary import gap_closed, paired_changes
 
 __all__ = [
-    "ArmResult",
     "RunResult",
     "compare_command",
     "compare_table",
     "load_run",
     "pareto_plot",
-    "write_experiment_report",
 ]
 
 #: The axes of a train run whose config.yaml names no ``method.pair``.
@@ -74,6 +71,8 @@ class RunResult:
     # per-image paired change from base: {reward: (mean, standard error)}
     paired: dict[str, tuple[float, float]] = field(default_factory=dict)
     pairs: int | None = None  # held-out pairs of the final evaluation
+    # share of the gap to the ground truth closed: {reward: (share, SE)} (summary.gap_closed)
+    gap: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _malformed(path: Path, file: str, why: str) -> ValueError:
@@ -106,12 +105,14 @@ def _means(s: Any, path: Path, file: str, what: str, axes: tuple[str, str]) -> d
     return {k: float(v) for k, v in overall.items()}
 
 
-def _paired(model: Any, base: Any, path: Path, file: str) -> dict[str, tuple[float, float]]:
-    """:func:`cgrpo.summary.paired_changes` of two summaries of ``file``."""
+def _paired(run: RunResult, model: Any, base: Any, truth: Any, file: str) -> None:
+    """``run.paired`` (:func:`cgrpo.summary.paired_changes`) and, with the ground truth's
+    scores, ``run.gap`` (:func:`cgrpo.summary.gap_closed`) from summaries of ``file``."""
     try:
-        return paired_changes(model, base)
+        run.paired = paired_changes(model, base)
+        run.gap = gap_closed(model, base, truth) if isinstance(truth, dict) else {}
     except (TypeError, ValueError) as e:
-        raise _malformed(path, file, f"per_image of base and model differ: {e}") from None
+        raise _malformed(run.path, file, f"per_image of base and model differ: {e}") from None
 
 
 def _pair(path: Path) -> tuple[str, str]:
@@ -167,7 +168,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
         run = RunResult(name, path, _means(m, path, file, "the top level", axes), axes=axes)
         if m.get("base") is not None:
             run.base = _means(m["base"], path, file, "base", axes)
-            run.paired = _paired(m, m["base"], path, file)
+            _paired(run, m, m["base"], m.get("truth"), file)
         run.pairs = m.get("pairs")
         return run
     if not (path / "eval.json").is_file():
@@ -188,7 +189,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
         run.trained = _means(ev["trained"], path, file, "trained", axes)
         run.pairs = ev["trained"].get("pairs")
         if "base" in ev:
-            run.paired = _paired(ev["trained"], ev["base"], path, file)
+            _paired(run, ev["trained"], ev["base"], ev.get("truth"), file)
     _history(run)
     return run
 
@@ -222,13 +223,18 @@ def compare_table(runs: list[RunResult]) -> str:
             if k in b:
                 se = f" ± {r.paired[k][1]:.4f}" if k in r.paired else ""
                 cell += f" ({r.trained[k] - b[k]:+.4f}{se})"
+            if k in r.gap:
+                cell += f" gap {100 * r.gap[k][0]:+.1f} ± {100 * r.gap[k][1]:.1f} %"
             cells.append(cell)
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    note = "Cells: held-out mean (change from base ± its paired SE where per-image rewards exist)"
+    note = (
+        "Cells: held-out mean (change from base ± its paired SE where per-image rewards "
+        "exist); gap: share of the gap to the ground truth closed ± SE, where it is known"
+    )
     return "\n".join([*lines, "", note])
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,10 +243,10 @@ def _plt():
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def pareto_plot(
@@ -256,7 +262,7 @@ def pareto_plot(
     ``base`` is drawn as a black star with dashed lines through it (the quadrant up and to
     the right of it is "both better"); ``seeds`` adds each label's single runs, faint.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.4))
     if base is not None:
         ax.axvline(base[0], color="0.6", ls="--", lw=0.8)
@@ -272,10 +278,10 @@ def pareto_plot(
     ax.set_ylabel(f"{axes[1]} (held-out mean)")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _same_axes(runs: list[RunResult]) -> tuple[str, str]:
+def same_axes(runs: list[RunResult]) -> tuple[str, str]:
     """The axes all ``runs`` share; ``ValueError`` when they differ."""
     axes = {r.axes for r in runs}
     if len(axes) > 1:
@@ -295,7 +301,7 @@ def compare_command(paths: list[Path], out: Path) -> str:
         raise ValueError(
             "none of the runs has a finished evaluation (eval.json 'trained' or metrics.json)"
         )
-    x, y = _same_axes(done)
+    x, y = same_axes(done)
     base = next((r.base for r in done if r.base is not None), None)
     pareto_plot(
         [(r.name, r.trained[x], r.trained[y], 0.0, 0.0) for r in done],
@@ -310,190 +316,3 @@ def compare_command(paths: list[Path], out: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- experiment
-
-
-@dataclass
-class ArmResult:
-    """One method variant of the experiment: its finished runs (one per seed), read on
-    their axes (the x and y rewards, the same for every run)."""
-
-    key: str
-    label: str
-    runs: list[RunResult]
-
-    @property
-    def axes(self) -> tuple[str, str]:
-        return _same_axes(self.runs)
-
-    def final(self, what: str) -> np.ndarray:
-        """Each run's final held-out mean of reward ``what``."""
-        return np.array([r.trained[what] for r in self.runs])
-
-    def change(self, what: str) -> np.ndarray:
-        """Each run's final change of reward ``what`` from its base."""
-        return np.array([r.trained[what] - r.base[what] for r in self.runs])
-
-    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(steps, x reward (seeds x steps), y reward) over the steps every seed evaluated
-        both axes at (``RunResult.curve``)."""
-        x, y = self.axes
-        idx = [{s: v for s, v in r.curve if x in v and y in v} for r in self.runs]
-        common = sorted(set.intersection(*(set(d) for d in idx)))
-        xs = np.array([[d[s][x] for s in common] for d in idx])
-        ys = np.array([[d[s][y] for s in common] for d in idx])
-        return np.array(common), xs, ys
-
-    def conflict(self, window: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Steps and the share of conflicted samples, mean over seeds, moving average."""
-        n = min(len(r.conflict) for r in self.runs)
-        share = np.array([[c[1] for c in r.conflict[:n]] for r in self.runs]).mean(0)
-        steps = np.array([c[0] for c in self.runs[0].conflict[:n]])
-        if n >= window:
-            share = np.convolve(share, np.ones(window) / window, mode="valid")
-            steps = steps[window - 1 :]
-        return steps, share
-
-
-def _ms(a: np.ndarray, signed: bool = False) -> str:
-    """'mean ± std' (std over seeds, ddof 1; only the mean for a single seed)."""
-    sd = float(a.std(ddof=1)) if len(a) > 1 else float("nan")
-    m = f"{a.mean():+.4f}" if signed else f"{a.mean():.4f}"
-    return f"{m} ± {sd:.4f}" if math.isfinite(sd) else m
-
-
-def write_experiment_report(
-    arms: list[ArmResult], doc: Path, command: str, evaluation: str = ""
-) -> None:
-    """``docs/results.md`` from the arms' runs (their axes' two rewards, x and y): table
-    (mean ± std over seeds), Pareto scatter, curves, conflicts.
-
-    Figures go to ``<doc folder>/images/results_*.png``. The text states facts read from
-    the runs (counts, means, which arms beat base on both); interpretation is written by
-    hand in the page's preamble, which is kept from an existing file (everything above
-    the ``<!-- generated -->`` marker). ``evaluation`` says how the final figures were
-    measured (default: the runs' own held-out evaluation).
-    """
-    images = doc.parent / "images"
-    x, y = _same_axes([r for a in arms for r in a.runs])
-    base = next((r.base for a in arms for r in a.runs if r.base is not None), None)
-    plt = _plt()
-
-    pareto_plot(
-        [
-            (
-                a.label,
-                float(a.final(x).mean()),
-                float(a.final(y).mean()),
-                float(a.final(x).std(ddof=1)) if len(a.runs) > 1 else 0.0,
-                float(a.final(y).std(ddof=1)) if len(a.runs) > 1 else 0.0,
-            )
-            for a in arms
-        ],
-        images / "results_pareto.png",
-        (base[x], base[y]) if base else None,
-        (x, y),
-        seeds={a.label: [(r.trained[x], r.trained[y]) for r in a.runs] for a in arms},
-    )
-
-    fig, axs = plt.subplots(1, 3, figsize=(14, 3.8))
-    for a in arms:
-        steps, xs, ys = a.curve()
-        for ax, vals in ((axs[0], xs), (axs[1], ys)):
-            m = vals.mean(0)
-            (line,) = ax.plot(steps, m, marker=".", label=a.label)
-            if len(vals) > 1:
-                s = vals.std(0, ddof=1)
-                ax.fill_between(steps, m - s, m + s, alpha=0.12, color=line.get_color())
-        cs, share = a.conflict()
-        axs[2].plot(cs, share, label=a.label)
-    axs[0].set_title(f"held-out {x} (mean ± std over seeds)")
-    axs[1].set_title(f"held-out {y}")
-    axs[2].set_title("share of conflicted samples per step (5-step mean)")
-    for ax in axs:
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.2)
-    axs[0].legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, images / "results_curves.png")
-
-    rows = [
-        f"| arm | seeds | {x} | {y} | Δ {x} | Δ {y} | conflicted share |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    if base:
-        rows.append(f"| base | | {base[x]:.4f} | {base[y]:.4f} | | | |")
-    for a in arms:
-        conf = np.array([np.mean([c[1] for c in r.conflict]) for r in a.runs])
-        cells = [
-            _ms(a.final(x)),
-            _ms(a.final(y)),
-            _ms(a.change(x), True),
-            _ms(a.change(y), True),
-            f"{conf.mean():.3f}",
-        ]
-        rows.append(f"| {a.label} | {len(a.runs)} | " + " | ".join(cells) + " |")
-    per_run = []
-    if all(x in r.paired and y in r.paired for a in arms for r in a.runs):
-        per_run = [
-            "### Each run: paired change from base (same pairs, same noise)",
-            "",
-            f"| arm | run | Δ {x} ± paired SE | Δ {y} ± paired SE |",
-            "|---|---|---:|---:|",
-        ]
-        for a in arms:
-            for r in a.runs:
-                (dx, sx), (dy, sy) = r.paired[x], r.paired[y]
-                per_run.append(
-                    f"| {a.label} | {r.name} | {dx:+.4f} ± {sx:.4f} | {dy:+.4f} ± {sy:.4f} |"
-                )
-        per_run.append("")
-    along = ["| arm | " + " | ".join(f"step {s}" for s in arms[0].curve()[0]) + " |"]
-    along.append("|---|" + "---:|" * len(arms[0].curve()[0]))
-    for a in arms:
-        steps, xs, ys = a.curve()
-        cells = [f"{i:.3f} / {p:.3f}" for i, p in zip(xs.mean(0), ys.mean(0), strict=True)]
-        along.append(f"| {a.label} | " + " | ".join(cells) + " |")
-    both = [a.label for a in arms if a.change(x).mean() > 0 and a.change(y).mean() > 0]
-    steps_run = sorted({r.steps for a in arms for r in a.runs if r.steps is not None})
-    n_pairs = next((r.pairs for a in arms for r in a.runs if r.pairs), None)
-    evaluation = evaluation or (
-        f"Held-out evaluation: {n_pairs or 'all'} pairs of the 8 held-out subjects, "
-        "deterministic sampling from fixed noise."
-    )
-    generated = "\n".join(
-        [
-            "<!-- generated -->",
-            "## Figures",
-            "",
-            f"Command: `{command}`",
-            "",
-            f"Runs: {sum(len(a.runs) for a in arms)} ({len(arms)} arms), "
-            f"{', '.join(map(str, steps_run))} steps each. {evaluation} "
-            "± is the std over seeds (ddof 1) unless marked paired SE.",
-            "",
-            "### At the end of training (mean ± std over seeds)",
-            "",
-            *rows,
-            "",
-            "Arms whose mean moved above base on both rewards: "
-            + (", ".join(both) if both else "none")
-            + ".",
-            "",
-            *per_run,
-            f"### Along training (held-out {x} / {y}, mean over seeds; step 0 = base)",
-            "",
-            *along,
-            "",
-            "![Pareto scatter](images/results_pareto.png)",
-            "",
-            "![Curves](images/results_curves.png)",
-            "",
-        ]
-    )
-    preamble = "# Results: competitive degradation on the embedded world\n\n"
-    if doc.is_file():
-        old = doc.read_text()
-        if "<!-- generated -->" in old:
-            preamble = old.split("<!-- generated -->")[0]
-    text = preamble + generated
-    atomic_write(doc, lambda tmp: tmp.write_text(text))

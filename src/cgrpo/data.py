@@ -4,6 +4,8 @@ A data source gives the trainer batches of pairs and a fixed held-out evaluation
 
 - ``sample(n, rng) -> (references (n,3,H,W) in [0,1], prompts)``
 - ``eval_pairs() -> (references, prompts, subject names)``
+- optionally ``eval_truth() -> images``: the ground-truth image of each held-out pair
+  (the embedded world renders it), so evaluations report the share of the gap closed
 
 :class:`EmbeddedData` draws them from the embedded world: training pairs from the 24
 training subjects, evaluation pairs from the 8 held-out subjects with fixed prompts.
@@ -59,3 +61,14 @@ class EmbeddedData:
                 prompts.append(scene.random_prompt(s, rng, self.attribute_prob).text)
                 names.append(s.name)
         return images_to_tensor(refs), prompts, names
+
+    def eval_truth(self) -> torch.Tensor:
+        """(N, 3, H, W): each held-out pair's ground truth, the renderer's image of its
+        subject as its prompt asks (same order as :meth:`eval_pairs`)."""
+        _, prompts, names = self.eval_pairs()
+        return images_to_tensor(
+            [
+                scene.render(scene.subject_by_name(n), scene.parse_prompt(p))
+                for p, n in zip(prompts, names, strict=True)
+            ]
+        )

@@ -108,8 +108,9 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
 
         d = train_cfg.data
         n = cfg.prompts_per_subject or d.eval_prompts_per_subject
-        refs, prompts, names = EmbeddedData(d.attribute_prob, n, d.eval_seed).eval_pairs()
-        return EvalPairs.from_lists(refs, prompts, names)
+        data = EmbeddedData(d.attribute_prob, n, d.eval_seed)
+        refs, prompts, names = data.eval_pairs()
+        return EvalPairs.from_lists(refs, prompts, names, data.eval_truth())
     from cgrpo.datasets import DreamBenchPairs
 
     if train_cfg.model.kind == "embedded":
@@ -270,6 +271,9 @@ def evaluate_protocol(
         "prompt_column": y,
         **source,
     }
+    truth = ev.truth_summary()
+    if truth is not None:
+        meta["truth"] = truth
     return _write_outputs(out, store, pairs, res, meta)
 
 
@@ -321,7 +325,7 @@ def eval_command(
         + (f", {result['weights']} weights" if "weights" in result else "")
     )
     label = "trained" if last is not None else "base"
-    table = summary_table(base if last is not None else None, result, label)
+    table = summary_table(base if last is not None else None, result, label, result.get("truth"))
     return "\n".join([head, table, _column_legend(result["columns"])])
 
 

@@ -59,10 +59,15 @@ class EvalPairs:
     prompts: list[str]
     subjects: list[str]
     prompt_index: list[int]
+    truth: torch.Tensor | None = None  # (N, 3, H, W): each pair's ground truth, if known
 
     @classmethod
     def from_lists(
-        cls, references: torch.Tensor, prompts: list[str], subjects: list[str]
+        cls,
+        references: torch.Tensor,
+        prompts: list[str],
+        subjects: list[str],
+        truth: torch.Tensor | None = None,
     ) -> EvalPairs:
         """Pairs whose prompt index counts each subject's prompts in order."""
         seen: dict[str, int] = {}
@@ -70,7 +75,7 @@ class EvalPairs:
         for s in subjects:
             index.append(seen.get(s, 0))
             seen[s] = index[-1] + 1
-        return cls(references, list(prompts), list(subjects), index)
+        return cls(references, list(prompts), list(subjects), index, truth)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -169,6 +174,25 @@ class Evaluator:
     @property
     def num_items(self) -> int:
         return len(self.pairs) * self.k
+
+    @torch.no_grad()
+    def truth_summary(self) -> dict[str, Any] | None:
+        """The ground truth's scores (8-bit, as the samples), each pair's repeated for its
+        ``images_per_pair`` items: ``{overall, per_image}``; None without a ground truth."""
+        if self.pairs.truth is None:
+            return None
+        per: dict[str, list[torch.Tensor]] = {}
+        for lo in range(0, len(self.pairs), self.batch_size):
+            sl = slice(lo, lo + self.batch_size)
+            scores = self.metrics.score(
+                quantize(self.pairs.truth[sl]), self.pairs.prompts[sl], self.pairs.references[sl]
+            )
+            for name, v in scores.items():
+                per.setdefault(name, []).append(v.double())
+        values = {k: torch.cat(v).repeat_interleave(self.k) for k, v in per.items()}
+        res = EvalResult(values, len(self.pairs), self.k)
+        s = res.summary()
+        return {"overall": s["overall"], "per_image": s["per_image"]}
 
     def noise(self, items: list[int], shape: tuple[int, ...]) -> torch.Tensor:
         """The initial noise of each item (float32, CPU), from its own seed."""

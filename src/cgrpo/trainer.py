@@ -396,6 +396,10 @@ class GRPOTrainer:
         summary: dict[str, Any] = (
             json.loads(summary_path.read_text()) if resume and summary_path.exists() else {}
         )
+        if self.evaluator is not None and "truth" not in summary:
+            truth = self.evaluator.truth_summary()  # it does not change: scored once
+            if truth is not None:
+                summary["truth"] = truth
         if self.evaluator is not None and "base" not in summary:
             self._evaluate_into(summary, "base")
         bar = tqdm(
