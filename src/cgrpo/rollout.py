@@ -9,6 +9,7 @@ recorded so the update can re-score exactly the transition that was sampled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,13 +26,12 @@ class Rollout:
         latents: (T+1, N, *latent) the trajectory; ``latents[t]`` is the input of step t,
             ``latents[t+1]`` its sampled output; ``latents[-1]`` is the final sample.
         log_probs: (T, N) log-prob of each sampled transition under the sampling policy
-            (NaN for the deterministic tail steps, which are not trainable).
+            (NaN for the deterministic (ODE) steps, which are not trainable).
         sigmas: (T+1,) the noise levels; step t goes from ``sigmas[t]`` to ``sigmas[t+1]``.
         condition: the N samples' condition (each pair's condition repeated G times).
         group_ids: (N,) which (reference, prompt) pair each sample belongs to.
-        num_sde_steps: steps ``0..num_sde_steps-1`` were sampled with the SDE and can be
-            trained; the rest are the deterministic tail (carried explicitly: a NaN in a
-            log-prob must not shrink the trained range).
+        sde_steps: the steps sampled with the SDE, which can be trained (true indices,
+            ascending; carried explicitly: a NaN in a log-prob must not change them).
     """
 
     latents: torch.Tensor
@@ -39,11 +39,15 @@ class Rollout:
     sigmas: torch.Tensor
     condition: Condition
     group_ids: torch.Tensor
-    num_sde_steps: int
+    sde_steps: tuple[int, ...]
 
     @property
     def num_steps(self) -> int:
         return self.log_probs.shape[0]
+
+    @property
+    def num_sde_steps(self) -> int:
+        return len(self.sde_steps)
 
     @property
     def final(self) -> torch.Tensor:
@@ -77,16 +81,19 @@ def sample_groups(
     micro_batch_size: int | None = None,
     ode_tail: int = 0,
     shard: slice | None = None,
+    sde_mask: Sequence[bool] | None = None,
 ) -> Rollout:
-    """Sample ``group_size`` trajectories for each of the B conditions with the SDE sampler.
+    """Sample ``group_size`` trajectories for each of the B conditions.
 
-    ``eta > 0`` is required: a deterministic step has no log-prob to train on.
-    The last ``ode_tail`` steps are deterministic Euler steps (log-prob NaN): the final
-    sample then carries no SDE noise, at the price of not training those steps.
+    ``sde_mask`` (one bool per step; default: SDE on all but the last ``ode_tail`` steps)
+    says which steps are SDE steps (noise, log-prob, trainable); the others are
+    deterministic Euler steps (log-prob NaN). With ``same_noise`` the group's samples are
+    identical up to the first SDE step, so that ODE prefix is computed once per group and
+    shared (Flow-GRPO-Fast's branching). ``eta > 0`` is required.
+
     ``micro_batch_size`` bounds how many samples go through the model at once.
-
     ``shard``: this process draws only ``samples[shard]`` of the ``B * group_size`` samples
-    (data parallelism; a group may straddle processes). The noise of every step is drawn
+    (data parallelism; a group may straddle processes). The noise of every SDE step is drawn
     for all samples at once from ``generator`` and sliced, so a sample is the same whatever
     the number of processes or the micro-batch size; ``group_ids`` stay global.
     """
@@ -99,6 +106,14 @@ def sample_groups(
     num_groups = condition.batch_size
     if num_groups == 0:
         raise ValueError("empty batch: a rollout needs at least one (reference, prompt) pair")
+    steps = len(sigmas) - 1
+    if sde_mask is None:
+        if not 0 <= ode_tail < steps:
+            raise ValueError(f"ode_tail={ode_tail} must be in [0, {steps - 1}] for {steps} steps")
+        sde_mask = [t < steps - ode_tail for t in range(steps)]
+    mask = [bool(m) for m in sde_mask]
+    if len(mask) != steps or not any(mask):
+        raise ValueError(f"sde_mask needs {steps} entries with at least one SDE step: {mask}")
     shard = shard or slice(0, num_groups * group_size)
     cond = condition.repeat_interleave(group_size).index(shard)
     x = initial_noise(policy, num_groups, group_size, same_noise, generator)
@@ -108,31 +123,60 @@ def sample_groups(
     if n == 0:
         raise ValueError(f"shard {shard} of {total} samples is empty")
     mb = micro_batch_size or n
-    steps = len(sigmas) - 1
-    if not 0 <= ode_tail < steps:
-        raise ValueError(f"ode_tail={ode_tail} must be in [0, {steps - 1}] for {steps} steps")
+    group_ids = torch.arange(num_groups, device=x.device).repeat_interleave(group_size)[shard]
     latents = torch.empty((steps + 1, *x.shape), dtype=x.dtype, device=x.device)
-    log_probs = torch.empty((steps, n), dtype=torch.float32, device=x.device)
+    log_probs = torch.full((steps, n), float("nan"), dtype=torch.float32, device=x.device)
     latents[0] = x
-    for t in range(steps):
+    prefix = mask.index(True) if same_noise else 0
+    if prefix:  # the group's shared ODE prefix, once per group of this shard
+        groups, inverse = torch.unique(group_ids, return_inverse=True)
+        first = torch.searchsorted(group_ids, groups)  # a sample of each group
+        xg = _ode(policy, condition.index(groups), sigmas, x[first], mb, prefix, latents, inverse)
+        latents[prefix] = xg[inverse]
+    for t in range(prefix, steps):
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
         noise = None
-        if t < steps - ode_tail:  # one draw for the whole step, all processes' samples
+        if mask[t]:  # one draw for the whole step, all processes' samples
             full = (total, *x.shape[1:])
             noise = draw_noise(full, compute_dtype(x), generator, x.device)[shard]
         for lo in range(0, n, mb):
             sl = slice(lo, lo + mb)
             xb = latents[t, sl]
             v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
-            if t >= steps - ode_tail:
+            if not mask[t]:
                 latents[t + 1, sl] = euler_step(xb, v, s, s_next)
-                log_probs[t, sl] = float("nan")
                 continue
             nxt, logp, _, _ = sde_step(xb, v, s, s_next, eta, kind=kind, noise=noise[sl])
             latents[t + 1, sl] = nxt
             log_probs[t, sl] = logp
-    group_ids = torch.arange(num_groups, device=x.device).repeat_interleave(group_size)[shard]
-    return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids, steps - ode_tail)
+    sde_steps = tuple(t for t in range(steps) if mask[t])
+    return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids, sde_steps)
+
+
+def _ode(
+    policy: Policy,
+    condition: Condition,
+    sigmas: torch.Tensor,
+    x: torch.Tensor,
+    mb: int,
+    steps: int,
+    latents: torch.Tensor,
+    inverse: torch.Tensor,
+) -> torch.Tensor:
+    """The first ``steps`` Euler steps of ``x`` (one latent per group); each step's result
+    is recorded for every sample (``latents[t + 1] = x[inverse]``). Returns the last."""
+    for t in range(steps):
+        s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+        out = torch.empty_like(x)
+        for lo in range(0, x.shape[0], mb):
+            sl = slice(lo, lo + mb)
+            v = policy.velocity(x[sl], torch.full((len(x[sl]),), s, device=x.device),
+                                condition.index(sl))  # fmt: skip
+            out[sl] = euler_step(x[sl], v, s, s_next)
+        x = out
+        if t + 1 < steps:
+            latents[t + 1] = x[inverse]
+    return x
 
 
 @torch.no_grad()

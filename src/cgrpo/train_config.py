@@ -18,6 +18,7 @@ from typing import Any, Literal
 from cgrpo.config import option
 from cgrpo.policies.flux import FluxConfig
 from cgrpo.reward_set import canonical_rewards
+from cgrpo.schedule import FullSchedule, Schedule
 from cgrpo.shaping import SARSShaping, Shaping
 from cgrpo.weighting import TimeAwareWeights, Weighting
 
@@ -82,6 +83,11 @@ class SamplerConfig:
         "last N steps taken with the deterministic Euler step: no SDE noise left in the final "
         "sample, no log-prob, never trained (0: all steps SDE, the paper's setting)",
         unit="steps",
+    )
+    schedule: Schedule = option(
+        FullSchedule(),
+        "rollout schedule: which steps are SDE (trained) and which ODE: full (the paper's: "
+        "all but ode_tail), window (MixGRPO), branch (Flow-GRPO-Fast; docs/schedules.md)",
     )
 
 
@@ -209,6 +215,7 @@ class TrainConfig:
             raise ValueError("sampler.eta must be > 0: GRPO needs a stochastic sampler")
         if not 0 <= self.sampler.ode_tail < self.sampler.num_steps:
             raise ValueError("sampler.ode_tail must be in [0, sampler.num_steps - 1]")
+        self.sampler.schedule.validate(self.sampler.num_steps)
         if not 0 < self.grpo.timestep_fraction <= 1:
             raise ValueError("grpo.timestep_fraction must be in (0, 1]")
         if self.grpo.updates_per_rollout < 1:

@@ -151,6 +151,7 @@ class GRPOTrainer:
             self.cfg.grpo.micro_batch_size or None,
             s.ode_tail,
             self.shard,
+            s.schedule.sde_mask(s.num_steps, s.ode_tail, self.step, self.state.generator),
         )
         g = self.cfg.grpo.group_size
         refs = refs.repeat_interleave(g, dim=0)[self.shard]
@@ -182,7 +183,9 @@ class GRPOTrainer:
         cfg, pol = self.cfg, self.policy
         gen = self.state.generator
         T = roll.num_steps  # weights are looked up on the full schedule, at the true index
-        steps = train_step_indices(roll.num_sde_steps, cfg.grpo.timestep_fraction, gen).tolist()
+        # a random subset of the SDE steps, at their TRUE indices
+        pick = train_step_indices(roll.num_sde_steps, cfg.grpo.timestep_fraction, gen).tolist()
+        steps = [roll.sde_steps[i] for i in pick]
         # one shuffle of the whole step's samples, drawn alike on every process (so the
         # generator, and with it every later step, does not depend on the process count);
         # this process keeps its own samples in that order
