@@ -457,3 +457,17 @@ def test_optimizer_state_is_keyed_by_parameter_name(tmp_path: Path, tiny_weights
     assert all(torch.equal(again["state"][n]["exp_avg"], moments[n]) for n in names)
     with pytest.raises(ValueError, match="does not train"):
         other.state._load_optimizer_state({**optim, "state": {"nope": {}}}, other.dist)
+
+
+def test_one_default_of_held_out_prompts_per_subject() -> None:
+    """Defect: the defaults disagreed (8 in data.py, 16 in DataConfig, 32 in the YAML)."""
+    from cgrpo.config import load_config
+    from cgrpo.data import EmbeddedData
+    from cgrpo.evaluation import EvalConfig, protocol_pairs
+    from cgrpo.train_config import EMBEDDED_CONFIG, DataConfig, TrainConfig
+
+    shipped = load_config(TrainConfig, EMBEDDED_CONFIG, [])
+    n = DataConfig().eval_prompts_per_subject
+    assert n == EmbeddedData().eval_prompts_per_subject == shipped.data.eval_prompts_per_subject
+    pairs = protocol_pairs(EvalConfig(), shipped)  # cgrpo eval's 0: the run's
+    assert len(pairs) == 8 * n
