@@ -102,6 +102,9 @@ def test_eval_refuses_to_mix_settings(
     assert _eval(trained_run, out, "prompts_per_subject=1", "seed=5") == 2
     err = capsys.readouterr().err
     assert "seed" in err and "out_dir" in err
+    # other prompts: other pairs behind the same file names, refused too
+    assert _eval(trained_run, out, "prompts_per_subject=2") == 2
+    assert "prompts_sha1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

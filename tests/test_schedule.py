@@ -53,8 +53,9 @@ def test_branch_shares_the_groups_prefix_exactly(tiny_weights: Path) -> None:
     pol.velocity = lambda x, s, c: calls.append(len(x)) or velocity(x, s, c)
     mask = BranchSchedule(k=2, at=3).sde_mask(6, 0, 0, G())
     roll = sample_groups(pol, cond, 4, sigmas, 0.7, "flow", True, G().manual_seed(0), sde_mask=mask)
-    # the prefix ran once per group (2 latents), the rest for all 8 samples
-    assert calls == [2, 2, 2, 8, 8, 8]
+    # the prefix ran once per group (2 latents + 1 padding group, so that every process of
+    # a sharded policy makes the same passes: ceil(8 / 4) + 1), the rest for all 8 samples
+    assert calls == [3, 3, 3, 8, 8, 8]
     assert roll.sde_steps == (3, 4)
     assert (
         torch.isfinite(roll.log_probs[3:5]).all()
@@ -134,3 +135,24 @@ def test_resume_equals_uninterrupted(
     resumed = GRPOTrainer(fast_config(tmp_path / "b", tiny_weights, "run.steps=4", *args))
     resumed.train(resume=True, quiet=True)
     assert all(torch.equal(p, q) for p, q in zip(straight.params, resumed.params, strict=True))
+
+
+def test_shared_prefix_makes_the_same_passes_on_every_shard(tiny_weights: Path) -> None:
+    """Shards that split groups unevenly still run as many prefix passes (FSDP in step),
+    and each shard's samples equal the one-process rollout's."""
+    pol, cond = _policy(tiny_weights)
+    cond = cond.repeat_interleave(3)  # 6 pairs
+    sigmas = sigma_schedule(5, 3.0)
+    mask = BranchSchedule(k=1, at=2).sde_mask(5, 0, 0, G())
+    whole = sample_groups(pol, cond, 4, sigmas, 0.7, "flow", True, G().manual_seed(3), 1,
+                          sde_mask=mask)  # fmt: skip
+    velocity, counts = pol.velocity, []
+    for shard in (slice(0, 6), slice(6, 12), slice(12, 18), slice(18, 24)):  # 2, 3, 3, 2 groups
+        calls = []
+        pol.velocity = lambda x, s, c, calls=calls: calls.append(len(x)) or velocity(x, s, c)
+        part = sample_groups(pol, cond, 4, sigmas, 0.7, "flow", True, G().manual_seed(3), 1,
+                             shard=shard, sde_mask=mask)  # fmt: skip
+        counts.append(len(calls))
+        torch.testing.assert_close(part.latents, whole.latents[:, shard], rtol=0, atol=1e-6)
+    pol.velocity = velocity
+    assert len(set(counts)) == 1

@@ -471,3 +471,30 @@ def test_one_default_of_held_out_prompts_per_subject() -> None:
     assert n == EmbeddedData().eval_prompts_per_subject == shipped.data.eval_prompts_per_subject
     pairs = protocol_pairs(EvalConfig(), shipped)  # cgrpo eval's 0: the run's
     assert len(pairs) == 8 * n
+
+
+def test_reward_entries_merge_across_layers() -> None:
+    """A reward whose kind changes keeps no option of the old kind; a bare kind followed
+    by a dotted key keeps the kind; unknown static weight names fail at load time."""
+    from cgrpo.config import ConfigError, load_config
+    from cgrpo.train_config import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "uno_dreambench.yaml"
+    cfg = load_config(TrainConfig, root, ["rewards.identity.kind=colour"])
+    assert cfg.rewards["identity"] == {"kind": "colour", "weight": 1.0}
+    cfg = load_config(TrainConfig, root, ["rewards.identity.weight=2"])
+    assert cfg.rewards["identity"]["path"] == "weights/dinov2-base"  # same kind: merged
+    cfg = load_config(TrainConfig, None, ["rewards.identity=colour", "rewards.identity.weight=0.5"])
+    assert cfg.rewards["identity"] == {"kind": "colour", "weight": 0.5}
+    with pytest.raises(ConfigError, match="idenity"):
+        load_config(TrainConfig, None, ["method.weighting=static",
+                                        "method.weighting.weights={idenity: 2}"])  # fmt: skip
+
+
+def test_like_puts_a_restored_tensor_where_its_parameter_lives() -> None:
+    """Resuming (EMA, moments) without FSDP: on the parameter's device and in its dtype."""
+    from cgrpo.distributed import Dist
+
+    own = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    out = Dist.like(torch.ones(3), own)
+    assert out.dtype == torch.bfloat16 and out.device == own.device

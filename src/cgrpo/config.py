@@ -216,9 +216,23 @@ def _merge(tp: Any, current: Any, layer: Any, key: str, kind: str | None = None)
         value_tp = _child_type(tp, "", key)
         merged = dict(current)
         for name, value in layer.items():
-            merged[name] = _merge(value_tp, current.get(name), value, f"{key}.{name}")
+            below = _entry_below(current.get(name), value)
+            merged[name] = _merge(value_tp, below, value, f"{key}.{name}")
         return merged
     return layer
+
+
+def _entry_below(below: Any, value: Any) -> Any:
+    """What a dict entry's patch merges onto. Entries of named mappings (``rewards``,
+    ``metrics``) follow the families' rule: a bare string is ``{kind: <string>}``, and a
+    patch naming another ``kind`` starts afresh (no options of the old kind stay)."""
+    if not isinstance(value, Mapping):
+        return below
+    if isinstance(below, str):
+        below = {"kind": below}
+    if isinstance(below, Mapping) and "kind" in value and below.get("kind") != value["kind"]:
+        return {}
+    return below
 
 
 def _merge_family(reg: Registry, current: Any, layer: Any, key: str) -> Any:
@@ -287,7 +301,7 @@ def _override_layer(cls: type, overrides: Sequence[str]) -> dict[str, Any]:
         for depth, name in enumerate(parents):
             tp = _child_type(tp, name, ".".join(parents[:depth]))
             child = node.get(name)
-            if family(tp) is not None and isinstance(child, str):
+            if isinstance(child, str):  # a kind given earlier in this layer
                 child = {"kind": child}
             if not isinstance(child, dict):
                 child = _Patch(child if isinstance(child, Mapping) else {})

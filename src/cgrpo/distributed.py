@@ -209,11 +209,11 @@ class Dist:
     @staticmethod
     def like(full: torch.Tensor, own: Any) -> torch.Tensor:
         """``full`` sharded as ``own`` is (each process keeps its part; no communication);
-        ``full`` itself when ``own`` is not sharded."""
+        when ``own`` is not sharded, ``full`` on ``own``'s device and in its dtype."""
         from torch.distributed.tensor import DTensor, distribute_tensor
 
-        if not isinstance(own, DTensor):
-            return full
+        if not isinstance(own, DTensor):  # where the parameter lives (a GPU, say)
+            return full.to(own.device, own.dtype) if torch.is_tensor(own) else full
         full = full.detach().to(own.device, own.dtype)
         return distribute_tensor(full, own.device_mesh, own.placements, src_data_rank=None)
 

@@ -35,6 +35,7 @@ samples). With ``base=true`` the starting policy is evaluated too, under ``base/
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,7 +258,11 @@ def evaluate_protocol(
     pairs = protocol_pairs(cfg, train_cfg)
     ev = evaluator_for(cfg, train_cfg, pairs, metrics)
     steps = len(ev.sigmas) - 1
-    settings = {"protocol": cfg.protocol, "seed": ev.seed, "steps": steps}
+    text = "\n".join(f"{s}\t{p}" for s, p in zip(pairs.subjects, pairs.prompts, strict=True))
+    settings = {
+        "protocol": cfg.protocol, "seed": ev.seed, "steps": steps, "pairs": len(pairs),
+        "prompts_sha1": hashlib.sha1(text.encode()).hexdigest(),
+    }  # fmt: skip
     _check_source(out, {**source, **settings, "shift": train_cfg.sampler.shift})
     store = PngStore(out, pairs, ev.k)
     res = ev.run(policy, store=store, quiet=quiet, desc=f"eval {out.name}")

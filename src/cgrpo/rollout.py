@@ -131,6 +131,12 @@ def sample_groups(
     if prefix:  # the group's shared ODE prefix, once per group of this shard
         groups, inverse = torch.unique(group_ids, return_inverse=True)
         first = torch.searchsorted(group_ids, groups)  # a sample of each group
+        # as many groups on every process (equal shards of n samples overlap at most
+        # ceil(n / G) + 1 groups; the last is repeated), so that a sharded (FSDP) policy
+        # makes the same forward passes everywhere
+        pad = -(-n // group_size) + 1 - len(groups)
+        groups = torch.cat([groups, groups[-1:].repeat(pad)])
+        first = torch.cat([first, first[-1:].repeat(pad)])
         xg = _ode(policy, condition.index(groups), sigmas, x[first], mb, prefix, latents, inverse)
         latents[prefix] = xg[inverse]
     for t in range(prefix, steps):

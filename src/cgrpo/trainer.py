@@ -115,6 +115,7 @@ class GRPOTrainer:
         self.velocity = self.dist.velocity_fn(self.policy, self.params)  # DDP if several
         self.shard = self.dist.shard(cfg.data.prompts_per_step * cfg.grpo.group_size)
         self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
+        self._saved: tuple[int, int] | None = None  # (step, skips) of the last checkpoint
         self.eval_pairs: EvalPairs | None = None
         self.evaluator: Evaluator | None = None  # base and final: data.eval_noises per pair
         self.mid_evaluator: Evaluator | None = None  # every run.eval_every steps: the first
@@ -297,6 +298,7 @@ class GRPOTrainer:
         """Write a checkpoint (main process): the raw trainable weights, the EMA weights
         (when on) and the :class:`TrainState`. Every process must call it, since sharded
         (FSDP) tensors are gathered first. Returns its folder on the main process."""
+        self._saved = (self.step, self.state.total_skips)
         main = self.dist.is_main  # with FSDP the others help gather, then drop the result
         if not main and not self.dist.fsdp:
             return None
@@ -409,26 +411,24 @@ class GRPOTrainer:
             total=cfg.run.steps, initial=self.step, desc="cgrpo train",
             disable=quiet or not main, mininterval=2,
         )  # fmt: skip
-        skips = 0
         try:
             with Preemption() as preempt:
                 while self.step < cfg.run.steps:
                     res = self.train_step()
                     if res.skipped:
-                        skips += 1
-                        self._skipped(res, log, skips)
+                        self._skipped(res, log)
                     else:
-                        self.state.consecutive_skips = 0
+                        skips, self.state.consecutive_skips = self.state.consecutive_skips, 0
                         self.state.step += 1
                         self._after_step(res, log, skips)
-                        skips = 0
                         bar.update(1)
                         names = self.rewards.names[:2]
                         bar.set_postfix(
                             {n: f"{res.metrics[f'reward/{n}/mean']:.3f}" for n in names}
                         )
                     if self._preempted(preempt):
-                        self.save()
+                        if self._saved != (self.step, self.state.total_skips):
+                            self.save()  # (not again when this step's checkpoint is written)
                         raise Preempted(self.step, preempt.signum or 15)
         finally:
             bar.close()
@@ -441,14 +441,14 @@ class GRPOTrainer:
         self.dist.barrier()  # the main process has written everything
         return summary
 
-    def _skipped(self, res: StepResult, log: MetricsLog, skips: int) -> None:
+    def _skipped(self, res: StepResult, log: MetricsLog) -> None:
         """A step whose rewards or loss were not finite: nothing was updated; it is counted
         into the next logged row, and the run stops after ``run.max_skips`` in a row."""
         st = self.state
         st.consecutive_skips += 1
         st.total_skips += 1
         if st.consecutive_skips >= self.cfg.run.max_skips:
-            row = {"step": float(st.step + 1), **res.metrics, "skips": float(skips)}
+            row = {"step": float(st.step + 1), **res.metrics, "skips": float(st.consecutive_skips)}
             log.log({**row, "total_skips": float(st.total_skips)})
             raise TrainingError(
                 f"stopping: {st.consecutive_skips} consecutive steps had non-finite "
