@@ -20,7 +20,10 @@ model before FSDP shards it), and the mean seconds of sampling and update.
         flux.resolution=64 flux.dtype=float32 [run.fsdp=true]
 
 Overrides are training-config keys (``key=value``); the defaults are the paper's
-(configs/uno_dreambench.yaml) with prompts_per_step = the number of processes.
+(configs/uno_dreambench.yaml) with prompts_per_step = the number of processes. A rollout
+schedule other than the paper's ``full`` is one more override, e.g.
+``sampler.schedule.kind=branch sampler.schedule.k=2 grpo.timestep_fraction=1`` or
+``sampler.schedule.kind=window sampler.schedule.size=4 grpo.timestep_fraction=1``.
 """
 
 from __future__ import annotations
