@@ -358,9 +358,11 @@ def test_sample_from_a_run_uses_its_sampler_and_ema(
     raw_policy, _ = sample_mod.policy_from(run, None, ema=False)
     assert all(torch.equal(raw_policy.trainable_state_dict()[k], raw[k]) for k in raw)
     calls = []
-    real = sample_mod.sigma_schedule
+    import cgrpo.build as build_mod
+
+    real = build_mod.sigma_schedule
     monkeypatch.setattr(
-        sample_mod, "sigma_schedule", lambda n, s: (calls.append((n, s)), real(n, s))[1]
+        build_mod, "sigma_schedule", lambda n, s: (calls.append((n, s)), real(n, s))[1]
     )
     out = tmp_path / "s.png"
     args = ["sample", "--run", str(run), "--reference", "red-hstripes-circle", "--num", "1"]

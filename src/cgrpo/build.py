@@ -3,6 +3,8 @@ pair source, the named rewards, the held-out evaluator. Nothing here trains or w
 
 from __future__ import annotations
 
+import torch
+
 from cgrpo.data import EmbeddedData, PairSource
 from cgrpo.distributed import Dist
 from cgrpo.evaluator import EvalPairs, Evaluator
@@ -11,7 +13,14 @@ from cgrpo.reward_set import RewardSet, parse_rewards
 from cgrpo.sde import sigma_schedule
 from cgrpo.train_config import TrainConfig
 
-__all__ = ["build_policy", "build_data", "build_rewards", "build_evaluator", "eval_pairs_of"]
+__all__ = [
+    "build_policy",
+    "build_data",
+    "build_rewards",
+    "build_evaluator",
+    "eval_pairs_of",
+    "eval_sigmas",
+]
 
 
 def build_policy(
@@ -71,23 +80,31 @@ def eval_pairs_of(data: PairSource) -> EvalPairs:
     return EvalPairs.from_lists(refs, prompts, subjects, truth)
 
 
+def eval_sigmas(cfg: TrainConfig, steps: int = 0) -> torch.Tensor:
+    """The sigma schedule a run evaluates (and ``cgrpo sample`` draws) with: ``steps``, else
+    ``run.eval_steps``, else ``sampler.num_steps``, at ``sampler.shift``."""
+    return sigma_schedule(steps or cfg.run.eval_steps or cfg.sampler.num_steps, cfg.sampler.shift)
+
+
 def build_evaluator(
     cfg: TrainConfig,
     pairs: EvalPairs,
     metrics: RewardSet,
     dist: Dist | None = None,
-    images_per_pair: int | None = None,
+    images_per_pair: int = 0,
+    steps: int = 0,
+    seed: int | None = None,
+    batch_size: int = 0,
 ) -> Evaluator:
-    """The run's held-out evaluator: its sampler schedule (``run.eval_steps`` or
-    ``sampler.num_steps``, ``sampler.shift``), noise seed ``data.eval_seed``,
-    ``data.eval_noises`` images per pair, ``run.eval_batch_size``."""
-    steps = cfg.run.eval_steps or cfg.sampler.num_steps
+    """The run's held-out evaluator: :func:`eval_sigmas`, noise seed ``data.eval_seed``,
+    ``data.eval_noises`` images per pair, ``run.eval_batch_size``; each of the keyword
+    settings replaces the run's when given (non-zero / not None)."""
     return Evaluator(
         pairs,
         metrics,
-        sigma_schedule(steps, cfg.sampler.shift),
-        seed=cfg.data.eval_seed,
+        eval_sigmas(cfg, steps),
+        seed=cfg.data.eval_seed if seed is None else seed,
         images_per_pair=images_per_pair or cfg.data.eval_noises,
-        batch_size=cfg.run.eval_batch_size,
+        batch_size=batch_size or cfg.run.eval_batch_size,
         dist=dist,
     )

@@ -45,14 +45,13 @@ import numpy as np
 import torch
 
 from cgrpo import checkpoint as ckpt
-from cgrpo.build import build_policy
+from cgrpo.build import build_evaluator, build_policy
 from cgrpo.config import load_config, option
 from cgrpo.evaluator import EvalError, EvalPairs, EvalResult, Evaluator, PngStore, grid_items
 from cgrpo.policies.base import Policy
 from cgrpo.reward_set import RewardSet, parse_rewards
 from cgrpo.rewards.images import load_image
 from cgrpo.run_log import save_grid
-from cgrpo.sde import sigma_schedule
 from cgrpo.summary import summary_table
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
 
@@ -187,15 +186,8 @@ def evaluator_for(
     cfg: EvalConfig, train_cfg: TrainConfig, pairs: EvalPairs, metrics: RewardSet
 ) -> Evaluator:
     """The run's evaluator with this command's settings where they are set."""
-    r, d = train_cfg.run, train_cfg.data
-    steps = cfg.steps or r.eval_steps or train_cfg.sampler.num_steps
-    return Evaluator(
-        pairs,
-        metrics,
-        sigma_schedule(steps, train_cfg.sampler.shift),
-        seed=d.eval_seed if cfg.seed is None else cfg.seed,
-        images_per_pair=cfg.images_per_pair or d.eval_noises,
-        batch_size=cfg.batch_size or r.eval_batch_size,
+    return build_evaluator(
+        train_cfg, pairs, metrics, None, cfg.images_per_pair, cfg.steps, cfg.seed, cfg.batch_size
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cgrpo.build import build_policy
+from cgrpo.build import build_policy, eval_sigmas
 from cgrpo.checkpoint import latest_checkpoint, load_weights
 from cgrpo.config import load_config
 from cgrpo.data import images_to_tensor
@@ -19,7 +19,6 @@ from cgrpo.policies.base import Policy
 from cgrpo.rewards.images import load_image
 from cgrpo.rollout import sample_ode
 from cgrpo.run_log import save_grid
-from cgrpo.sde import sigma_schedule
 from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
 from cgrpo.world import scene
 
@@ -68,8 +67,7 @@ def sample_command(args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
     cond = policy.encode_condition(refs, prompts)
-    steps = args.steps or cfg.run.eval_steps or cfg.sampler.num_steps
-    sigmas = sigma_schedule(steps, cfg.sampler.shift)
+    sigmas = eval_sigmas(cfg, args.steps)
     images = policy.decode(sample_ode(policy, cond, sigmas, noise))
     save_grid(Path(args.out), refs, images, args.num)
     print(f"wrote {args.out}: one row per prompt ({', '.join(args.prompt)})")

@@ -222,13 +222,8 @@ class TrainConfig:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
         self.rewards = canonical_rewards(self.rewards)
         m = self.method
-        named = m.weighting.weights if isinstance(m.weighting, StaticWeights) else {}
-        unknown = sorted(set(named) - set(self.rewards))
-        if unknown:
-            raise ValueError(
-                f"method.weighting.weights names {unknown}, which are not rewards; "
-                f"rewards: {list(self.rewards)}"
-            )
+        if isinstance(m.weighting, StaticWeights):
+            m.weighting.check_names(self.rewards)
         if m.pair[0] == m.pair[1]:
             raise ValueError(f"method.pair must name two different rewards, got {m.pair}")
         for what in (m.shaping, m.weighting):

@@ -19,7 +19,7 @@ trained**; see :func:`train_step_indices`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -106,13 +106,18 @@ class StaticWeights(Weighting):
     ) -> dict[str, float]:
         """``{name: weight}``; ``step_index`` is only validated (``0 <= t < num_steps``)."""
         _check_step(step_index, num_steps)
-        unknown = sorted(set(self.weights) - set(base))
+        self.check_names(base)
+        return {k: float(self.weights.get(k, w)) for k, w in base.items()}
+
+    def check_names(self, rewards: Iterable[str]) -> None:
+        """ValueError unless every name in ``weights`` is one of ``rewards``."""
+        rewards = list(rewards)
+        unknown = sorted(set(self.weights) - set(rewards))
         if unknown:
             raise ValueError(
                 f"method.weighting.weights names {unknown}, which are not rewards; "
-                f"rewards: {list(base)}"
+                f"rewards: {rewards}"
             )
-        return {k: float(self.weights.get(k, w)) for k, w in base.items()}
 
 
 @WEIGHTINGS.register("tdw")
