@@ -1,12 +1,14 @@
-"""The GRPO policy loss (PPO-style clipped surrogate) and the optional KL penalty to a frozen
-reference policy."""
+"""The policy losses as pure tensor functions: GRPO's PPO-style clipped surrogate, the
+optional KL penalty to a frozen reference policy, and DiffusionNFT's forward-process loss
+(:func:`optimality`, :func:`nft_loss`). The strategies that call them are in
+:mod:`cgrpo.objective`."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["grpo_loss", "kl_penalty"]
+__all__ = ["grpo_loss", "kl_penalty", "nft_loss", "optimality"]
 
 
 def grpo_loss(
@@ -105,3 +107,85 @@ def kl_penalty(mean: Tensor, ref_mean: Tensor, std: Tensor | float) -> Tensor:
         raise ValueError(f"std shape {tuple(s.shape)} does not broadcast to {tuple(mean.shape)}")
     kl = (mean.to(dtype) - ref_mean.to(dtype)) ** 2 / (2.0 * s**2)
     return kl.reshape(mean.shape[0], -1).mean(dim=1).mean()
+
+
+def optimality(advantages: Tensor, adv_clip: float) -> Tensor:
+    """DiffusionNFT's optimality weight of each sample, in ``[0, 1]``::
+
+        r = 0.5 + clamp(A, -c, c) / (2 c)        (c = adv_clip > 0)
+
+    ``r = 1``: the sample is as good as the clip allows (train the positive policy on
+    it); ``r = 0``: as bad (train the negative policy on it); ``r = 0.5``: average."""
+    if not adv_clip > 0:
+        raise ValueError(f"adv_clip must be > 0, got {adv_clip!r}")
+    return 0.5 + advantages.clamp(-adv_clip, adv_clip) / (2.0 * adv_clip)
+
+
+def nft_loss(
+    v: Tensor,
+    v_old: Tensor,
+    x_s: Tensor,
+    x0: Tensor,
+    sigma: Tensor | float,
+    r: Tensor,
+    beta: float = 1.0,
+    adaptive: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """DiffusionNFT's negative-aware fine-tuning loss on forward-noised clean samples.
+
+    With ``x_s = (1 - s) x0 + s eps`` (the flow-matching forward process at noise level
+    ``s``), ``v`` the current velocity (with grad) and ``v_old`` the old policy's (a
+    constant)::
+
+        v+      = (1 - beta) v_old + beta v          the implicit positive policy
+        v-      = (1 + beta) v_old - beta v          the implicit negative policy
+        x0(u)   = x_s - s u                          the clean sample a velocity predicts
+        d(u)    = mean_elements |x0(u) - x0|         (detached; adaptive normalisation)
+        L+      = mean_elements (x0(v+) - x0)^2 / d(v+)
+        L-      = mean_elements (x0(v-) - x0)^2 / d(v-)
+        loss_i  = (r_i L+_i + (1 - r_i) L-_i) / beta
+
+    per sample ``i`` (``d`` is clamped to >= 1e-5; ``adaptive=False`` uses ``d = 1``). With
+    ``r = 1`` and ``v = v_old`` the gradient in ``v`` is ``-2 s (x0 - x0(v)) / d``: the plain
+    flow-matching (x0-regression) gradient scaled by ``s / d > 0``.
+
+    Args:
+        v, v_old, x_s, x0: ``[B, ...]``, one shape.
+        sigma: the noise level ``s`` of each sample, ``[B]`` or a float.
+        r: ``[B]`` optimality weights in ``[0, 1]`` (:func:`optimality`).
+        beta: the guidance strength ``beta > 0`` of the implicit policies.
+
+    Returns:
+        ``(loss, per_sample)``: the batch mean and the ``[B]`` values of ``loss_i``.
+    """
+    if not (v.shape == v_old.shape == x_s.shape == x0.shape):
+        raise ValueError(
+            "v, v_old, x_s and x0 must have one shape, got "
+            f"{[tuple(t.shape) for t in (v, v_old, x_s, x0)]}"
+        )
+    if v.ndim < 2 or v.shape[0] == 0:
+        raise ValueError(f"nft_loss needs a non-empty batch [B, ...], got {tuple(v.shape)}")
+    if r.shape != v.shape[:1]:
+        raise ValueError(f"r must be [B] = {tuple(v.shape[:1])}, got {tuple(r.shape)}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    b = v.shape[0]
+    s = torch.as_tensor(sigma, dtype=v.dtype, device=v.device).reshape(-1)
+    s = s.expand(b).reshape(b, *([1] * (v.ndim - 1)))
+    v_old = v_old.detach()
+    x0 = x0.detach()
+    dims = tuple(range(1, v.ndim))
+
+    def term(u: Tensor) -> Tensor:
+        err = x_s - s * u - x0
+        if adaptive:
+            with torch.no_grad():
+                d = err.double().abs().mean(dim=dims, keepdim=True).clamp(min=1e-5)
+            return (err**2 / d.to(err.dtype)).mean(dim=dims)
+        return (err**2).mean(dim=dims)
+
+    positive = term((1.0 - beta) * v_old + beta * v)
+    negative = term((1.0 + beta) * v_old - beta * v)
+    r = r.detach().to(v.dtype)
+    per_sample = (r * positive + (1.0 - r) * negative) / beta
+    return per_sample.mean(), per_sample

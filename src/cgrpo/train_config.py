@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgrpo.config import option
+from cgrpo.objective import GRPOObjective, Objective
 from cgrpo.policies.flux import FluxConfig
 from cgrpo.reward_set import canonical_rewards
 from cgrpo.schedule import FullSchedule, Schedule
@@ -120,6 +121,12 @@ class MethodConfig:
         TimeAwareWeights(),
         "reward weights per denoising step: static (each reward's weight) or tdw (the "
         "pair's weights follow the time-aware schedule, other rewards static)",
+    )
+    objective: Objective = option(
+        GRPOObjective(),
+        "the training loss: grpo (the paper's PPO-clipped loss on the SDE transitions' "
+        "log-probs; constants grpo.*) or nft (DiffusionNFT's forward-process loss with a "
+        "soft-updated old policy; docs/objectives.md)",
     )
     pair: tuple[str, str] = option(
         ("identity", "prompt"),

@@ -4,15 +4,19 @@ One training step, top to bottom (see ``docs/trainer.md``)::
 
     pairs ──► policy.encode_condition ──► sample_groups: G SDE trajectories per pair
           ──► decode ──► the named rewards ──► a group advantage A_k per reward
-          ──► for t in a random subset of the steps (TRUE indices):
+          ──► for t in a random subset of the objective's steps (TRUE indices):
                   w = weighting.step_weights(t, T, static weights, pair)
                   A_t = shaping({A_k}, w, pair)
-                  re-score the recorded transition t ──► PPO clipped loss (+ KL) ──► backward
-          ──► grad-norm clip ──► AdamW step (+ EMA) ──► hooks: evaluate, log, save
+                  objective.loss: grpo re-scores the recorded transition t (PPO clipped
+                  loss + KL); nft noises the final sample to sigma_t and regresses it
+                  ──► backward
+          ──► grad-norm clip ──► AdamW step (+ EMA, + nft's old-policy soft update)
+          ──► hooks: evaluate, log, save
 
 The model enters through the :class:`~cgrpo.policies.base.Policy` protocol, the rewards
-as a :class:`~cgrpo.reward_set.RewardSet`, the method variant through two strategy
-objects (``cfg.method.shaping`` / ``cfg.method.weighting``); nothing here knows which.
+as a :class:`~cgrpo.reward_set.RewardSet`, the method variant through strategy objects
+(``cfg.method.shaping`` / ``weighting`` / ``objective``, ``cfg.sampler.schedule``);
+nothing here knows which.
 Components are built by :mod:`cgrpo.build`, held-out evaluation is
 :class:`cgrpo.evaluator.Evaluator`, what a run writes is :mod:`cgrpo.run_log`, what a
 checkpoint holds is :class:`cgrpo.train_state.TrainState`.
@@ -41,13 +45,13 @@ from cgrpo.data import PairSource
 from cgrpo.distributed import Dist
 from cgrpo.ema import EMA
 from cgrpo.evaluator import EvalPairs, Evaluator, grid_items
-from cgrpo.loss import grpo_loss, kl_penalty
-from cgrpo.policies.base import Policy
+from cgrpo.objective import LossContext
+from cgrpo.policies.base import HasOldPolicy, OldPolicyView, Policy
 from cgrpo.preemption import Preempted, Preemption
 from cgrpo.reward_set import RewardSet
 from cgrpo.rollout import Rollout, sample_groups
 from cgrpo.run_log import MetricsLog, plot_curves, save_grid
-from cgrpo.sde import sde_step, sigma_schedule
+from cgrpo.sde import sigma_schedule
 from cgrpo.shaping import relation_shares
 from cgrpo.train_config import TrainConfig
 from cgrpo.train_state import TrainState
@@ -93,9 +97,21 @@ class GRPOTrainer:
         # the global RNG seeds what the policy draws when built (the LoRA's A matrices):
         # the same on every process, so FSDP's shards are pieces of one initialisation
         torch.manual_seed(cfg.run.seed)
+        self.objective = cfg.method.objective
+        keep_ref = self.objective.needs_reference(cfg.grpo.kl_coef)
         self.policy = (
-            policy if policy is not None else build.build_policy(cfg, self.device, self.dist.fsdp)
+            policy
+            if policy is not None
+            else build.build_policy(cfg, self.device, self.dist.fsdp, keep_reference=keep_ref)
         )
+        if self.objective.uses_old_policy():
+            if not isinstance(self.policy, HasOldPolicy):
+                raise ValueError(
+                    f"method.objective={self.objective.kind} needs an old policy, which "
+                    f"{type(self.policy).__name__} cannot keep (no enable_old_policy()): "
+                    "implement cgrpo.policies.base.HasOldPolicy or use method.objective=grpo"
+                )
+            self.policy.enable_old_policy()  # before FSDP: FLUX's old adapter is sharded too
         self.rewards = rewards if rewards is not None else build.build_rewards(cfg, self.device)
         self.data = data if data is not None else build.build_data(cfg)
         self.shaping, self.weighting = cfg.method.shaping, cfg.method.weighting
@@ -140,8 +156,9 @@ class GRPOTrainer:
         refs, prompts = self.data.sample(self.cfg.data.prompts_per_step, self.state.data_rng)
         cond = self.policy.encode_condition(refs, prompts)
         s = self.cfg.sampler
+        sampler = OldPolicyView(self.policy) if self.objective.samples_with_old() else self.policy
         roll = sample_groups(
-            self.policy,
+            sampler,
             cond,
             self.cfg.grpo.group_size,
             self.sigmas,
@@ -178,15 +195,27 @@ class GRPOTrainer:
         }
 
     def update(self, roll: Rollout, adv: dict[str, torch.Tensor]) -> dict[str, float]:
-        """PPO-clipped updates on a random subset of the recorded transitions. When any
-        chunk's loss is non-finite, nothing of the update stays: weights, optimizer and
-        EMA are as before it (``{"nonfinite_loss": 1.0}`` is returned)."""
-        cfg, pol = self.cfg, self.policy
+        """The objective's updates on a random subset of its steps. When any chunk's loss
+        is non-finite, nothing of the update stays: weights, optimizer, EMA and old policy
+        are as before it (``{"nonfinite_loss": 1.0}`` is returned)."""
+        cfg, pol, obj = self.cfg, self.policy, self.objective
         gen = self.state.generator
         T = roll.num_steps  # weights are looked up on the full schedule, at the true index
-        # a random subset of the SDE steps, at their TRUE indices
-        pick = train_step_indices(roll.num_sde_steps, cfg.grpo.timestep_fraction, gen).tolist()
-        steps = [roll.sde_steps[i] for i in pick]
+        # a random subset of the objective's steps (grpo: the SDE steps), at TRUE indices
+        pool = obj.trainable_steps(roll)
+        if not pool:
+            raise TrainingError(
+                f"method.objective={obj.kind} has no step to train in this rollout "
+                f"(sampler.schedule={cfg.sampler.schedule.kind} made no SDE step)"
+            )
+        pick = train_step_indices(len(pool), cfg.grpo.timestep_fraction, gen).tolist()
+        steps = [pool[i] for i in pick]
+        noise_seed = int(torch.randint(2**62, (1,), generator=gen)) if obj.forward_noise else 0
+        g, s = cfg.grpo, cfg.sampler
+        ctx = LossContext(
+            self.velocity, pol, s.kind, s.eta, g.clip_range, g.adv_clip, g.kl_coef,
+            noise_seed, self.shard.start,
+        )  # fmt: skip
         # one shuffle of the whole step's samples, drawn alike on every process (so the
         # generator, and with it every later step, does not depend on the process count);
         # this process keeps its own samples in that order
@@ -209,7 +238,7 @@ class GRPOTrainer:
                 idx = chunk[lo : lo + mb].to(pol.device)
                 # every process runs the same backward passes; DDP syncs on the last one
                 with self.dist.no_sync(sync=j == len(work) - 1):
-                    loss, stats = self._transition_loss(roll, t, idx, shaped[t][idx])
+                    loss, stats = obj.loss(ctx, roll, t, idx, shaped[t][idx])
                     # a non-finite loss still runs its backward (so processes stay in step);
                     # the whole update is then dropped below
                     finite = finite and bool(torch.isfinite(loss))
@@ -236,32 +265,10 @@ class GRPOTrainer:
             out = dict(zip(keys, vals.view(self.dist.world, -1).mean(0).tolist(), strict=True))
         out["grad_norm"] = float(np.mean(grad_norms))
         out["trained_steps"] = float(len(steps))
+        if obj.uses_old_policy():
+            out["old_decay"] = d = obj.decay(self.step + 1)
+            pol.soft_update_old(d)
         return out
-
-    def _transition_loss(
-        self, roll: Rollout, t: int, idx: torch.Tensor, adv: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """PPO loss (+ KL) of recorded transition ``t`` of samples ``idx``."""
-        cfg, pol = self.cfg, self.policy
-        s, s_next = float(roll.sigmas[t]), float(roll.sigmas[t + 1])
-        x = roll.latents[t, idx]
-        cond = roll.condition.index(idx)
-        sig = torch.full((len(idx),), s, device=pol.device)
-        v = self.velocity(x, sig, cond)
-        prev = roll.latents[t + 1, idx]
-        kind, eta = cfg.sampler.kind, cfg.sampler.eta
-        _, logp, mean, std = sde_step(x, v, s, s_next, eta, prev_sample=prev, kind=kind)
-        loss, stats = grpo_loss(
-            logp, roll.log_probs[t, idx], adv, cfg.grpo.clip_range, cfg.grpo.adv_clip
-        )
-        if cfg.grpo.kl_coef > 0:
-            ref_v = pol.reference_velocity(x, sig, cond)
-            _, _, ref_mean, _ = sde_step(x, ref_v, s, s_next, eta, prev_sample=prev, kind=kind)
-            kl = kl_penalty(mean, ref_mean.detach(), std)
-            loss = loss + cfg.grpo.kl_coef * kl
-            stats["kl"] = kl.item()
-        stats["loss"] = loss.item()
-        return loss, stats
 
     def train_step(self) -> StepResult:
         t0 = time.perf_counter()
@@ -309,6 +316,9 @@ class GRPOTrainer:
             with self.state.ema.swapped():
                 ema = {k: full(v, main) for k, v in self.policy.trainable_state_dict().items()}
         state = self.state.state_dict(self.dist, keep=main)
+        if self.objective.uses_old_policy():
+            old = self.policy.old_state_dict()
+            state["old_policy"] = {k: full(v, main) for k, v in old.items()}
         if not main:
             return None
         return ckpt.save_checkpoint(
@@ -330,6 +340,16 @@ class GRPOTrainer:
             {k: self.dist.like(v, own[k]) if k in own else v for k, v in tensors.items()}
         )
         self.state.load_state_dict(state, self.dist)
+        if self.objective.uses_old_policy():
+            if "old_policy" not in state:
+                raise ValueError(
+                    f"checkpoint '{path}' holds no old policy, which method.objective="
+                    f"{self.objective.kind} needs: resume with the run's own config"
+                )
+            own_old = self.policy.old_state_dict()
+            self.policy.load_old_state_dict(
+                {k: self.dist.like(v, own_old[k]) for k, v in state["old_policy"].items()}
+            )
 
     def ema_swapped(self) -> contextlib.AbstractContextManager[Any]:
         """Within the block the policy holds the EMA weights (no-op without EMA)."""

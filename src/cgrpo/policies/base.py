@@ -83,3 +83,45 @@ class Shardable(Protocol):
         """(root module, its repeated blocks): FSDP2 makes a unit of each block, then of the
         root, which holds every trainable parameter the velocity uses."""
         ...
+
+
+@runtime_checkable
+class HasOldPolicy(Protocol):
+    """Optional: a policy that keeps an *old policy*, a soft-updated copy of its trainable
+    weights (``method.objective.kind=nft``, :mod:`cgrpo.objective`). It never holds a
+    second copy of a large model: FLUX keeps it as a second LoRA adapter."""
+
+    def enable_old_policy(self) -> None:
+        """Create the old policy as a copy of the current trainable weights (before FSDP
+        sharding; calling it again is a no-op)."""
+        ...
+
+    def old_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition
+    ) -> torch.Tensor:
+        """The old policy's velocity (no gradient)."""
+        ...
+
+    def soft_update_old(self, decay: float) -> None:
+        """``old <- decay * old + (1 - decay) * current``, weight by weight."""
+        ...
+
+    def old_state_dict(self) -> dict[str, torch.Tensor]:
+        """The old policy's weights (for checkpoints; sharded tensors stay sharded)."""
+        ...
+
+    def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class OldPolicyView:
+    """``policy`` with its old policy's velocity as ``velocity``: what a rollout drawn with
+    the old policy samples from (everything else is the policy's own)."""
+
+    def __init__(self, policy: HasOldPolicy) -> None:
+        self._policy = policy
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        return self._policy.old_velocity(x, sigma, condition)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._policy, name)

@@ -33,6 +33,7 @@ class EmbeddedPolicy:
         self.model = (model if model is not None else load_generator(weights)).to(self.device)
         self.tokenizer = Tokenizer(self.model.config.max_text)
         self.ref_model: TinyKontext | None = None
+        self.old_model: TinyKontext | None = None  # nft's old policy (enable_old_policy)
         if keep_reference:
             self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval()
 
@@ -68,6 +69,40 @@ class EmbeddedPolicy:
             )
         with torch.no_grad():
             return self.ref_model(x, sigma, condition["text_ids"], condition["reference"])
+
+    # -- the old policy (HasOldPolicy): a frozen copy of the tiny model -----------------------
+
+    def enable_old_policy(self) -> None:
+        if self.old_model is None:
+            self.old_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    def _old(self) -> TinyKontext:
+        if self.old_model is None:
+            raise RuntimeError("this policy keeps no old policy: call enable_old_policy() first")
+        return self.old_model
+
+    def old_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            return self._old()(x, sigma, condition["text_ids"], condition["reference"])
+
+    @torch.no_grad()
+    def soft_update_old(self, decay: float) -> None:
+        """``old <- decay old + (1 - decay) current``; under FSDP the current weights are
+        gathered (the old copy is a plain, replicated module: the model is tiny)."""
+        from cgrpo.distributed import Dist
+
+        old = dict(self._old().named_parameters())
+        for name, p in self.model.named_parameters():
+            cur = Dist.full(p).to(old[name].device, old[name].dtype)
+            old[name].mul_(decay).add_(cur, alpha=1.0 - decay)
+
+    def old_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self._old().state_dict().items()}
+
+    def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._old().load_state_dict(state)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((latents.float() + 1) / 2).clamp(0, 1)

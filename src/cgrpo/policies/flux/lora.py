@@ -12,7 +12,10 @@ XLabs, e.g. UNO's ``dit_lora.safetensors``) into the frozen base weights: that i
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,9 +23,10 @@ import torch
 from cgrpo.checkpoint import atomic_write
 from cgrpo.policies.flux.config import FluxConfig, FluxWeightsError
 
-__all__ = ["inject_lora", "load_lora", "merge_lora", "save_lora"]
+__all__ = ["add_old_adapter", "adapter_params", "inject_lora", "load_lora", "merge_lora", "save_lora"]
 
 _ADAPTER = "default"
+OLD_ADAPTER = "old"  # nft's old policy: a second, frozen adapter on the same layers
 _LORA_PREFIX = "transformer."  # diffusers' key prefix for transformer LoRA weights
 
 
@@ -62,6 +66,58 @@ def inject_lora(transformer: torch.nn.Module, config: FluxConfig) -> float:
     if not matched:
         raise ValueError(f"flux.lora_targets {c.lora_targets} matched no module of the transformer")
     return alpha
+
+
+def adapter_params(transformer: torch.nn.Module, adapter: str = _ADAPTER) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of one adapter by name (peft names them ``...lora_A.<adapter>...``)."""
+    tag = f".{adapter}."
+    return {n: p for n, p in transformer.named_parameters() if "lora_" in n and tag in n}
+
+
+@torch.no_grad()
+def add_old_adapter(transformer: torch.nn.Module, config: FluxConfig, alpha: float) -> None:
+    """Add adapter ``"old"`` on the layers of the trainable one, equal to it and frozen.
+
+    The trainable adapter stays the active one (peft's ``add_adapter`` would not change
+    that either); :func:`old_adapter_active` switches the forward to the old one."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    c = config
+    lora_config = LoraConfig(
+        r=c.lora_rank, lora_alpha=alpha, target_modules=_target_regex(c.lora_targets)
+    )
+    with warnings.catch_warnings():  # "multiple adapters in the model": that is the point
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+        inject_adapter_in_model(lora_config, transformer, adapter_name=OLD_ADAPTER)
+    current = adapter_params(transformer)
+    old = adapter_params(transformer, OLD_ADAPTER)
+    if len(old) != len(current):
+        raise RuntimeError(f"old adapter has {len(old)} LoRA weights, the trainable {len(current)}")
+    for name, p in current.items():
+        q = old[name.replace(f".{_ADAPTER}.", f".{OLD_ADAPTER}.")]
+        q.data = p.detach().clone().float()
+        q.requires_grad_(False)
+    _set_active(transformer, [_ADAPTER])
+
+
+def _set_active(transformer: torch.nn.Module, names: list[str]) -> None:
+    """Which adapters the LoRA layers apply, without touching ``requires_grad`` (peft's
+    ``set_adapter`` would also make the named adapter trainable and the others frozen)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for m in transformer.modules():
+        if isinstance(m, BaseTunerLayer):
+            m._active_adapter = list(names)
+
+
+@contextlib.contextmanager
+def old_adapter_active(transformer: torch.nn.Module) -> Iterator[None]:
+    """Within the block the transformer's forward uses the old adapter only."""
+    _set_active(transformer, [OLD_ADAPTER])
+    try:
+        yield
+    finally:
+        _set_active(transformer, [_ADAPTER])
 
 
 def save_lora(path: str | Path, state: dict[str, torch.Tensor], rank: int, alpha: float) -> Path:

@@ -39,7 +39,17 @@ import torch
 from cgrpo.policies.base import Condition
 from cgrpo.policies.flux.config import FluxConfig, _check_component
 from cgrpo.policies.flux.latents import pack_latents, position_ids, unpack_latents
-from cgrpo.policies.flux.lora import _ADAPTER, inject_lora, load_lora, merge_lora, save_lora
+from cgrpo.policies.flux.lora import (
+    _ADAPTER,
+    OLD_ADAPTER,
+    adapter_params,
+    add_old_adapter,
+    inject_lora,
+    load_lora,
+    merge_lora,
+    old_adapter_active,
+    save_lora,
+)
 from cgrpo.policies.flux.prompt_cache import PromptCache
 
 __all__ = ["FluxPolicy"]
@@ -185,8 +195,9 @@ class FluxPolicy:
 
     @property
     def _lora_params(self) -> list[torch.nn.Parameter]:
-        """The LoRA weights, looked up each time: FSDP replaces the parameter objects."""
-        return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
+        """The trainable LoRA weights (adapter ``"default"``; not nft's old adapter), looked
+        up each time: FSDP replaces the parameter objects."""
+        return list(adapter_params(self.transformer).values())
 
     def shard_modules(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
         """FSDP units: each double- and single-stream block, and the transformer (the rest:
@@ -338,6 +349,47 @@ class FluxPolicy:
     ) -> torch.Tensor:
         with torch.no_grad(), self.adapter_disabled():
             return self._forward(x, sigma, condition)
+
+    # -- the old policy (HasOldPolicy): a second LoRA adapter, never a second transformer ------
+
+    def enable_old_policy(self) -> None:
+        if not adapter_params(self.transformer, OLD_ADAPTER):
+            add_old_adapter(self.transformer, self.config, self.lora_alpha)
+
+    def _old_params(self) -> dict[str, torch.nn.Parameter]:
+        old = adapter_params(self.transformer, OLD_ADAPTER)
+        if not old:
+            raise RuntimeError("this policy keeps no old policy: call enable_old_policy() first")
+        return old
+
+    def old_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition
+    ) -> torch.Tensor:
+        self._old_params()
+        with torch.no_grad(), old_adapter_active(self.transformer):
+            return self._forward(x, sigma, condition)
+
+    @torch.no_grad()
+    def soft_update_old(self, decay: float) -> None:
+        """``old <- decay old + (1 - decay) current`` per LoRA weight; under FSDP both
+        adapters are sharded alike, so each process updates its own shard."""
+        old = self._old_params()
+        for name, p in adapter_params(self.transformer).items():
+            q = old[name.replace(f".{_ADAPTER}.", f".{OLD_ADAPTER}.")]
+            q.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+
+    def old_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self._old_params().items()}
+
+    def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        old = self._old_params()
+        if set(state) != set(old):
+            raise ValueError(
+                f"old-policy state does not fit this policy: {len(state)} weights given, "
+                f"{len(old)} expected (rank/targets differ?)"
+            )
+        for k, v in state.items():
+            old[k].copy_(v)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
