@@ -24,6 +24,10 @@ Overrides are training-config keys (``key=value``); the defaults are the paper's
 schedule other than the paper's ``full`` is one more override, e.g.
 ``sampler.schedule.kind=branch sampler.schedule.k=2 grpo.timestep_fraction=1`` or
 ``sampler.schedule.kind=window sampler.schedule.size=4 grpo.timestep_fraction=1``.
+``--variants`` times each schedule x objective of VARIANTS in turn (one process), on a
+fresh policy each, and prints one table::
+
+    python benchmarks/flux_step.py --preset medium --variants flux.resolution=64 flux.dtype=float32
 """
 
 from __future__ import annotations
@@ -90,12 +94,51 @@ def state_gb(trainer: GRPOTrainer) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 1e9
 
 
+#: ``--variants``: rollout schedule x objective (the paper's is grpo_full).
+VARIANTS: dict[str, list[str]] = {
+    "grpo_full": [],
+    "grpo_window": ["sampler.schedule.kind=window", "sampler.schedule.size=4",
+                    "grpo.timestep_fraction=1"],
+    "grpo_branch": ["sampler.schedule.kind=branch", "sampler.schedule.k=2",
+                    "grpo.timestep_fraction=1"],
+    "nft_full": ["method.objective.kind=nft", "grpo.timestep_fraction=0.3"],
+    "nft_branch": ["method.objective.kind=nft", "sampler.schedule.kind=branch",
+                   "sampler.schedule.k=2", "grpo.timestep_fraction=0.3"],
+}  # fmt: skip
+
+
+def variants(args: argparse.Namespace) -> None:
+    """Each of VARIANTS on a fresh policy; one table of per-phase seconds and peak memory."""
+    print("variant       s sample  s update  s step  peak GB")
+    for name, extra in VARIANTS.items():
+        device = torch.device(next((o.split("=", 1)[1] for o in args.overrides
+                                    if o.startswith("model.device=")), "cpu"))  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        row = measure(args.preset, args.steps, [*args.overrides, *extra])[0][0]
+        print(
+            f"{name:<12}  {row['sec_sample']:>8.2f}  {row['sec_update']:>8.2f}  "
+            f"{row['sec_total']:>6.2f}  {row['peak_gb']:>7.2f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="medium", choices=["tiny", "medium", "full"])
     ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
+    ap.add_argument("--variants", action="store_true", help="time every schedule x objective")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.variants:
+        variants(args)
+        return
+    rows, dist, cfg, counts, build_s, device = measure(args.preset, args.steps, args.overrides)
+    report(rows, dist, cfg, counts, build_s, device, args.preset)
+
+
+def measure(preset: str, steps: int, extra: list[str]):
+    """Build the random FLUX policy and the trainer, time ``steps`` training steps."""
     world = launched_world_size()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -107,7 +150,7 @@ def main() -> None:
             "run.image_every=0", "run.checkpoint_every=0", "run.steps=1000000",
             "rewards.identity={kind: colour, measure: brightness}",
             "rewards.prompt={kind: colour, measure: redness}",
-            *args.overrides,
+            *extra,
         ]  # fmt: skip
         cfg = load_config(TrainConfig, ROOT / "configs" / "uno_dreambench.yaml", overrides)
         dist = Dist.from_env(cfg.model.device, cfg.run.fsdp)
@@ -116,7 +159,7 @@ def main() -> None:
         t0 = time.perf_counter()
         # FSDP: the transformer is built in CPU memory; each GPU receives only its shards
         home = torch.device("cpu") if dist.fsdp else device
-        parts = random_flux(args.preset, dtype, home, seed=0)
+        parts = random_flux(preset, dtype, home, seed=0)
         policy = FluxPolicy(cfg.flux, device, transformer_device=home, **parts)
         build_s = time.perf_counter() - t0
         trainer = GRPOTrainer(cfg, policy=policy, dist=dist)
@@ -125,7 +168,7 @@ def main() -> None:
         frozen = [p for p in policy.transformer.parameters() if not p.requires_grad]
         trainer.train_step()  # warm-up
         phases: dict[str, list[float]] = {"sample": [], "update": [], "total": []}
-        for _ in range(args.steps):
+        for _ in range(steps):
             t = time.perf_counter()
             m = trainer.train_step().metrics
             phases["sample"].append(m["sec_sample"])
@@ -142,14 +185,19 @@ def main() -> None:
             **{f"sec_{k}": round(statistics.mean(v), 2) for k, v in phases.items()},
         }
         rows = dist.gather_objects([row])
+    return rows, dist, cfg, counts, build_s, device
+
+
+def report(rows, dist, cfg, counts, build_s, device, preset) -> None:
     if not dist.is_main:
         return
+    world = dist.world
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     mode = "FSDP" if dist.fsdp else "DDP" if world > 1 else "single"
     print(f"device: {name} x {world} process(es), {mode}; torch threads {torch.get_num_threads()}")
     frozen_b, lora_m = counts["frozen"] / 1e9, counts["lora"] / 1e6
     print(
-        f"preset {args.preset}: frozen {frozen_b:.3f} B, LoRA {lora_m:.1f} M "
+        f"preset {preset}: frozen {frozen_b:.3f} B, LoRA {lora_m:.1f} M "
         f"(rank {cfg.flux.lora_rank}, {counts['lora_layers']} layers), {cfg.flux.dtype}, "
         f"{cfg.flux.resolution} px, G {cfg.grpo.group_size}, {cfg.sampler.num_steps} steps, "
         f"micro-batch {cfg.grpo.micro_batch_size or 'all'}; built in {build_s:.1f} s"

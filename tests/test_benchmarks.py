@@ -57,3 +57,34 @@ def test_flux_step_reports_memory_and_time_per_process() -> None:
     assert "CPU x 1 process(es), single" in out and "G 2, 2 steps" in out
     row = out.strip().splitlines()[-1].split()  # rank 0: holds everything in one process
     assert row[:3] == ["0", "100.0%", "100.0%"] and all(float(v) > 0 for v in row[4:6])
+
+
+def test_learning_efficiency_writes_report_and_resumes(tmp_path: Path, tiny_weights: Path) -> None:
+    doc = tmp_path / "docs" / "learning_efficiency.md"
+    args = [
+        "benchmarks/learning_efficiency.py", "--seeds", "1", "--budget", "0.5",
+        "--arms", "grpo_branch", "nft_full", "supervised", "--jobs", "2",
+        "--out", str(tmp_path / "runs"), "--doc", str(doc), "--eval-images", "1",
+        f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
+    ]  # fmt: skip
+    out = _run(*args)
+    assert out.count("[done]") == 3
+    text = doc.read_text()
+    for needle in ("NFT, full SDE rollouts", "supervised FM", "gap closed identity", "--budget 0.5"):
+        assert needle in text
+    assert (tmp_path / "docs" / "images" / "learning_efficiency.png").is_file()
+    for arm in ("grpo_branch", "nft_full", "supervised"):  # the budget stopped each run
+        run = tmp_path / "runs" / arm / "seed0"
+        assert (run / "eval_final" / "metrics.json").is_file()
+    assert out.count("[skip]") == 0 and _run(*args).count("[skip]") == 3
+
+
+def test_flux_step_times_every_schedule_and_objective() -> None:
+    out = _run(
+        "benchmarks/flux_step.py", "--preset", "tiny", "--steps", "1", "--variants",
+        "model.device=cpu", "flux.resolution=16", "flux.lora_rank=4", "flux.dtype=float32",
+        "grpo.group_size=2", "sampler.num_steps=4", "run.threads=1",
+    )  # fmt: skip
+    rows = [ln.split() for ln in out.splitlines() if ln.split()[:1] and ln.split()[0] in (
+        "grpo_full", "grpo_window", "grpo_branch", "nft_full", "nft_branch")]  # fmt: skip
+    assert len(rows) == 5 and all(float(r[3]) > 0 for r in rows)

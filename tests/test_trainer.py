@@ -504,3 +504,24 @@ def test_like_puts_a_restored_tensor_where_its_parameter_lives() -> None:
     own = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
     out = Dist.like(torch.ones(3), own)
     assert out.dtype == torch.bfloat16 and out.device == own.device
+
+
+def test_time_budget_stops_the_run_checkpointed_and_resumes(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """run.time_budget: the step that spends the budget is the last, and is checkpointed;
+    the time spent is kept across resume, so a resumed run does not start its budget anew."""
+    from cgrpo import checkpoint as ckpt
+
+    args = ["run.steps=5", "run.checkpoint_every=0", "run.eval=false", "run.time_budget=1e-9"]
+    trainer = GRPOTrainer(fast_config(tmp_path / "run", tiny_weights, *args))
+    trainer.train(quiet=True)
+    assert trainer.step == 1 and trainer.state.train_seconds > 0
+    _, state, _ = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints")
+    assert state["step"] == 1 and state["train_seconds"] == trainer.state.train_seconds
+    again = GRPOTrainer(fast_config(tmp_path / "run", tiny_weights, *args))
+    again.train(resume=True, quiet=True)
+    assert again.step == 1  # the budget was already spent
+    more = GRPOTrainer(fast_config(tmp_path / "run", tiny_weights, *args[:-1], "run.time_budget=0"))
+    more.train(resume=True, quiet=True)
+    assert more.step == 5

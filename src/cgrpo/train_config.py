@@ -158,6 +158,13 @@ class RunConfig:
     out_dir: str = option("runs/cgrpo", "run folder: config, logs, images, plots, checkpoints")
     steps: int = option(200, "training steps (rollout + update each)", unit="steps")
     seed: int = option(0, "seed of data, noise and step subsets")
+    time_budget: float = option(
+        0.0,
+        "stop training once the steps taken have spent this long on rollout, rewards and "
+        "update (evaluation and checkpoints not counted; kept across resume; 0: off): runs "
+        "of different methods at one wall-clock budget",
+        unit="s",
+    )
     threads: int = option(0, "torch CPU threads (0: torch's default)")
     log_every: int = option(1, "CSV/tensorboard row every N steps", unit="steps")
     image_every: int = option(25, "image grid every N steps (0: off)", unit="steps")

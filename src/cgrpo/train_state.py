@@ -55,6 +55,7 @@ class TrainState:
         self.step = 0
         self.consecutive_skips = 0
         self.total_skips = 0
+        self.train_seconds = 0.0  # rollout + reward + update time of the steps taken
         self.data_rng = random.Random(seed)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -69,6 +70,7 @@ class TrainState:
             "step": self.step,
             "consecutive_skips": self.consecutive_skips,
             "total_skips": self.total_skips,
+            "train_seconds": self.train_seconds,
             "optimizer": self._optimizer_state(dist, keep),
             "ema": ema,
             "rng": ckpt.get_rng_state(),
@@ -94,6 +96,7 @@ class TrainState:
         self.step = int(state["step"])
         self.consecutive_skips = int(state["consecutive_skips"])
         self.total_skips = int(state["total_skips"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # (older checkpoints)
 
     def _optimizer_state(self, dist: Dist, keep: bool) -> dict[str, Any]:
         """The full optimizer state, keyed by parameter name (by index without a module)."""

@@ -57,7 +57,10 @@ from cgrpo.train_config import TrainConfig
 from cgrpo.train_state import TrainState
 from cgrpo.weighting import train_step_indices
 
-__all__ = ["GRPOTrainer", "StepResult", "TrainingError"]
+__all__ = ["GRPOTrainer", "PHASES", "StepResult", "TrainingError"]
+
+#: The timed phases of a training step (metrics ``sec_<phase>``).
+PHASES = ("sample", "reward", "update")
 
 
 class TrainingError(RuntimeError):
@@ -433,13 +436,15 @@ class GRPOTrainer:
         )  # fmt: skip
         try:
             with Preemption() as preempt:
-                while self.step < cfg.run.steps:
+                while self.step < cfg.run.steps and not self._out_of_time():
                     res = self.train_step()
                     if res.skipped:
                         self._skipped(res, log)
                     else:
                         skips, self.state.consecutive_skips = self.state.consecutive_skips, 0
                         self.state.step += 1
+                        m = res.metrics
+                        self.state.train_seconds += sum(m[f"sec_{k}"] for k in PHASES)
                         self._after_step(res, log, skips)
                         bar.update(1)
                         names = self.rewards.names[:2]
@@ -450,6 +455,8 @@ class GRPOTrainer:
                         if self._saved != (self.step, self.state.total_skips):
                             self.save()  # (not again when this step's checkpoint is written)
                         raise Preempted(self.step, preempt.signum or 15)
+                if self.step < cfg.run.steps and self._saved != (self.step, self.state.total_skips):
+                    self.save()  # stopped by run.time_budget: its last step is checkpointed
         finally:
             bar.close()
             log.close()
@@ -457,6 +464,7 @@ class GRPOTrainer:
             plot_curves(log.rows, self.run_dir / "reward_curves.png", self.rewards.names)
         if self.evaluator is not None:
             summary["steps"] = self.step
+            summary["train_seconds"] = self.state.train_seconds
             self._evaluate_into(summary, "trained")
         self.dist.barrier()  # the main process has written everything
         return summary
@@ -476,6 +484,16 @@ class GRPOTrainer:
                 "Check the reward models' inputs and lower optim.lr; "
                 f"run.max_skips={self.cfg.run.max_skips} sets the limit."
             )
+
+    def _out_of_time(self) -> bool:
+        """Whether ``run.time_budget`` is spent (the slowest process decides, so all agree)."""
+        budget = self.cfg.run.time_budget
+        if budget <= 0:
+            return False
+        spent = torch.tensor([self.state.train_seconds], dtype=torch.float64)
+        if self.dist.world > 1:
+            spent = self.dist.gather(spent).max()
+        return float(spent) >= budget
 
     def _preempted(self, preempt: Preemption) -> bool:
         """Whether any process got a preemption signal (all processes agree)."""
