@@ -50,6 +50,21 @@ def fast_config(out_dir: Path, weights: Path, *overrides: str) -> TrainConfig:
     return load_config(TrainConfig, EMBEDDED_CONFIG, [*base, *overrides])
 
 
+def record_weighted_steps(trainer) -> list[int]:
+    """Make ``trainer``'s weighting record each step index it is asked for; returns the
+    list it appends to (the weights themselves are the strategy's own)."""
+    weighted: list[int] = []
+    inner = trainer.weighting
+
+    class Recorder:
+        def step_weights(self, t, n, base, pair):
+            weighted.append(t)
+            return inner.step_weights(t, n, base, pair)
+
+    trainer.weighting = Recorder()
+    return weighted
+
+
 # ----------------------------------------------------------------- tiny FLUX components
 
 PROMPTS = ["a dog in the snow", "a red can on the beach"]  # words of random_flux.WORDS

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import fast_config
+from tests.conftest import fast_config, record_weighted_steps
 
 from cgrpo.loss import nft_loss, optimality
 from cgrpo.objective import OBJECTIVES, NFTObjective, forward_noise
@@ -125,15 +125,7 @@ def test_nft_trains_with_tdw_at_the_sampling_index(tmp_path: Path, tiny_weights:
         "method.objective.decay_rate=0.5", *NFT,
     )  # fmt: skip
     trainer = GRPOTrainer(cfg)
-    weighted: list[int] = []
-    tdw = trainer.weighting
-
-    class Recorder:
-        def step_weights(self, t, n, base, pair):
-            weighted.append(t)
-            return tdw.step_weights(t, n, base, pair)
-
-    trainer.weighting = Recorder()
+    weighted = record_weighted_steps(trainer)
     before = trainer.policy.trainable_state_dict()
     roll, _, _ = trainer.rollout()
     assert len(roll.sde_steps) == 1  # one SDE step sampled, yet all five are trained

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import fast_config
+from tests.conftest import fast_config, record_weighted_steps
 
 from cgrpo.rollout import sample_groups, sample_ode
 from cgrpo.schedule import SCHEDULES, BranchSchedule, FullSchedule, WindowSchedule
@@ -97,15 +97,7 @@ def test_only_sde_steps_are_trained_at_true_index_with_ratio_one(
         "run.eval=false", *schedule,
     )  # fmt: skip
     trainer = GRPOTrainer(cfg)
-    weighted: list[int] = []
-    tdw = trainer.weighting
-
-    class Recorder:
-        def step_weights(self, t, n, base, pair):
-            weighted.append(t)
-            return tdw.step_weights(t, n, base, pair)
-
-    trainer.weighting = Recorder()
+    weighted = record_weighted_steps(trainer)
     roll, _, _ = trainer.rollout()
     a = torch.randn(roll.latents.shape[1])
     stats = trainer.update(roll, {"identity": a, "prompt": -a})
