@@ -218,6 +218,35 @@ def test_lora_safetensors_round_trip_and_merge(flux_dir: Path, tmp_path: Path) -
         make_policy(flux_dir, lora_rank=2).load_lora(path)
 
 
+@pytest.mark.parametrize("alpha", [8.0, 2.0])
+def test_exported_lora_loads_in_diffusers_at_the_trained_scale(
+    flux_dir: Path, tmp_path: Path, alpha: float
+) -> None:
+    """diffusers' FluxPipeline.load_lora_weights reads the exported file's adapter
+    metadata: with alpha != rank the velocity equals the policy's (and after fuse_lora)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    from cgrpo.policies.random_flux import random_flux
+
+    a = make_policy(flux_dir, lora_alpha=alpha)  # rank 4: scale alpha / 4 != 1
+    randomise_lora(a)
+    path = a.save_lora(tmp_path / "lora.safetensors")
+    parts = random_flux("tiny", seed=0)  # the same weights as flux_dir
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), **parts)
+    pipe.load_lora_weights(str(path))
+    b = make_policy(flux_dir)
+    b.transformer = pipe.transformer  # the policy's forward on diffusers' adapted model
+    cond = a.encode_condition(refs(), PROMPTS)
+    x = torch.randn(2, *a.latent_shape())
+    sig = torch.tensor([0.7, 0.3])
+    va = a.velocity(x, sig, cond)
+    assert not torch.allclose(va, a.reference_velocity(x, sig, cond), atol=1e-3)
+    torch.testing.assert_close(b.velocity(x, sig, cond), va, atol=1e-5, rtol=1e-4)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(b.velocity(x, sig, cond), va, atol=1e-5, rtol=1e-4)
+
+
 def test_prompt_cache_runs_t5_once_per_prompt(flux_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "prompts"
     pol = make_policy(flux_dir, prompt_cache_dir=str(cache))

@@ -3,9 +3,9 @@
 GRPO trains only a peft LoRA (adapter ``"default"``) on the transformer blocks
 (:func:`inject_lora`, targets ``FluxConfig.lora_targets``); its weights are float32 master
 weights even when the frozen base is bfloat16. :func:`save_lora` writes it as
-diffusers-style safetensors (keys prefixed ``transformer.``, rank and alpha in the
-metadata), which :func:`load_lora` reads back and diffusers' ``FluxPipeline.load_lora_weights``
-also loads. :func:`merge_lora` folds a LoRA file (this format, diffusers/peft, kohya or
+diffusers-style safetensors (keys prefixed ``transformer.``, the adapter's config in the
+``lora_adapter_metadata`` diffusers reads), which :func:`load_lora` reads back and diffusers'
+``FluxPipeline.load_lora_weights`` loads at the trained scale ``alpha / r``. :func:`merge_lora` folds a LoRA file (this format, diffusers/peft, kohya or
 XLabs, e.g. UNO's ``dit_lora.safetensors``) into the frozen base weights: that is
 ``FluxConfig.start_lora``, the starting model that the reference policy also sees.
 """
@@ -120,16 +120,39 @@ def old_adapter_active(transformer: torch.nn.Module) -> Iterator[None]:
         _set_active(transformer, [_ADAPTER])
 
 
-def save_lora(path: str | Path, state: dict[str, torch.Tensor], rank: int, alpha: float) -> Path:
+def save_lora(
+    path: str | Path,
+    state: dict[str, torch.Tensor],
+    rank: int,
+    alpha: float,
+    targets: list[str] | None = None,
+) -> Path:
     """Write LoRA weights (peft keys without adapter name) as diffusers-style safetensors.
 
-    Keys get the ``transformer.`` prefix, so the file also loads with diffusers'
-    ``FluxPipeline.load_lora_weights``; rank and alpha go into the metadata.
+    Keys get the ``transformer.`` prefix. The metadata holds ``lora_adapter_metadata``,
+    the JSON that diffusers' ``load_lora_weights`` turns into the adapter's ``LoraConfig``
+    (``transformer.r``, ``transformer.lora_alpha``, ``transformer.target_modules``), so
+    the file loads at the trained scale ``alpha / r`` for any alpha (without it diffusers
+    assumes alpha = r). ``lora_rank`` / ``lora_alpha`` are kept for older readers.
     """
+    import json
+
     from safetensors.torch import save_file
 
     tensors = {_LORA_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items()}
-    meta = {"format": "pt", "lora_rank": str(rank), "lora_alpha": str(float(alpha))}
+    # the layers the weights are on (peft matches target names as key suffixes)
+    layers = sorted({k.split(".lora_")[0] for k in state})
+    adapter = {"r": int(rank), "lora_alpha": float(alpha), "target_modules": layers}
+    meta = {
+        "format": "pt",
+        "lora_rank": str(rank),
+        "lora_alpha": str(float(alpha)),
+        "lora_adapter_metadata": json.dumps(
+            {f"{_LORA_PREFIX}{k}": v for k, v in adapter.items()}, sort_keys=True
+        ),
+    }
+    if targets is not None:
+        meta["lora_targets"] = ",".join(targets)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 

@@ -434,7 +434,10 @@ class FluxPolicy:
 
     def save_lora(self, path: str | Path) -> Path:
         """The trained LoRA as safetensors (see :func:`save_lora`)."""
-        return save_lora(path, self.trainable_state_dict(), self.config.lora_rank, self.lora_alpha)
+        return save_lora(
+            path, self.trainable_state_dict(), self.config.lora_rank, self.lora_alpha,
+            self.config.lora_targets,
+        )  # fmt: skip
 
     def load_lora(self, path: str | Path) -> None:
         """Load a LoRA written by :meth:`save_lora` into the trainable adapter."""
