@@ -162,3 +162,21 @@ def test_advantages_by_group_any_order() -> None:
         advantages_by_group(r[:11], ids[:11])
     with pytest.raises(ValueError, match="empty"):
         advantages_by_group(torch.tensor([]), torch.tensor([], dtype=torch.long))
+
+
+def test_unbiased_std_option_is_torchs_default_std() -> None:
+    """grpo.std: unbiased (the paper's code) divides by torch's default (Bessel) std."""
+    import torch
+
+    from cgrpo.advantages import advantages_by_group, group_advantages
+
+    r = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.3, 0.8, 0.0], dtype=torch.float64)
+    g = r.view(2, 4)
+    want = ((g - g.mean(1, keepdim=True)) / g.std(1, keepdim=True)).flatten()
+    got = group_advantages(r, 4, eps=0.0, unbiased=True)
+    torch.testing.assert_close(got, want)
+    pop = group_advantages(r, 4, eps=0.0)
+    torch.testing.assert_close(pop, got * (4 / 3) ** 0.5)
+    ids = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
+    by = advantages_by_group(r, ids, 0.0, unbiased=True)
+    torch.testing.assert_close(by[ids == 1], group_advantages(r[ids == 1], 4, 0.0, True))

@@ -15,7 +15,7 @@ __all__ = ["advantages_by_group", "group_advantages"]
 
 
 def group_advantages(
-    rewards: Tensor | Sequence[float], group_size: int, eps: float = 1e-8
+    rewards: Tensor | Sequence[float], group_size: int, eps: float = 1e-8, unbiased: bool = False
 ) -> Tensor:
     """Standardise rewards within consecutive groups of ``group_size``.
 
@@ -24,6 +24,8 @@ def group_advantages(
         A_i = (r_i - mean_k) / (std_k + eps)
         mean_k = (1/G) sum_j r_j
         std_k  = sqrt((1/G) sum_j (r_j - mean_k)^2)     # population std (unbiased=False)
+        std_k  = sqrt((1/(G-1)) sum_j (r_j - mean_k)^2) # with unbiased=True (torch's default
+                                                        # std, the paper's code; G >= 2)
 
     A group whose rewards are all equal (this includes ``group_size == 1``) carries no
     preference signal and gets advantage exactly 0 everywhere, never NaN and never rounding
@@ -33,6 +35,7 @@ def group_advantages(
         rewards: 1-D rewards ordered group by group: ``rewards[k*G:(k+1)*G]`` is group ``k``.
         group_size: ``G`` (>= 1); ``len(rewards)`` must be a multiple of it.
         eps: added to the std in the denominator (>= 0).
+        unbiased: Bessel's correction in the std (``grpo.std: unbiased``).
 
     Returns:
         Advantages with the shape of ``rewards``, in ``rewards``' floating dtype (float32 for
@@ -68,21 +71,25 @@ def group_advantages(
 
     g = r64.reshape(n // group_size, group_size)
     mean = g.mean(dim=1, keepdim=True)
-    std = g.std(dim=1, unbiased=False, keepdim=True)
+    if unbiased and group_size < 2:
+        raise ValueError("the unbiased std needs group_size >= 2")
+    std = g.std(dim=1, unbiased=unbiased, keepdim=True)
     constant = g.amax(dim=1, keepdim=True) == g.amin(dim=1, keepdim=True)
     adv = (g - mean) / (std + eps)
     adv = torch.where(constant, torch.zeros_like(adv), adv)
     return adv.reshape(n).to(out_dtype)
 
 
-def advantages_by_group(rewards: Tensor, group_ids: Tensor, eps: float = 1e-8) -> Tensor:
+def advantages_by_group(
+    rewards: Tensor, group_ids: Tensor, eps: float = 1e-8, unbiased: bool = False
+) -> Tensor:
     """:func:`group_advantages` for samples in any order, grouped by ``group_ids``.
 
     The samples of a multi-process step arrive gathered from every process, each with the
     id of its (reference, prompt) group; every group is standardised on its own members,
     exactly as :func:`group_advantages` does for consecutive groups::
 
-        A_i = (r_i - mean_{g(i)}) / (std_{g(i)} + eps)        # population std
+        A_i = (r_i - mean_{g(i)}) / (std_{g(i)} + eps)   # population std (or unbiased)
 
     All groups must have the same size (the trainer's G). Returns advantages in the order
     of ``rewards``.
@@ -99,7 +106,7 @@ def advantages_by_group(rewards: Tensor, group_ids: Tensor, eps: float = 1e-8) -
     _, counts = torch.unique(ids, return_counts=True)
     if not bool((counts == counts[0]).all()):
         raise ValueError(f"groups have different sizes {sorted(set(counts.tolist()))}")
-    adv_sorted = group_advantages(r[order], int(counts[0]), eps)
+    adv_sorted = group_advantages(r[order], int(counts[0]), eps, unbiased)
     out = torch.empty_like(adv_sorted)
     out[order] = adv_sorted
     return out

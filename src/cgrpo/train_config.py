@@ -98,6 +98,11 @@ class GRPOConfig:
     clip_range: float = option(1e-4, "PPO ratio clip epsilon")
     adv_clip: float = option(5.0, "advantages clamped to +- this")
     adv_eps: float = option(1e-8, "epsilon of the group normalisation (r - mean) / (std + eps)")
+    std: Literal["population", "unbiased"] = option(
+        "population",
+        "std of the group normalisation: population (1/G) or unbiased (1/(G-1), torch's "
+        "default, which the paper's code uses)",
+    )
     timestep_fraction: float = option(
         0.6, "share of the denoising steps trained per rollout (random subset, true indices)"
     )

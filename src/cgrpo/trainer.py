@@ -182,8 +182,8 @@ class GRPOTrainer:
         self, rewards: dict[str, torch.Tensor], group_ids: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Each reward's group advantage, for every sample of the step (all processes')."""
-        eps = self.cfg.grpo.adv_eps
-        return {k: advantages_by_group(r, group_ids, eps) for k, r in rewards.items()}
+        eps, unbiased = self.cfg.grpo.adv_eps, self.cfg.grpo.std == "unbiased"
+        return {k: advantages_by_group(r, group_ids, eps, unbiased) for k, r in rewards.items()}
 
     def shaped_advantages(
         self, adv: dict[str, torch.Tensor], steps: list[int], num_steps: int
