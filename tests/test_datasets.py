@@ -77,11 +77,53 @@ def test_jsonl_errors_name_the_file(pairs_dir: Path) -> None:
     corrupt.write_bytes(b"not a png at all")
     f = pairs_dir / "corrupt.jsonl"
     f.write_text(json.dumps({"reference": "img/corrupt.png", "prompt": "a can"}))
-    src = JsonlPairs(f, 8)  # existence is checked up front, decoding when loaded
-    with pytest.raises(DatasetError, match="corrupt.png"):
-        src.sample(1, random.Random(0))
-    with pytest.raises(DatasetError, match="replace it with a valid PNG or JPEG"):
-        src.sample(1, random.Random(0))
+    with pytest.raises(DatasetError, match="corrupt.png"):  # found at start, not when sampled
+        JsonlPairs(f, 8)
+
+
+def test_bad_images_are_listed_by_file_line_before_compute(pairs_dir: Path) -> None:
+    """Every image is opened at start: one error lists the bad entries by their 1-based
+    file line (blank lines counted); data.skip_bad skips them and counts them."""
+    good = pairs_dir / "img" / "a.png"
+    raw = good.read_bytes()
+    (pairs_dir / "img" / "cut.png").write_bytes(raw[: len(raw) // 2])  # truncated PNG
+    (pairs_dir / "img" / "text.png").write_bytes(b"not a png at all")
+    lines = [
+        json.dumps({"reference": "img/a.png", "prompt": "a dog"}),
+        "",
+        json.dumps({"reference": "img/cut.png", "prompt": "a dog"}),
+        json.dumps({"reference": "img/b.jpg", "prompt": "a can", "target": "img/text.png"}),
+        json.dumps({"reference": "img/gone.png", "prompt": "a cat"}),
+    ]
+    f = pairs_dir / "mixed.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as e:
+        JsonlPairs(f, 8)
+    msg = str(e.value)
+    assert "3 of 5 entries" in msg and "data.skip_bad=true" in msg
+    for where, name in (("line 3", "cut.png"), ("line 4", "text.png"), ("line 5", "gone.png")):
+        assert f"{where}: '" in msg and name in msg
+    assert "line 1:" not in msg
+    src = JsonlPairs(f, 8, skip_bad=True)
+    assert src.skipped == 3 and [e.reference.name for e in src.entries] == ["a.png"]
+    f.write_text(lines[0] + "\n" + json.dumps({"image": "x"}) + "\n")
+    with pytest.raises(DatasetError, match="line 2 needs"):
+        JsonlPairs(f, 8)
+
+
+def test_dreambench_folder_with_a_bad_reference_fails_listing_it(tmp_path: Path) -> None:
+    import shutil
+
+    if not DREAMBENCH.is_dir():
+        pytest.skip("DreamBench not present")
+    root = tmp_path / "db"
+    shutil.copytree(DREAMBENCH, root, ignore=shutil.ignore_patterns("*.md"))
+    refs = json.loads((root / "single_reference.json").read_text())
+    subject = sorted(refs)[3]
+    (root / subject / refs[subject]).write_bytes(b"broken")
+    with pytest.raises(DatasetError) as e:
+        DreamBenchPairs(root, 16)
+    assert f"subject '{subject}'" in str(e.value) and "1 of 30" in str(e.value)
 
 
 def test_load_image_centre_crops_the_shorter_side(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def build_data(cfg: TrainConfig) -> PairSource:
         return DreamBenchPairs(d.root, size, d.prompts_per_subject)
     if d.path is None:
         raise ValueError("data.kind=jsonl needs data.path (a JSONL file of reference/prompt pairs)")
-    train = JsonlPairs(d.path, size)
+    train = JsonlPairs(d.path, size, skip_bad=d.skip_bad)
     if d.eval_root:
         return PairsWithEval(train, DreamBenchPairs(d.eval_root, size, d.prompts_per_subject))
     return train

@@ -34,11 +34,12 @@ from typing import Any
 import torch
 
 from cgrpo.data import PairSource
-from cgrpo.rewards.images import load_image
+from cgrpo.rewards.images import check_image, load_image
 
 __all__ = [
     "DatasetError",
     "DreamBenchPairs",
+    "check_files",
     "JsonlPairs",
     "PairEntry",
     "PairsWithEval",
@@ -66,7 +67,9 @@ class PairEntry:
     name: str = ""
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def _read_records(path: Path) -> list[tuple[str, Any]]:
+    """``(where, record)`` per pair: ``where`` is ``line N`` (1-based file line) in JSONL,
+    ``item N`` (1-based) in a JSON list."""
     if not path.is_file():
         raise DatasetError(f"pair file not found: '{path}'")
     text = path.read_text(encoding="utf-8")
@@ -81,16 +84,42 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
             data = data["data"]
         if not isinstance(data, list):
             raise DatasetError(f"'{path}' must hold a JSON list of pair objects")
-        return data
+        return [(f"item {i}", rec) for i, rec in enumerate(data, 1)]
     records = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append((f"line {i}", json.loads(line)))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"'{path}' line {i} is not valid JSON: {exc}") from None
     return records
+
+
+def check_files(
+    items: list[tuple[str, Path]], source: str, skip_bad: bool, fix: str
+) -> set[str]:
+    """Open every image once (:func:`~cgrpo.rewards.images.check_image`) before any compute:
+    returns the ``where`` labels of the bad ones when ``skip_bad`` (and says how many were
+    skipped), else raises one :class:`DatasetError` listing them all (up to 20) with ``fix``."""
+    bad, seen = [], {}
+    for where, path in items:
+        if path not in seen:
+            seen[path] = check_image(path)
+        if seen[path] is not None:
+            bad.append((where, path, seen[path]))
+    if not bad:
+        return set()
+    if skip_bad:
+        print(f"{source}: skipping {len(bad)} of {len(items)} entries with unreadable images "
+              f"(first: {bad[0][0]}: '{bad[0][1]}')", flush=True)  # fmt: skip
+        return {w for w, _, _ in bad}
+    shown = "; ".join(f"{w}: '{p}' {why}" for w, p, why in bad[:20])
+    more = f"; ... {len(bad) - 20} more" if len(bad) > 20 else ""
+    raise DatasetError(
+        f"{source}: {len(bad)} of {len(items)} entries name unreadable images: {shown}{more}. "
+        f"{fix}"
+    )
 
 
 class JsonlPairs:
@@ -101,14 +130,20 @@ class JsonlPairs:
     construction; an unreadable image fails when it is loaded, naming the file.
     """
 
-    def __init__(self, path: str | Path, image_size: int = 512, eval_count: int = 16) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        image_size: int = 512,
+        eval_count: int = 16,
+        skip_bad: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.image_size = image_size
         self.eval_count = eval_count
         root = self.path.parent
-        entries = []
-        for i, rec in enumerate(_read_records(self.path)):
-            where = f"'{self.path}' entry {i}"
+        entries, images = [], []
+        for line, rec in _read_records(self.path):
+            where = f"'{self.path}' {line}"
             if not isinstance(rec, dict):
                 raise DatasetError(f"{where} is not an object")
             if not isinstance(rec.get("reference"), str) or not isinstance(rec.get("prompt"), str):
@@ -120,15 +155,21 @@ class JsonlPairs:
                 if rec.get(key) is None:
                     continue
                 p = Path(rec[key])
-                p = p if p.is_absolute() else root / p
-                if not p.is_file():
-                    raise DatasetError(f"{where}: {key} image not found: '{p}'")
-                files[key] = p
+                files[key] = p if p.is_absolute() else root / p
+                images.append((line, files[key]))
             name = str(rec.get("name") or files["reference"].stem)
-            entries.append(PairEntry(files["reference"], rec["prompt"], files.get("target"), name))
+            entry = PairEntry(files["reference"], rec["prompt"], files.get("target"), name)
+            entries.append((line, entry))
         if not entries:
             raise DatasetError(f"pair file '{self.path}' holds no pairs")
-        self.entries: list[PairEntry] = entries
+        bad = check_files(
+            images, f"pair file '{self.path}'", skip_bad,
+            "Fix or remove those lines, or set data.skip_bad=true to train without them.",
+        )  # fmt: skip
+        self.skipped = len({w for w, _ in entries if w in bad})
+        self.entries: list[PairEntry] = [e for w, e in entries if w not in bad]
+        if not self.entries:
+            raise DatasetError(f"pair file '{self.path}': no entry with readable images is left")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -210,8 +251,6 @@ class DreamBenchPairs:
             if s not in classes:
                 raise DatasetError(f"subject '{s}' of '{ref_file}' has no class in the table")
             path = self.root / s / refs[s]
-            if not path.is_file():
-                raise DatasetError(f"DreamBench reference image not found: '{path}'")
             cls = classes[s]
             templates = live if cls in LIVE_CLASSES else obj
             self.classes[s] = cls
@@ -223,6 +262,12 @@ class DreamBenchPairs:
                 f"prompts_per_subject must be in [1, {n}], got {prompts_per_subject}"
             )
         self.prompts_per_subject = prompts_per_subject
+        check_files(
+            [(f"subject '{s}'", self.references[s]) for s in self.subjects],
+            f"DreamBench folder '{self.root}'", False,
+            "Restore those files (see the folder's SOURCE.md) or remove the subjects from "
+            "single_reference.json.",
+        )  # fmt: skip
         self._images: dict[str, torch.Tensor] = {}
 
     def image(self, subject: str) -> torch.Tensor:

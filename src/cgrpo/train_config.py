@@ -48,6 +48,11 @@ class DataConfig:
         25, "dreambench: evaluation prompts per subject (25: the 750-pair protocol)"
     )
     eval_root: str | None = option(None, "jsonl: evaluate on this DreamBench folder instead")
+    skip_bad: bool = option(
+        False,
+        "jsonl: entries whose images cannot be read are skipped (and counted) instead of "
+        "stopping the run at start (every image is checked before training)",
+    )
     prompts_per_step: int = option(
         4,
         "(reference, prompt) pairs per training step, all processes together; each gets a "

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EmbeddingCache",
     "check_batch",
+    "check_image",
     "check_images",
     "image_key",
     "load_image",
@@ -99,6 +100,23 @@ def load_image(
             "PIL can decode: replace it with a valid PNG or JPEG (download or export it again)"
         ) from exc
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
+
+
+def check_image(path: str | Path) -> str | None:
+    """Why the file at ``path`` is not a readable image, or None when it is: a fast check
+    (PIL parses the header and ``verify()`` walks the file's structure without decoding
+    the pixels; for PNG that includes every chunk's CRC)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        return "file not found"
+    try:
+        with Image.open(p) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        return f"not a readable image ({exc})"
+    return None
 
 
 def _resize_shorter_and_crop(im: PILImage, size: int) -> PILImage:
