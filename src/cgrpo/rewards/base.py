@@ -62,6 +62,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "dino": "cgrpo.rewards.hf:DinoIdentityReward",
     "clip": "cgrpo.rewards.hf:ClipReward",
     "hpsv3": "cgrpo.rewards.hpsv3:HPSv3Reward",
+    "vlm_judge": "cgrpo.rewards.vlm_judge:VLMJudgeReward",
 }
 
 
