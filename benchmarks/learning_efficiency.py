@@ -216,7 +216,9 @@ def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None
 
 def _rows(run_dir: Path) -> list[dict[str, float]]:
     with open(run_dir / "metrics.csv") as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+        return [
+            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)
+        ]
 
 
 def arm_figures(arm: str, dirs: list[Path], base: dict, truth: dict) -> dict:
@@ -310,7 +312,9 @@ def write_report(figs: list[dict], doc: Path, command: str, base: dict, truth: d
                 se = math.sqrt(sum(v[1] ** 2 for v in vals)) / len(vals)
                 cells.append(_pct((m, se)) if what == "gap" else f"{m:+.4f} ± {se:.4f}")
         steps = f"{np.mean([s['steps'] for s in ss]):.0f}"
-        lines.append(f"| {LABELS[f['arm']]} | {len(ss)} | {steps} | {sec} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {LABELS[f['arm']]} | {len(ss)} | {steps} | {sec} | " + " | ".join(cells) + " |"
+        )
     lines += [
         "",
         "Mean over seeds; the ± is the SE of that mean (the seeds' paired SEs combined). Per seed:",

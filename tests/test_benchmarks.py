@@ -70,7 +70,12 @@ def test_learning_efficiency_writes_report_and_resumes(tmp_path: Path, tiny_weig
     out = _run(*args)
     assert out.count("[done]") == 3
     text = doc.read_text()
-    for needle in ("NFT, full SDE rollouts", "supervised FM", "gap closed identity", "--budget 0.5"):
+    for needle in (
+        "NFT, full SDE rollouts",
+        "supervised FM",
+        "gap closed identity",
+        "--budget 0.5",
+    ):
         assert needle in text
     assert (tmp_path / "docs" / "images" / "learning_efficiency.png").is_file()
     for arm in ("grpo_branch", "nft_full", "supervised"):  # the budget stopped each run

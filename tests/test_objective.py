@@ -135,7 +135,9 @@ def test_nft_trains_with_tdw_at_the_sampling_index(tmp_path: Path, tiny_weights:
     assert stats["old_decay"] == 0.0 + 0.5  # decay after training step 1
     after = trainer.policy.trainable_state_dict()
     old = trainer.policy.old_state_dict()
-    k = next(k for k in after if after[k].is_floating_point() and not torch.equal(after[k], before[k]))
+    k = next(
+        k for k in after if after[k].is_floating_point() and not torch.equal(after[k], before[k])
+    )
     torch.testing.assert_close(old[k], 0.5 * before[k] + 0.5 * after[k])
 
 

@@ -130,7 +130,9 @@ def test_retries_slow_replies_500s_and_dropped_connections(server) -> None:
         r(_images(1), ["x"], torch.zeros(1, 3, 8, 8))
     patient = VLMJudgeReward(url, "stub-vl", timeout=3, retries=0)
     judge.plan = ["slow"]  # a slow reply within the timeout is simply waited for
-    assert patient(_images(1), ["x"], torch.zeros(1, 3, 8, 8)).item() == pytest.approx(0.1, abs=2e-3)
+    assert patient(_images(1), ["x"], torch.zeros(1, 3, 8, 8)).item() == pytest.approx(
+        0.1, abs=2e-3
+    )
 
 
 def test_unparsable_reply_fails_quoting_it(server) -> None:

@@ -96,9 +96,7 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
     return records
 
 
-def check_files(
-    items: list[tuple[str, Path]], source: str, skip_bad: bool, fix: str
-) -> set[str]:
+def check_files(items: list[tuple[str, Path]], source: str, skip_bad: bool, fix: str) -> set[str]:
     """Open every image once (:func:`~cgrpo.rewards.images.check_image`) before any compute:
     returns the ``where`` labels of the bad ones when ``skip_bad`` (and says how many were
     skipped), else raises one :class:`DatasetError` listing them all (up to 20) with ``fix``."""
@@ -117,8 +115,7 @@ def check_files(
     shown = "; ".join(f"{w}: '{p}' {why}" for w, p, why in bad[:20])
     more = f"; ... {len(bad) - 20} more" if len(bad) > 20 else ""
     raise DatasetError(
-        f"{source}: {len(bad)} of {len(items)} entries name unreadable images: {shown}{more}. "
-        f"{fix}"
+        f"{source}: {len(bad)} of {len(items)} entries name unreadable images: {shown}{more}. {fix}"
     )
 
 

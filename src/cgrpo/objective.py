@@ -196,7 +196,10 @@ class NFTObjective(Objective):
         v = ctx.velocity(x_s, sig, cond)
         r = optimality(adv, self.adv_clip)
         loss, _ = nft_loss(v, v_old, x_s, x0, s, r, self.beta, self.adaptive)
-        stats = {"nft_loss": loss.item(), "old_deviation": float((v.detach() - v_old).pow(2).mean())}
+        stats = {
+            "nft_loss": loss.item(),
+            "old_deviation": float((v.detach() - v_old).pow(2).mean()),
+        }
         if self.kl_coef > 0:
             with torch.no_grad():
                 ref_v = ctx.policy.reference_velocity(x_s, sig, cond)

@@ -6,9 +6,12 @@ package returns ``(mu, sigma)`` per (image, prompt) and the score is ``mu``. The
 project's ``transformers>=5``, so two ways to run it are supported:
 
 - **isolated** (recommended): install ``hpsv3`` in its own virtualenv and pass
-  ``python="/path/to/hps-venv/bin/python"``. A persistent worker process is started there;
-  images travel as PNG files in a temporary folder, scores come back as JSON lines. The
-  worker runs with ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``.
+  ``python="/path/to/hps-venv/bin/python"``. A persistent worker process is started there.
+  Each reward call sends all its images through the worker's stdin in memory, as one
+  JSON header line (prompts, shape, batch size) followed by the raw 8-bit RGB pixels, so no
+  file is written and nothing is encoded; the worker rebuilds PIL images, scores them in
+  chunks of ``batch_size`` and answers with one JSON line. The worker runs with
+  ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``.
 - **in-process**: when ``python`` is not given, ``hpsv3`` is imported here (only works in an
   environment where its pins are satisfied).
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,8 @@ _INSTALL = (
 )
 _MARK = "@@cgrpo-hpsv3@@ "
 
-# Runs inside the hpsv3 environment: load once, then answer JSON requests line by line.
+# Runs inside the hpsv3 environment: load once, then answer requests: a JSON header line
+# {"prompts", "shape": [n, h, w], "batch_size"} followed by n*h*w*3 bytes of RGB pixels.
 _WORKER = r"""
 import json, os, sys
 MARK = "@@cgrpo-hpsv3@@ "
@@ -52,6 +55,7 @@ out = sys.stdout
 sys.stdout = sys.stderr  # the package's own prints must not reach the protocol stream
 args = json.loads(sys.argv[1])
 try:
+    from PIL import Image
     from hpsv3 import HPSv3RewardInferencer
     inf = HPSv3RewardInferencer(config_path=args["config_path"],
                                 checkpoint_path=args["checkpoint_path"], device=args["device"])
@@ -59,27 +63,47 @@ except Exception as exc:
     out.write(MARK + json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n"); out.flush()
     sys.exit(1)
 torch = sys.modules.get("torch")
+stdin = sys.stdin.buffer
 out.write(MARK + json.dumps({"ready": True}) + "\n"); out.flush()
-for line in sys.stdin:
+while True:
+    line = stdin.readline()
+    if not line:
+        break
     req = json.loads(line)
+    n, h, w = req["shape"]
+    size = h * w * 3
+    data = stdin.read(n * size)
     try:
-        if torch is not None:
-            with torch.no_grad():
-                r = inf.reward(req["images"], req["prompts"])
-        else:
-            r = inf.reward(req["images"], req["prompts"])
-        res = {"scores": [float(row[0]) for row in r]}
+        if len(data) != n * size:
+            raise EOFError(f"got {len(data)} of {n * size} pixel bytes")
+        images = [Image.frombuffer("RGB", (w, h), data[i * size:(i + 1) * size], "raw", "RGB", 0, 1)
+                  for i in range(n)]
+        scores, b = [], req["batch_size"]
+        for lo in range(0, n, b):
+            chunk, ps = images[lo:lo + b], req["prompts"][lo:lo + b]
+            if torch is not None:
+                with torch.no_grad():
+                    r = inf.reward(chunk, ps)
+            else:
+                r = inf.reward(chunk, ps)
+            scores += [float(row[0]) for row in r]
+        res = {"scores": scores}
     except Exception as exc:
         res = {"error": f"{type(exc).__name__}: {exc}"}
     out.write(MARK + json.dumps(res) + "\n"); out.flush()
 """
 
 
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, C-contiguous (what a PNG would hold)."""
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return np.ascontiguousarray(arr)
+
+
 def _to_pil(images: torch.Tensor) -> list[Any]:
     from PIL import Image
 
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+    return [Image.fromarray(a) for a in _to_uint8(images)]
 
 
 class HPSv3Reward:
@@ -120,7 +144,7 @@ class HPSv3Reward:
         self.device = str(resolve_device(device))
         self.batch_size = batch_size
         self.inferencer: Any = None
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         if python is None:
             self._start_in_process()
         else:
@@ -155,7 +179,6 @@ class HPSv3Reward:
             [python, "-c", _WORKER, json.dumps(args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
             env=full_env,
         )
         msg = self._read()
@@ -165,23 +188,28 @@ class HPSv3Reward:
 
     def _read(self) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
+        mark = _MARK.encode()
         for line in self.proc.stdout:
-            if line.startswith(_MARK):
-                return json.loads(line[len(_MARK) :])
+            if line.startswith(mark):
+                return json.loads(line[len(mark) :].decode("utf-8"))
         code = self.proc.wait()
         return {"error": f"worker exited with code {code} (see its stderr above)"}
 
     def _score_worker(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
+        """All of a call's images in one message: a JSON header line, then the raw pixels."""
         assert self.proc is not None and self.proc.stdin is not None
-        with tempfile.TemporaryDirectory(prefix="cgrpo-hpsv3-") as tmp:
-            paths = []
-            for i, im in enumerate(_to_pil(images)):
-                p = os.path.join(tmp, f"{i:05d}.png")
-                im.save(p)
-                paths.append(p)
-            self.proc.stdin.write(json.dumps({"images": paths, "prompts": prompts}) + "\n")
+        arr = _to_uint8(images)
+        n, h, w, _ = arr.shape
+        head = {"prompts": list(prompts), "shape": [n, h, w], "batch_size": self.batch_size}
+        try:
+            self.proc.stdin.write(json.dumps(head).encode("utf-8") + b"\n")
+            self.proc.stdin.write(arr.tobytes())
             self.proc.stdin.flush()
-            msg = self._read()
+        except BrokenPipeError:
+            raise RuntimeError(
+                f"hpsv3 reward: the worker has exited (code {self.proc.poll()}); see its stderr"
+            ) from None
+        msg = self._read()
         if "scores" not in msg:
             raise RuntimeError(f"hpsv3 reward: worker error: {msg.get('error')}")
         return [float(s) for s in msg["scores"]]
@@ -198,11 +226,11 @@ class HPSv3Reward:
         imgs, prompts, _ = check_batch(images, prompts, references, need_references=False)
         scores: list[float] = []
         with torch.no_grad():
-            for i in range(0, imgs.shape[0], self.batch_size):
-                chunk, ps = imgs[i : i + self.batch_size], prompts[i : i + self.batch_size]
-                if self.proc is not None:
-                    scores += self._score_worker(chunk, ps)
-                else:
+            if self.proc is not None:  # one message; the worker batches
+                scores = self._score_worker(imgs, prompts)
+            else:
+                for i in range(0, imgs.shape[0], self.batch_size):
+                    chunk, ps = imgs[i : i + self.batch_size], prompts[i : i + self.batch_size]
                     scores += self._score_in_process(chunk, ps)
         if len(scores) != imgs.shape[0]:
             raise RuntimeError(f"hpsv3 reward: got {len(scores)} scores for {imgs.shape[0]} images")

@@ -5,9 +5,11 @@ GRPO trains only a peft LoRA (adapter ``"default"``) on the transformer blocks
 weights even when the frozen base is bfloat16. :func:`save_lora` writes it as
 diffusers-style safetensors (keys prefixed ``transformer.``, the adapter's config in the
 ``lora_adapter_metadata`` diffusers reads), which :func:`load_lora` reads back and diffusers'
-``FluxPipeline.load_lora_weights`` loads at the trained scale ``alpha / r``. :func:`merge_lora` folds a LoRA file (this format, diffusers/peft, kohya or
-XLabs, e.g. UNO's ``dit_lora.safetensors``) into the frozen base weights: that is
-``FluxConfig.start_lora``, the starting model that the reference policy also sees.
+``FluxPipeline.load_lora_weights`` loads at the trained scale ``alpha / r``.
+:func:`merge_lora` folds a LoRA file (this format, diffusers/peft, kohya or XLabs, e.g.
+UNO's ``dit_lora.safetensors``) into the frozen base weights: that is
+``FluxConfig.start_lora``, the starting model that the reference policy also sees. nft's
+old policy is a second adapter, ``"old"`` (:func:`add_old_adapter`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import torch
 from cgrpo.checkpoint import atomic_write
 from cgrpo.policies.flux.config import FluxConfig, FluxWeightsError
 
-__all__ = ["add_old_adapter", "adapter_params", "inject_lora", "load_lora", "merge_lora", "save_lora"]
+__all__ = [
+    "add_old_adapter",
+    "adapter_params",
+    "inject_lora",
+    "load_lora",
+    "merge_lora",
+    "save_lora",
+]
 
 _ADAPTER = "default"
 OLD_ADAPTER = "old"  # nft's old policy: a second, frozen adapter on the same layers
@@ -68,7 +77,9 @@ def inject_lora(transformer: torch.nn.Module, config: FluxConfig) -> float:
     return alpha
 
 
-def adapter_params(transformer: torch.nn.Module, adapter: str = _ADAPTER) -> dict[str, torch.nn.Parameter]:
+def adapter_params(
+    transformer: torch.nn.Module, adapter: str = _ADAPTER
+) -> dict[str, torch.nn.Parameter]:
     """The LoRA parameters of one adapter by name (peft names them ``...lora_A.<adapter>...``)."""
     tag = f".{adapter}."
     return {n: p for n, p in transformer.named_parameters() if "lora_" in n and tag in n}
