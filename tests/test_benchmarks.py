@@ -93,3 +93,8 @@ def test_flux_step_times_every_schedule_and_objective() -> None:
     rows = [ln.split() for ln in out.splitlines() if ln.split()[:1] and ln.split()[0] in (
         "grpo_full", "grpo_window", "grpo_branch", "nft_full", "nft_branch")]  # fmt: skip
     assert len(rows) == 5 and all(float(r[3]) > 0 for r in rows)
+
+
+def test_hps_worker_speed_prints_images_per_second() -> None:
+    out = _run("benchmarks/hps_worker_speed.py", "--images", "4", "--size", "16", "--repeats", "1")
+    assert "images/s" in out and "4 images of 16 px" in out
