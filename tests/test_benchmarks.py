@@ -98,3 +98,11 @@ def test_flux_step_times_every_schedule_and_objective() -> None:
 def test_hps_worker_speed_prints_images_per_second() -> None:
     out = _run("benchmarks/hps_worker_speed.py", "--images", "4", "--size", "16", "--repeats", "1")
     assert "images/s" in out and "4 images of 16 px" in out
+
+
+def test_gradient_snr_prints_each_variant(tiny_weights: Path) -> None:
+    out = _run(
+        "benchmarks/gradient_snr.py", "--draws", "2", "--variants", "grpo_branch", "nft_full",
+        f"model.weights={tiny_weights}", *TINY,
+    )  # fmt: skip
+    assert "grpo_branch" in out and "nft_full" in out and "cosine" in out
