@@ -102,7 +102,7 @@ def test_hps_worker_speed_prints_images_per_second() -> None:
 
 def test_gradient_snr_prints_each_variant(tiny_weights: Path) -> None:
     out = _run(
-        "benchmarks/gradient_snr.py", "--draws", "2", "--variants", "grpo_branch", "nft_full",
-        f"model.weights={tiny_weights}", *TINY,
+        "benchmarks/gradient_snr.py", "--draws", "2", f"model.weights={tiny_weights}", *TINY,
+        "--variants", "grpo_branch", "nft_full",
     )  # fmt: skip
     assert "grpo_branch" in out and "nft_full" in out and "cosine" in out
