@@ -80,10 +80,12 @@ def gradients(overrides: list[str], draws: int, seed: int) -> tuple[torch.Tensor
 def snr(g: torch.Tensor) -> tuple[float, float, float]:
     """(signal |G|^2, noise tr(S), SNR) from R step gradients (R, P)."""
     r = g.shape[0]
+    if r < 2:
+        raise SystemExit("gradient_snr: fewer than 2 finite steps were drawn; raise --draws")
     mean = g.mean(0)
     noise = float(((g - mean) ** 2).sum() / (r - 1))
     signal = float(mean.pow(2).sum()) - noise / r
-    return signal, noise, signal / noise
+    return signal, noise, signal / noise if noise > 0 else float("nan")
 
 
 def main() -> None:
