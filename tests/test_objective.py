@@ -200,3 +200,15 @@ def test_nft_on_tiny_flux_keeps_the_old_policy_as_a_second_adapter(
     pol.load_trainable_state_dict(old_as_default)
     torch.testing.assert_close(pol.velocity(x, sig, cond), v_old)
     assert all(p.requires_grad for p in pol.trainable_parameters())
+
+
+def test_nft_center_makes_each_groups_shaped_advantage_zero_mean() -> None:
+    """SARS's bonus is not zero-mean; with center, 2r - 1 sums to zero in every group (no
+    net pull toward or away from the model's own samples)."""
+    a = torch.tensor([1.0, 2.0, -0.5, 0.3, 0.3, 4.0])
+    ids = torch.tensor([7, 7, 2, 2, 7, 2])
+    out = NFTObjective(center=True).prepare(a, ids)
+    for g in (7, 2):
+        assert out[ids == g].sum().abs() < 1e-6
+        torch.testing.assert_close(out[ids == g], a[ids == g] - a[ids == g].mean())
+    assert torch.equal(NFTObjective().prepare(a, ids), a)

@@ -97,6 +97,10 @@ class Objective:
         """The old policy's soft-update decay after training step ``step`` (1-based)."""
         return 0.0
 
+    def prepare(self, shaped: Tensor, group_ids: Tensor) -> Tensor:
+        """The shaped advantages of a whole step as the loss takes them (default: as is)."""
+        return shaped
+
 
 @OBJECTIVES.register("grpo")
 @dataclass(frozen=True)
@@ -157,6 +161,12 @@ class NFTObjective(Objective):
     decay_rate: float = option(0.001, "old-policy decay: rise per training step after flat")
     decay_max: float = option(0.5, "old-policy decay: its ceiling (0: the old policy is on-policy)")
     sample_old: bool = option(True, "draw the rollouts with the old policy (DiffusionNFT's)")
+    center: bool = option(
+        False,
+        "subtract each group's mean of the shaped advantage before r: SARS's bonus is not "
+        "zero-mean, and a non-zero mean of 2r - 1 is a net pull toward (or push away from) "
+        "the model's own samples",
+    )
 
     def __post_init__(self) -> None:
         if not self.beta > 0 or not self.adv_clip > 0:
@@ -180,6 +190,14 @@ class NFTObjective(Objective):
 
     def decay(self, step: int) -> float:
         return min(self.decay_max, self.decay_rate * max(0, step - self.decay_flat))
+
+    def prepare(self, shaped: Tensor, group_ids: Tensor) -> Tensor:
+        if not self.center:
+            return shaped
+        _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+        sums = torch.zeros(len(counts), dtype=shaped.dtype, device=shaped.device)
+        sums.index_add_(0, inverse, shaped)
+        return shaped - (sums / counts.to(shaped.dtype))[inverse]
 
     def loss(
         self, ctx: LossContext, roll: Rollout, t: int, idx: Tensor, adv: Tensor

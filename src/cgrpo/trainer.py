@@ -197,10 +197,17 @@ class GRPOTrainer:
             for t in steps
         }
 
-    def update(self, roll: Rollout, adv: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The objective's updates on a random subset of its steps. When any chunk's loss
-        is non-finite, nothing of the update stays: weights, optimizer, EMA and old policy
-        are as before it (``{"nonfinite_loss": 1.0}`` is returned)."""
+    def update(
+        self,
+        roll: Rollout,
+        adv: dict[str, torch.Tensor],
+        group_ids: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """The objective's updates on a random subset of its steps, from each reward's
+        advantages of the WHOLE step (every process's samples, with their ``group_ids``;
+        one process: ``roll.group_ids``). When any chunk's loss is non-finite, nothing of
+        the update stays: weights, optimizer, EMA and old policy are as before it
+        (``{"nonfinite_loss": 1.0}`` is returned)."""
         cfg, pol, obj = self.cfg, self.policy, self.objective
         gen = self.state.generator
         T = roll.num_steps  # weights are looked up on the full schedule, at the true index
@@ -227,7 +234,13 @@ class GRPOTrainer:
         mine = perm[(perm >= self.shard.start) & (perm < self.shard.stop)]
         order = mine - self.shard.start
         chunks = [c for c in order.chunk(cfg.grpo.updates_per_rollout) if len(c)]
-        shaped = self.shaped_advantages({k: a.to(pol.device) for k, a in adv.items()}, steps, T)
+        ids = (roll.group_ids if group_ids is None else group_ids).to(pol.device)
+        shaped = {
+            t: obj.prepare(a, ids)[self.shard]  # shaped on the whole step, then this shard's
+            for t, a in self.shaped_advantages(
+                {k: a.to(pol.device) for k, a in adv.items()}, steps, T
+            ).items()
+        }
         snap = self.state.snapshot() if len(chunks) > 1 else None
         totals: dict[str, float] = {}
         count = 0
@@ -295,7 +308,7 @@ class GRPOTrainer:
         if all(n in adv for n in self.pair):
             shares = relation_shares(adv[self.pair[0]], adv[self.pair[1]])
             metrics.update({f"share/{k}": v for k, v in shares.items()})
-        stats = self.update(roll, {k: a[self.shard] for k, a in adv.items()})
+        stats = self.update(roll, adv, group_ids)
         t3 = time.perf_counter()
         skipped = "nonfinite_loss" in stats
         metrics.update(stats)
