@@ -66,6 +66,11 @@ ARMS: dict[str, list[str]] = {
         "sampler.schedule.kind=branch", "sampler.schedule.k=2", "method.objective.kind=nft",
         "method.objective.kl_coef=0", "grpo.timestep_fraction=0.3",
     ],
+    "nft_centered": [
+        "sampler.schedule.kind=full", "method.objective.kind=nft",
+        "method.objective.kl_coef=0", "method.objective.center=true",
+        "grpo.timestep_fraction=0.3",
+    ],
     "supervised": [],  # the calibration (see supervised())
 }  # fmt: skip
 LABELS = {
@@ -74,6 +79,7 @@ LABELS = {
     "grpo_branch": "GRPO, branch k=2 (Flow-GRPO-Fast)",
     "nft_full": "NFT, full SDE rollouts",
     "nft_branch": "NFT, branch k=2 rollouts",
+    "nft_centered": "NFT, full, group-centred advantages",
     "supervised": "supervised FM on the truth (reference)",
 }
 PHASES = ("sample", "reward", "update")
@@ -276,7 +282,7 @@ def _pct(g: tuple[float, float]) -> str:
 
 
 def write_report(figs: list[dict], doc: Path, command: str, base: dict, truth: dict,
-                 budget: float, eval_images: int) -> None:  # fmt: skip
+                 budget: float, eval_images: int, notes: str = "") -> None:  # fmt: skip
     img = doc.parent / "images" / "learning_efficiency.png"
     plot(figs, img, budget)
     b, t = base["overall"], truth["overall"]
@@ -335,6 +341,8 @@ def write_report(figs: list[dict], doc: Path, command: str, base: dict, truth: d
         "old policy.",
         "",
     ]
+    if notes:
+        lines += [notes.rstrip(), ""]
     doc.parent.mkdir(parents=True, exist_ok=True)
     tmp = doc.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
@@ -351,6 +359,9 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=Path("docs/learning_efficiency.md"))
     ap.add_argument("--eval-images", type=int, default=2, help="noises per held-out pair")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument(
+        "--notes", type=Path, default=None, help="markdown appended to the report (the reading)"
+    )
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
@@ -378,7 +389,8 @@ def main() -> None:
     if not figs:
         raise SystemExit(f"no finished run under {args.out}; run without --report-only first")
     command = "python benchmarks/learning_efficiency.py " + shlex.join(sys.argv[1:])
-    write_report(figs, args.doc, command.strip(), base, truth, args.budget, args.eval_images)
+    notes = args.notes.read_text() if args.notes else ""
+    write_report(figs, args.doc, command.strip(), base, truth, args.budget, args.eval_images, notes)
     print(f"wrote {args.doc}")
 
 
