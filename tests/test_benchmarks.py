@@ -106,3 +106,22 @@ def test_gradient_snr_prints_each_variant(tiny_weights: Path) -> None:
         "--variants", "grpo_branch", "nft_full",
     )  # fmt: skip
     assert "grpo_branch" in out and "nft_full" in out and "cosine" in out
+
+
+def test_gpu_check_stops_at_once_without_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("a GPU is present: the check itself runs (minutes), not its refusal")
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert (
+        proc.returncode == 2
+        and "no CUDA device" in proc.stderr
+        and "nothing was run" in proc.stderr
+    )
