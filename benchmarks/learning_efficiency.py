@@ -315,7 +315,11 @@ def write_report(figs: list[dict], doc: Path, command: str, base: dict, truth: d
             for r in REWARDS:
                 vals = [s[what][r] for s in ss if r in s[what]]
                 m = float(np.mean([v[0] for v in vals]))
-                se = math.sqrt(sum(v[1] ** 2 for v in vals)) / len(vals)
+                means = [v[0] for v in vals]
+                if len(vals) > 1:  # seed to seed: data, noise and training all vary
+                    se = float(np.std(means, ddof=1) / math.sqrt(len(vals)))
+                else:  # one seed: its paired SE (evaluation noise only)
+                    se = vals[0][1]
                 cells.append(_pct((m, se)) if what == "gap" else f"{m:+.4f} ± {se:.4f}")
         steps = f"{np.mean([s['steps'] for s in ss]):.0f}"
         lines.append(
@@ -323,7 +327,9 @@ def write_report(figs: list[dict], doc: Path, command: str, base: dict, truth: d
         )
     lines += [
         "",
-        "Mean over seeds; the ± is the SE of that mean (the seeds' paired SEs combined). Per seed:",
+        "Mean over seeds; the ± is the standard error of that mean across seeds (it holds the "
+        "seed-to-seed spread of training, not only the evaluation noise; with one seed, the "
+        "paired SE). Per seed, with each seed's paired SE:",
         "",
         "| arm | seed | steps | gap closed identity | gap closed prompt |",
         "|---|---|---|---|---|",
