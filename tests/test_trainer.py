@@ -48,8 +48,9 @@ def test_short_run_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
         assert 0 <= r["reward/identity/mean"] <= 1 and 0 <= r["reward/prompt/mean"] <= 1
         shares = r["share/synergy"] + r["share/conflict"] + r["share/joint_failure"]
         assert shares == pytest.approx(1.0)
-        sde_steps = cfg.sampler.num_steps - cfg.sampler.ode_tail
-        assert r["trained_steps"] == max(1, round(0.6 * sde_steps))
+        s = cfg.sampler  # the default schedule's SDE steps (the branch: its k)
+        sde_steps = sum(s.schedule.sde_mask(s.num_steps, s.ode_tail, 0, torch.Generator()))
+        assert r["trained_steps"] == max(1, round(cfg.grpo.timestep_fraction * sde_steps))
         assert r["sec_sample"] > 0 and r["sec_update"] > 0
     # the update changed the weights
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
@@ -86,8 +87,9 @@ def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path, ode_
     """Every re-scored transition is weighted by TDW at its own denoising index, and the
     deterministic tail steps are never trained."""
     cfg = fast_config(
-        tmp_path / "run", tiny_weights, "sampler.num_steps=8", f"sampler.ode_tail={ode_tail}"
-    )
+        tmp_path / "run", tiny_weights, "sampler.num_steps=8", f"sampler.ode_tail={ode_tail}",
+        "sampler.schedule.kind=full", "grpo.timestep_fraction=0.6",
+    )  # fmt: skip
     trainer = GRPOTrainer(cfg)
     sigmas = sigma_schedule(8, cfg.sampler.shift)
     weighted: list[int] = []
@@ -274,7 +276,10 @@ def test_trainer_leaves_the_callers_config(tmp_path: Path, tiny_weights: Path) -
 
 def test_rollout_carries_its_sde_steps(tmp_path: Path, tiny_weights: Path) -> None:
     """Defect: num_sde_steps was inferred from finite log-probs, so a NaN shrank it."""
-    cfg = fast_config(tmp_path / "run", tiny_weights, "sampler.num_steps=4", "sampler.ode_tail=1")
+    cfg = fast_config(
+        tmp_path / "run", tiny_weights, "sampler.num_steps=4", "sampler.ode_tail=1",
+        "sampler.schedule.kind=full",
+    )  # fmt: skip
     trainer = GRPOTrainer(cfg)
     roll, _, _ = trainer.rollout()
     assert roll.num_sde_steps == 3
