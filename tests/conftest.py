@@ -50,6 +50,19 @@ def fast_config(out_dir: Path, weights: Path, *overrides: str) -> TrainConfig:
     return load_config(TrainConfig, EMBEDDED_CONFIG, [*base, *overrides])
 
 
+def straight_and_resumed(tmp_path: Path, weights: Path, args: list[str]):
+    """Two trainers of :func:`fast_config` + ``args``: one run straight to step 4, one run
+    to step 2, then resumed from its checkpoint to step 4 (compare them after)."""
+    from cgrpo.trainer import GRPOTrainer
+
+    straight = GRPOTrainer(fast_config(tmp_path / "a", weights, "run.steps=4", *args))
+    straight.train(quiet=True)
+    GRPOTrainer(fast_config(tmp_path / "b", weights, "run.steps=2", *args)).train(quiet=True)
+    resumed = GRPOTrainer(fast_config(tmp_path / "b", weights, "run.steps=4", *args))
+    resumed.train(resume=True, quiet=True)
+    return straight, resumed
+
+
 def record_weighted_steps(trainer) -> list[int]:
     """Make ``trainer``'s weighting record each step index it is asked for; returns the
     list it appends to (the weights themselves are the strategy's own)."""

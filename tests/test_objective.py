@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import fast_config, record_weighted_steps
+from tests.conftest import fast_config, record_weighted_steps, straight_and_resumed
 
 from cgrpo.loss import nft_loss, optimality
 from cgrpo.objective import OBJECTIVES, NFTObjective, forward_noise
@@ -143,11 +143,7 @@ def test_nft_trains_with_tdw_at_the_sampling_index(tmp_path: Path, tiny_weights:
 
 def test_nft_resume_equals_uninterrupted(tmp_path: Path, tiny_weights: Path) -> None:
     args = ["sampler.num_steps=4", "run.eval=false", "method.objective.decay_rate=0.3", *NFT]
-    straight = GRPOTrainer(fast_config(tmp_path / "a", tiny_weights, "run.steps=4", *args))
-    straight.train(quiet=True)
-    GRPOTrainer(fast_config(tmp_path / "b", tiny_weights, "run.steps=2", *args)).train(quiet=True)
-    resumed = GRPOTrainer(fast_config(tmp_path / "b", tiny_weights, "run.steps=4", *args))
-    resumed.train(resume=True, quiet=True)
+    straight, resumed = straight_and_resumed(tmp_path, tiny_weights, args)
     assert all(torch.equal(p, q) for p, q in zip(straight.params, resumed.params, strict=True))
     so, ro = straight.policy.old_state_dict(), resumed.policy.old_state_dict()
     assert all(torch.equal(so[k], ro[k]) for k in so)

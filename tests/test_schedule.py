@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import fast_config, record_weighted_steps
+from tests.conftest import fast_config, record_weighted_steps, straight_and_resumed
 
 from cgrpo.rollout import sample_groups, sample_ode
 from cgrpo.schedule import SCHEDULES, BranchSchedule, FullSchedule, WindowSchedule
@@ -121,11 +121,7 @@ def test_resume_equals_uninterrupted(
     tmp_path: Path, tiny_weights: Path, schedule: list[str]
 ) -> None:
     args = ["sampler.num_steps=4", "run.eval=false", *schedule]
-    straight = GRPOTrainer(fast_config(tmp_path / "a", tiny_weights, "run.steps=4", *args))
-    straight.train(quiet=True)
-    GRPOTrainer(fast_config(tmp_path / "b", tiny_weights, "run.steps=2", *args)).train(quiet=True)
-    resumed = GRPOTrainer(fast_config(tmp_path / "b", tiny_weights, "run.steps=4", *args))
-    resumed.train(resume=True, quiet=True)
+    straight, resumed = straight_and_resumed(tmp_path, tiny_weights, args)
     assert all(torch.equal(p, q) for p, q in zip(straight.params, resumed.params, strict=True))
 
 
