@@ -32,6 +32,7 @@ from tqdm import tqdm
 from cgrpo.distributed import Dist
 from cgrpo.policies.base import Policy
 from cgrpo.reward_set import RewardSet
+from cgrpo.rewards.images import to_uint8
 from cgrpo.rollout import sample_ode
 
 __all__ = [
@@ -84,11 +85,6 @@ class EvalPairs:
 def image_seed(seed: int, pair: int, k: int) -> int:
     """The noise seed of draw ``k`` of pair ``pair``: ``seed * 1_000_003 + pair * 1_009 + k``."""
     return seed * 1_000_003 + pair * 1_009 + k
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``round(clamp(x, 0, 1) * 255)`` as uint8: the 8-bit image a PNG stores."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:

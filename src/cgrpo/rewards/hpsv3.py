@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgrpo.rewards.images import check_batch, resolve_device
+from cgrpo.rewards.images import check_batch, resolve_device, to_uint8
 
 __all__ = ["HPSv3Reward"]
 
@@ -96,8 +96,7 @@ while True:
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, C-contiguous (what a PNG would hold)."""
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(to_uint8(images).permute(0, 2, 3, 1).cpu().numpy())
 
 
 def _to_pil(images: torch.Tensor) -> list[Any]:

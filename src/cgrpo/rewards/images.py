@@ -36,6 +36,7 @@ __all__ = [
     "load_images",
     "normalize",
     "resize_center_crop",
+    "to_uint8",
     "resolve_device",
 ]
 
@@ -100,6 +101,11 @@ def load_image(
             "PIL can decode: replace it with a valid PNG or JPEG (download or export it again)"
         ) from exc
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``round(clamp(x, 0, 1) * 255)`` as uint8: the 8-bit image a PNG stores."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def check_image(path: str | Path) -> str | None:

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgrpo.rewards.images import to_uint8
+
 __all__ = ["RUBRICS", "VLMJudgeError", "VLMJudgeReward", "parse_score"]
 
 #: The shipped rubrics: ``{prompt}`` is replaced by the image's prompt; ``{scale}`` by the
@@ -91,7 +93,7 @@ def _data_url(image: torch.Tensor) -> str:
     """(3, H, W) in [0, 1] -> ``data:image/png;base64,...`` (8-bit, as saved images)."""
     from PIL import Image
 
-    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = to_uint8(image)
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr.permute(1, 2, 0).cpu().numpy())).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
