@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cgrpo.trainer import PHASES  # the timed phases of a step: metrics sec_<phase>
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: arm -> overrides of the embedded default (each arm sets its schedule and objective).
@@ -82,7 +84,6 @@ LABELS = {
     "nft_centered": "NFT, full, group-centred advantages",
     "supervised": "supervised FM on the truth (reference)",
 }
-PHASES = ("sample", "reward", "update")
 REWARDS = ("identity", "prompt")
 
 
@@ -122,7 +123,7 @@ def supervised(cfg, budget: float) -> None:
     from cgrpo.build import build_policy
     from cgrpo.config import config_to_dict, save_config
     from cgrpo.world import scene
-    from cgrpo.world.pretrain import PretrainConfig, make_batch
+    from cgrpo.world.pretrain import PretrainConfig, flow_matching_loss, make_batch
 
     torch.set_num_threads(cfg.run.threads or torch.get_num_threads())
     torch.manual_seed(cfg.run.seed)
@@ -143,11 +144,7 @@ def supervised(cfg, budget: float) -> None:
     while spent < budget:
         t0 = time.perf_counter()
         prompts, refs, x0 = make_batch(rng, subjects, batch, pcfg)
-        sigma = torch.sigmoid(torch.randn(batch))
-        noise = torch.randn_like(x0)
-        s = sigma[:, None, None, None]
-        v = model((1 - s) * x0 + s * noise, sigma, tok(prompts), refs)
-        loss = (v - (noise - x0)).pow(2).mean()
+        loss = flow_matching_loss(model, tok, prompts, refs, x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)

@@ -87,6 +87,18 @@ def make_batch(
     return prompts, to_model_range(np.stack(refs)), to_model_range(np.stack(targets))
 
 
+def flow_matching_loss(
+    model: TinyKontext, tok: Tokenizer, prompts: list[str], refs: torch.Tensor, x0: torch.Tensor
+) -> torch.Tensor:
+    """The rectified-flow loss of one batch (the module docstring's formula): draws
+    ``sigma ~ logit-normal(0, 1)`` and the noise from the global RNG."""
+    sigma = torch.sigmoid(torch.randn(x0.shape[0]))
+    noise = torch.randn_like(x0)
+    s = sigma[:, None, None, None]
+    v = model((1 - s) * x0 + s * noise, sigma, tok(prompts), refs)
+    return (v - (noise - x0)).pow(2).mean()
+
+
 def save_generator(model: TinyKontext, path: str | Path, extra: dict | None = None) -> None:
     """Write the generator's weights (float16) and architecture atomically."""
     from safetensors.torch import save_file
@@ -150,12 +162,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     bar = tqdm(range(cfg.steps), desc="pretrain", mininterval=5)
     for step in bar:
         prompts, refs, x0 = make_batch(rng, train_subjects, cfg.batch_size, cfg)
-        sigma = torch.sigmoid(torch.randn(cfg.batch_size))
-        noise = torch.randn_like(x0)
-        s = sigma[:, None, None, None]
-        xt = (1 - s) * x0 + s * noise
-        v = model(xt, sigma, tok(prompts), refs)
-        loss = (v - (noise - x0)).pow(2).mean()
+        loss = flow_matching_loss(model, tok, prompts, refs, x0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
