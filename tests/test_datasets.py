@@ -68,8 +68,18 @@ def test_jsonl_errors_name_the_file(pairs_dir: Path) -> None:
         JsonlPairs(missing, 8)
     bad = pairs_dir / "bad.jsonl"
     bad.write_text(json.dumps({"image": "img/a.png", "prompt": "x"}))
-    with pytest.raises(DatasetError, match="'reference' and 'prompt'"):
+    with pytest.raises(DatasetError, match="line 1 needs exactly one of 'reference'"):
         JsonlPairs(bad, 8)
+    both = {"reference": "img/a.png", "references": ["img/a.png"], "prompt": "x"}
+    for rec, why in [
+        (both, "exactly one of"),
+        ({"references": [], "prompt": "x"}, "non-empty list"),
+        ({"references": ["img/a.png", 3], "prompt": "x"}, "non-empty list of string paths"),
+        ({"reference": "img/a.png"}, "string field 'prompt'"),
+    ]:
+        bad.write_text(json.dumps(rec))
+        with pytest.raises(DatasetError, match=why):
+            JsonlPairs(bad, 8)
     with pytest.raises(DatasetError, match="not found"):
         JsonlPairs(pairs_dir / "nothing.jsonl", 8)
 
@@ -183,3 +193,47 @@ def test_dreambench_pairs() -> None:
 def test_dreambench_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found"):
         DreamBenchPairs(tmp_path / "nope")
+
+
+def test_keep_aspect_and_multi_reference_batches(pairs_dir: Path) -> None:
+    """kontext/uno preparation needs the whole image; several references per pair come as
+    a ReferenceBatch whose view is exactly the square crop the square datasets return."""
+    from cgrpo.references import ReferenceBatch, reward_view
+
+    a, b = pairs_dir / "img" / "a.png", pairs_dir / "img" / "b.jpg"
+    rows = [
+        {"reference": "img/a.png", "prompt": "a dog"},
+        {"references": ["img/b.jpg", "img/a.png"], "prompt": "a dog and a can"},
+    ]
+    f = pairs_dir / "multi.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    for keep in (False, True):
+        src = JsonlPairs(f, image_size=8, eval_count=2, keep_aspect=keep)
+        assert src.entries[1].references == (b, a)
+        refs, prompts, _ = src.eval_pairs()
+        assert isinstance(refs, ReferenceBatch) and refs.counts == [1, 2]
+        crop = [load_image(p, 8, crop=True, exif_transpose=False) for p in (a, b)]
+        assert torch.equal(reward_view(refs), torch.stack(crop))
+        rows_k, second = refs.views(1)
+        assert rows_k.tolist() == [1] and torch.equal(second[0], crop[0])
+        whole = refs.images[1][0]
+        assert whole.shape == ((3, 30, 16) if keep else (3, 8, 8))
+        rep = refs.repeat_interleave(3)[1:5]  # indexes like the tensor it stands for
+        assert rep.counts == [1, 1, 2, 2] and rep.view.shape == (4, 3, 8, 8)
+        assert rep.images[2][0] is refs.images[1][0]  # repeats share the images
+    single = pairs_dir / "single.jsonl"
+    single.write_text(json.dumps(rows[0]))
+    assert isinstance(JsonlPairs(single, 8).sample(2, random.Random(0))[0], torch.Tensor)
+    whole = JsonlPairs(single, 8, keep_aspect=True).sample(2, random.Random(0))[0]
+    assert isinstance(whole, ReferenceBatch) and whole.images[0][0].shape == (3, 20, 40)
+
+
+@pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="needs ../shared/data/dreambench")
+def test_dreambench_keep_aspect_gives_whole_photos_and_the_same_view() -> None:
+    square = DreamBenchPairs(DREAMBENCH, 64, prompts_per_subject=1)
+    whole = DreamBenchPairs(DREAMBENCH, 64, prompts_per_subject=1, keep_aspect=True)
+    refs, _, names = square.eval_pairs()
+    batch, _, names2 = whole.eval_pairs()
+    assert names == names2 and torch.equal(batch.view, refs)
+    first = load_image(whole.references[names[0]], exif_transpose=False)
+    assert torch.equal(batch.images[0][0], first) and first.shape[-1] > 64

@@ -84,8 +84,8 @@ def test_pack_unpack_and_position_ids() -> None:
     tokens = pack_latents(z)
     assert tokens.shape == (2, 12, 16)
     assert torch.equal(unpack_latents(tokens, 6, 8), z)
-    img, ref_k = position_ids("kontext", 3, 4, 3, 4)
-    _, ref_u = position_ids("uno", 3, 4, 3, 4)
+    img, ref_k = position_ids("kontext", 3, 4, [(3, 4)])
+    _, ref_u = position_ids("uno", 3, 4, [(3, 4)])
     assert (img[:, 0] == 0).all() and img[:, 1].max() == 2 and img[:, 2].max() == 3
     assert (ref_k[:, 0] == 1).all() and torch.equal(ref_k[:, 1:], img[:, 1:])
     assert (ref_u[:, 0] == 0).all()

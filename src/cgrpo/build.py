@@ -56,15 +56,22 @@ def build_data(cfg: TrainConfig) -> PairSource:
         return EmbeddedData(d.attribute_prob, d.eval_prompts_per_subject, d.eval_seed)
     from cgrpo.datasets import DreamBenchPairs, JsonlPairs, PairsWithEval
 
-    size = cfg.flux.resolution
+    size, whole = cfg.flux.resolution, keeps_aspect(cfg)
     if d.kind == "dreambench":
-        return DreamBenchPairs(d.root, size, d.prompts_per_subject)
+        return DreamBenchPairs(d.root, size, d.prompts_per_subject, keep_aspect=whole)
     if d.path is None:
         raise ValueError("data.kind=jsonl needs data.path (a JSONL file of reference/prompt pairs)")
-    train = JsonlPairs(d.path, size, skip_bad=d.skip_bad)
+    train = JsonlPairs(d.path, size, skip_bad=d.skip_bad, keep_aspect=whole)
     if d.eval_root:
-        return PairsWithEval(train, DreamBenchPairs(d.eval_root, size, d.prompts_per_subject))
+        held_out = DreamBenchPairs(d.eval_root, size, d.prompts_per_subject, keep_aspect=whole)
+        return PairsWithEval(train, held_out)
     return train
+
+
+def keeps_aspect(cfg: TrainConfig) -> bool:
+    """Whether the datasets hand the policy whole references (it prepares them itself:
+    ``flux.reference_preprocess`` kontext or uno) rather than square crops."""
+    return cfg.model.kind == "flux" and cfg.flux.reference_preprocess != "square"
 
 
 def build_rewards(cfg: TrainConfig, device: str | None = None) -> RewardSet:

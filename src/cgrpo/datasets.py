@@ -7,11 +7,15 @@ All sources implement :class:`cgrpo.data.PairSource`:
 
 Images are read with :func:`cgrpo.rewards.images.load_image` (``crop=True``): RGB, resized
 so that the *shorter* side is ``image_size`` (bicubic) and centre-cropped to ``image_size`` x
-``image_size``: the policies take square references, and subject photos (DreamBench) are
-roughly centred.
+``image_size``; subject photos (DreamBench) are roughly centred. With ``keep_aspect``
+(``flux.reference_preprocess`` kontext or uno: the policy prepares each reference as its
+model's pipeline does) and for pairs with several references, the batch is a
+:class:`~cgrpo.references.ReferenceBatch`: the whole images, and the same square crops as
+its view for the rewards.
 
 * :class:`JsonlPairs`: a JSONL file (one object per line) or a JSON list of objects
-  ``{"reference": path, "prompt": str, "target": path (optional)}``, the shape of what
+  ``{"reference": path, "prompt": str, "target": path (optional)}`` (or
+  ``"references": [path, ...]``: several subjects in one image, UNO), the shape of what
   subject datasets such as SynCD provide once flattened; relative paths are resolved
   against the file's folder. ``target`` is checked and kept (``.entries``) but GRPO does
   not use it (it is online RL: the policy's own samples are scored).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from typing import Any
 import torch
 
 from cgrpo.data import PairSource
+from cgrpo.references import ReferenceBatch, References
 from cgrpo.rewards.images import check_image, load_image
 
 __all__ = [
@@ -50,10 +56,13 @@ class DatasetError(ValueError):
     """A data file is missing, empty, malformed or names an unreadable image."""
 
 
-def _load_reference(path: Path, image_size: int) -> torch.Tensor:
+def _load_reference(path: Path, image_size: int | None) -> torch.Tensor:
     """(3, S, S) float32 in [0, 1]: RGB, shorter side resized to S, centre crop, stored
-    orientation (no EXIF rotation); an unreadable file raises :class:`DatasetError`."""
+    orientation (no EXIF rotation); ``image_size=None``: the whole image at its stored size.
+    An unreadable file raises :class:`DatasetError`."""
     try:
+        if image_size is None:
+            return load_image(path, exif_transpose=False)
         return load_image(path, image_size, crop=True, exif_transpose=False)
     except ValueError as exc:
         raise DatasetError(str(exc)) from None
@@ -61,10 +70,32 @@ def _load_reference(path: Path, image_size: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PairEntry:
-    reference: Path
+    """One pair: its reference image(s) (several for UNO's multi-subject generation)."""
+
+    references: tuple[Path, ...]
     prompt: str
     target: Path | None = None
     name: str = ""
+
+    @property
+    def reference(self) -> Path:
+        return self.references[0]
+
+
+def _references(
+    groups: list[tuple[Path, ...]],
+    load: Callable[[Path, int | None], torch.Tensor],
+    image_size: int,
+    keep_aspect: bool,
+) -> References:
+    """The batch of the pairs whose reference files are ``groups``: a (B, 3, S, S) tensor of
+    square crops when every pair has one reference and the aspect is not kept, else a
+    :class:`~cgrpo.references.ReferenceBatch` (whole images when ``keep_aspect``)."""
+    views = [[load(p, image_size) for p in g] for g in groups]
+    if not keep_aspect and all(len(g) == 1 for g in groups):
+        return torch.stack([v[0] for v in views])
+    images = [[load(p, None) for p in g] for g in groups] if keep_aspect else views
+    return ReferenceBatch.from_pairs(images, views)
 
 
 def _read_records(path: Path) -> list[tuple[str, Any]]:
@@ -133,30 +164,33 @@ class JsonlPairs:
         image_size: int = 512,
         eval_count: int = 16,
         skip_bad: bool = False,
+        keep_aspect: bool = False,
     ) -> None:
         self.path = Path(path)
         self.image_size = image_size
         self.eval_count = eval_count
+        self.keep_aspect = keep_aspect
         root = self.path.parent
+
+        def resolve(name: str) -> Path:
+            p = Path(name)
+            return p if p.is_absolute() else root / p
+
         entries, images = [], []
         for line, rec in _read_records(self.path):
             where = f"'{self.path}' {line}"
             if not isinstance(rec, dict):
                 raise DatasetError(f"{where} is not an object")
-            if not isinstance(rec.get("reference"), str) or not isinstance(rec.get("prompt"), str):
-                raise DatasetError(f"{where} needs string fields 'reference' and 'prompt'")
+            refs = _reference_field(rec, where)
+            if not isinstance(rec.get("prompt"), str):
+                raise DatasetError(f"{where} needs a string field 'prompt'")
             if not rec["prompt"].strip():
                 raise DatasetError(f"{where} has an empty prompt")
-            files = {}
-            for key in ("reference", "target"):
-                if rec.get(key) is None:
-                    continue
-                p = Path(rec[key])
-                files[key] = p if p.is_absolute() else root / p
-                images.append((line, files[key]))
-            name = str(rec.get("name") or files["reference"].stem)
-            entry = PairEntry(files["reference"], rec["prompt"], files.get("target"), name)
-            entries.append((line, entry))
+            files = tuple(resolve(r) for r in refs)
+            target = resolve(rec["target"]) if rec.get("target") is not None else None
+            images += [(line, f) for f in files] + ([(line, target)] if target else [])
+            name = str(rec.get("name") or files[0].stem)
+            entries.append((line, PairEntry(files, rec["prompt"], target, name)))
         if not entries:
             raise DatasetError(f"pair file '{self.path}' holds no pairs")
         bad = check_files(
@@ -171,17 +205,36 @@ class JsonlPairs:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _batch(self, entries: list[PairEntry]) -> tuple[torch.Tensor, list[str]]:
-        refs = torch.stack([_load_reference(e.reference, self.image_size) for e in entries])
+    def _batch(self, entries: list[PairEntry]) -> tuple[References, list[str]]:
+        groups = [e.references for e in entries]
+        refs = _references(groups, _load_reference, self.image_size, self.keep_aspect)
         return refs, [e.prompt for e in entries]
 
-    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
         return self._batch([rng.choice(self.entries) for _ in range(n)])
 
-    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
         chosen = self.entries[: self.eval_count]
         refs, prompts = self._batch(chosen)
         return refs, prompts, [e.name for e in chosen]
+
+
+def _reference_field(rec: dict[str, Any], where: str) -> list[str]:
+    """A record's reference paths: ``"reference": path`` or ``"references": [path, ...]``
+    (several subjects, UNO's multi-reference generation), exactly one of the two."""
+    one, many = rec.get("reference"), rec.get("references")
+    if (one is None) == (many is None):
+        raise DatasetError(
+            f"{where} needs exactly one of 'reference' (a path) and 'references' (a list of "
+            "paths, several subjects)"
+        )
+    if one is not None:
+        if not isinstance(one, str):
+            raise DatasetError(f"{where}: 'reference' must be a string path")
+        return [one]
+    if not isinstance(many, list) or not many or not all(isinstance(r, str) for r in many):
+        raise DatasetError(f"{where}: 'references' must be a non-empty list of string paths")
+    return many
 
 
 LIVE_CLASSES = frozenset({"cat", "dog"})
@@ -226,10 +279,15 @@ class DreamBenchPairs:
     """
 
     def __init__(
-        self, root: str | Path, image_size: int = 512, prompts_per_subject: int = 25
+        self,
+        root: str | Path,
+        image_size: int = 512,
+        prompts_per_subject: int = 25,
+        keep_aspect: bool = False,
     ) -> None:
         self.root = Path(root)
         self.image_size = image_size
+        self.keep_aspect = keep_aspect
         if not self.root.is_dir():
             raise DatasetError(f"DreamBench folder not found: '{self.root}'")
         ref_file = self.root / "single_reference.json"
@@ -265,27 +323,35 @@ class DreamBenchPairs:
             "Restore those files (see the folder's SOURCE.md) or remove the subjects from "
             "single_reference.json.",
         )  # fmt: skip
-        self._images: dict[str, torch.Tensor] = {}
+        self._images: dict[tuple[Path, int | None], torch.Tensor] = {}
+
+    def _load(self, path: Path, size: int | None) -> torch.Tensor:
+        if (path, size) not in self._images:  # 30 references: each loaded once per size
+            self._images[path, size] = _load_reference(path, size)
+        return self._images[path, size]
 
     def image(self, subject: str) -> torch.Tensor:
-        if subject not in self._images:
-            self._images[subject] = _load_reference(self.references[subject], self.image_size)
-        return self._images[subject]
+        """The subject's square reference (3, S, S)."""
+        return self._load(self.references[subject], self.image_size)
+
+    def _refs(self, subjects: list[str]) -> References:
+        groups = [(self.references[s],) for s in subjects]
+        return _references(groups, self._load, self.image_size, self.keep_aspect)
 
     def eval_indices(self) -> list[int]:
         n, k = len(self.prompts[self.subjects[0]]), self.prompts_per_subject
         return [i * n // k for i in range(k)]
 
-    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
         subjects = [rng.choice(self.subjects) for _ in range(n)]
         prompts = [rng.choice(self.prompts[s]) for s in subjects]
-        return torch.stack([self.image(s) for s in subjects]), prompts
+        return self._refs(subjects), prompts
 
-    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
         idx = self.eval_indices()
         names = [s for s in self.subjects for _ in idx]
         prompts = [self.prompts[s][i] for s in self.subjects for i in idx]
-        return torch.stack([self.image(s) for s in names]), prompts, names
+        return self._refs(names), prompts, names
 
 
 class PairsWithEval:
@@ -295,8 +361,8 @@ class PairsWithEval:
         self.train = train
         self.evaluation = evaluation
 
-    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
         return self.train.sample(n, rng)
 
-    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
         return self.evaluation.eval_pairs()

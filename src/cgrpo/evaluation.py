@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from cgrpo import checkpoint as ckpt
-from cgrpo.build import build_evaluator, build_policy
+from cgrpo.build import build_evaluator, build_policy, keeps_aspect
 from cgrpo.config import load_config, option
 from cgrpo.evaluator import EvalError, EvalPairs, EvalResult, Evaluator, PngStore, grid_items
 from cgrpo.policies.base import Policy
@@ -118,7 +118,10 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
             "protocol=dreambench needs a FLUX policy (the embedded generator only knows its "
             "own world): evaluate a FLUX run, or use protocol=embedded"
         )
-    db = DreamBenchPairs(cfg.root, train_cfg.flux.resolution, cfg.prompts_per_subject or 25)
+    db = DreamBenchPairs(
+        cfg.root, train_cfg.flux.resolution, cfg.prompts_per_subject or 25,
+        keep_aspect=keeps_aspect(train_cfg),
+    )  # fmt: skip
     idx = db.eval_indices()
     refs, prompts, names = db.eval_pairs()
     return EvalPairs(refs, prompts, names, [i for _ in db.subjects for i in idx])

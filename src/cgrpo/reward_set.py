@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from cgrpo.references import ReferenceBatch, References, reward_view
 from cgrpo.rewards import RewardModel
 from cgrpo.rewards.base import make_reward_on, reward_factory, reward_kinds
 
@@ -151,9 +152,28 @@ class RewardSet:
 
     @torch.no_grad()
     def score(
-        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor
+        self, images: torch.Tensor, prompts: list[str], references: References
     ) -> dict[str, torch.Tensor]:
-        """Each reward of a batch, as float32 CPU tensors, by name (in config order)."""
-        return {
-            name: m(images, prompts, references).float().cpu() for name, m in self.models.items()
-        }
+        """Each reward of a batch, as float32 CPU tensors, by name (in config order).
+
+        Rewards read the square view of each image's reference
+        (:func:`cgrpo.references.reward_view`). When an image has several references (UNO's
+        multi-subject pairs), a reward that reads references (``uses_references``, true
+        unless the reward says otherwise) scores it against each and gets the mean.
+        """
+        view = reward_view(references).to(images.device)
+        multi = isinstance(references, ReferenceBatch) and max(references.counts) > 1
+        out = {}
+        for name, m in self.models.items():
+            if not multi or not getattr(m, "uses_references", True):
+                out[name] = m(images, prompts, view).float().cpu()
+                continue
+            assert isinstance(references, ReferenceBatch)
+            total = torch.zeros(len(prompts))
+            for k in range(max(references.counts)):
+                rows, ref_k = references.views(k)
+                score = m(images[rows.to(images.device)], [prompts[i] for i in rows.tolist()],
+                          ref_k.to(images.device))  # fmt: skip
+                total[rows] += score.float().cpu()
+            out[name] = total / torch.tensor(references.counts, dtype=torch.float32)
+        return out

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cgrpo.checkpoint import atomic_write
+from cgrpo.references import References, reward_view
 
 __all__ = ["MetricsLog", "plot_curves", "save_grid", "read_metrics"]
 
@@ -161,12 +162,13 @@ def plot_curves(rows: list[dict[str, float]], path: Path, names: Sequence[str]) 
     plt.close(fig)
 
 
-def save_grid(path: Path, references: torch.Tensor, images: torch.Tensor, group_size: int) -> None:
-    """One row per group: its reference, then its ``group_size`` samples (PNG)."""
+def save_grid(path: Path, references: References, images: torch.Tensor, group_size: int) -> None:
+    """One row per group: its reference (the square view), then its ``group_size`` samples
+    (PNG)."""
     from PIL import Image
 
     groups = images.shape[0] // group_size
-    refs = references[::group_size][:groups]
+    refs = reward_view(references)[::group_size][:groups]
     h, w = images.shape[-2:]
     if refs.shape[-2:] != (h, w):
         refs = torch.nn.functional.interpolate(refs, size=(h, w), mode="bilinear")

@@ -48,6 +48,7 @@ from cgrpo.evaluator import EvalPairs, Evaluator, grid_items
 from cgrpo.objective import LossContext
 from cgrpo.policies.base import HasOldPolicy, OldPolicyView, Policy
 from cgrpo.preemption import Preempted, Preemption
+from cgrpo.references import References
 from cgrpo.reward_set import RewardSet
 from cgrpo.rollout import Rollout, sample_groups
 from cgrpo.run_log import MetricsLog, plot_curves, save_grid
@@ -72,7 +73,7 @@ class StepResult:
     metrics: dict[str, float]
     skipped: bool
     images: torch.Tensor | None = None
-    references: torch.Tensor | None = None
+    references: References | None = None
 
 
 class GRPOTrainer:
@@ -155,7 +156,7 @@ class GRPOTrainer:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def rollout(self) -> tuple[Rollout, torch.Tensor, list[str]]:
+    def rollout(self) -> tuple[Rollout, References, list[str]]:
         refs, prompts = self.data.sample(self.cfg.data.prompts_per_step, self.state.data_rng)
         cond = self.policy.encode_condition(refs, prompts)
         s = self.cfg.sampler

@@ -8,7 +8,10 @@ A reward model is called on a batch and returns one float per image::
 - ``prompts``: list of B prompt strings.
 - ``references``: float tensor (B, 3, H', W') in [0, 1], each image's reference.
 
-Rewards run under ``torch.no_grad``; they never see the generator's hidden state.
+Rewards run under ``torch.no_grad``; they never see the generator's hidden state. A
+reward that ignores ``references`` may say so with ``uses_references = False`` (HPS-v3,
+CLIP-T, the VLM judge's prompt rubric): with several references per image, the reward set
+then calls it once instead of once per reference.
 A config names a reward by its registry string plus keyword options.
 
 The registry depends on no backend: it knows the built-in kinds as ``"module:factory"``

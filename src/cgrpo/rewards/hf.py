@@ -318,6 +318,7 @@ class ClipReward(_HFImageEncoder):
 
         self.mode = mode
         self.name = "clip_t" if mode == "text" else "clip_i"
+        self.uses_references = mode == "image"
         self.dtype = _dtype(dtype)
         self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=self.dtype)
         self.model = self.model.to(self.device).eval()

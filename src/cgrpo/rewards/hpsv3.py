@@ -116,6 +116,7 @@ class HPSv3Reward:
     """
 
     name = "hpsv3"
+    uses_references = False  # prompt following: the reference is never read
 
     def __init__(
         self,

@@ -143,6 +143,7 @@ class VLMJudgeReward:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.max_tokens, self.temperature = max_tokens, temperature
         self.name = f"vlm_judge_{rubric if template is None else 'custom'}"
+        self.uses_references = self.send_reference
         if check:
             self._check_server()
 

@@ -53,6 +53,18 @@ class FluxConfig:
         "position ids of the reference tokens: kontext (first id 1) or uno (spatial ids "
         "shifted past the target)",
     )
+    reference_preprocess: Literal["square", "kontext", "uno"] = option(
+        "square",
+        "how a reference is prepared for the model (cgrpo/policies/flux/reference.py): "
+        "square (centre crop, resized to resolution), kontext (FluxKontextPipeline: the "
+        "preferred ~1 MP Kontext resolution of its aspect ratio, Lanczos), uno (UNO: long "
+        "side uno_ref_size, Lanczos, centre-cropped to multiples of 16); the shipped "
+        "configs use their model's own",
+    )
+    uno_ref_size: int = option(
+        -1, "uno: the reference's long side (-1: UNO's default, 512 for one, 320 for several)",
+        unit="px",
+    )  # fmt: skip
     guidance: float = option(3.5, "FLUX guidance-embedding value (distilled guidance)")
     resolution: int = option(512, "generated and reference image side", unit="px")
     lora_rank: int = option(512, "LoRA rank r (the paper: 512)")
@@ -88,6 +100,10 @@ class FluxConfig:
             raise ValueError(f"flux.lora_rank must be >= 1, got {self.lora_rank}")
         if not self.lora_targets:
             raise ValueError("flux.lora_targets is empty: name at least one module to adapt")
+        if self.uno_ref_size != -1 and (self.uno_ref_size < 16 or self.uno_ref_size % 16):
+            raise ValueError(
+                f"flux.uno_ref_size must be -1 or a multiple of 16 >= 16, got {self.uno_ref_size}"
+            )
         if not 1 <= self.max_sequence_length <= 512:
             raise ValueError("flux.max_sequence_length must be in [1, 512] (T5 limit in FLUX)")
 

@@ -14,12 +14,19 @@ Position ids
       ids as a target-sized grid, first id component 1 instead of 0;
     * ``uno`` (UNO's "UnoPE", FLUX.1-dev + the UNO LoRA): first component 0, spatial ids
       shifted diagonally past the target, i.e. row ids offset by the target's height and
-      column ids by its width, both in latent-patch units (64 at 512 px).
+      column ids by its width, both in latent-patch units (64 at 512 px); with several
+      references, each is shifted past the previous one too.
+
+    A reference need not have the target's size (Kontext prepares a 1024 px class
+    reference for a 512 px target, see :mod:`cgrpo.policies.flux.reference`): its ids
+    span its own grid.
 
     Text tokens have ids 0 (as in every FLUX pipeline).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -53,19 +60,32 @@ def _grid_ids(rows: int, cols: int, first: float, row_offset: int, col_offset: i
 
 
 def position_ids(
-    scheme: str, rows: int, cols: int, ref_rows: int, ref_cols: int
+    scheme: str, rows: int, cols: int, ref_shapes: Sequence[tuple[int, int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary ids ``(image ids (rows*cols, 3), reference ids (ref_rows*ref_cols, 3))``.
+    """Rotary ids ``(image ids (rows*cols, 3), reference ids (sum of r*c, 3))``.
 
-    ``rows``/``cols`` are the target's size in packed tokens (latent patches), ``ref_*``
-    the reference's. The target always gets ``(0, i, j)``. The reference gets
-    ``(1, i, j)`` under ``kontext`` and ``(0, i + rows, j + cols)`` under ``uno``.
+    ``rows``/``cols`` are the target's size in packed tokens (latent patches),
+    ``ref_shapes`` each reference's ``(r, c)``, in the order their tokens follow the image.
+    The target always gets ``(0, i, j)``. Under ``kontext`` the (single) reference gets
+    ``(1, i, j)``. Under ``uno`` reference k gets ``(0, i + R_k, j + C_k)`` with
+    ``R_0 = rows``, ``C_0 = cols`` and ``R_{k+1} = R_k + r_k``, ``C_{k+1} = C_k + c_k``:
+    each reference shifted diagonally past the target and every reference before it
+    (UNO's multi-reference construction, its default ``pe='d'``).
     """
     img = _grid_ids(rows, cols, 0.0, 0, 0)
     if scheme == "kontext":
-        ref = _grid_ids(ref_rows, ref_cols, 1.0, 0, 0)
+        if len(ref_shapes) != 1:
+            raise ValueError(
+                f"position_scheme kontext takes one reference per pair, got {len(ref_shapes)}: "
+                "several references are UNO's (flux.position_scheme=uno)"
+            )
+        ref = _grid_ids(*ref_shapes[0], 1.0, 0, 0)
     elif scheme == "uno":
-        ref = _grid_ids(ref_rows, ref_cols, 0.0, rows, cols)
+        parts, dr, dc = [], rows, cols
+        for r, c in ref_shapes:
+            parts.append(_grid_ids(r, c, 0.0, dr, dc))
+            dr, dc = dr + r, dc + c
+        ref = torch.cat(parts) if parts else torch.zeros(0, 3)
     else:
         raise ValueError(f"unknown position scheme {scheme!r}; valid: kontext, uno")
     return img, ref

@@ -10,7 +10,11 @@ Reference in context
     ``hidden = [x tokens ; reference tokens]``. The transformer predicts all of them;
     :meth:`FluxPolicy.velocity` returns only the x tokens' prediction. The reference
     tokens get their own rotary position ids (``FluxConfig.position_scheme``, see
-    :func:`~cgrpo.policies.flux.latents.position_ids`).
+    :func:`~cgrpo.policies.flux.latents.position_ids`). Each reference is first prepared
+    as its model's pipeline does (``FluxConfig.reference_preprocess``, see
+    :mod:`cgrpo.policies.flux.reference`), so it need not have the target's size, and a
+    pair may have several (UNO); the condition's ``reference_shapes`` records each
+    reference's token grid.
 
 Sign conventions (checked against diffusers' ``FluxPipeline`` and
 ``FlowMatchEulerDiscreteScheduler``): the scheduler noises ``x_s = (1 - s) x0 + s noise``
@@ -51,6 +55,8 @@ from cgrpo.policies.flux.lora import (
     save_lora,
 )
 from cgrpo.policies.flux.prompt_cache import PromptCache
+from cgrpo.policies.flux.reference import prepare_reference
+from cgrpo.references import References, count
 
 __all__ = ["FluxPolicy"]
 
@@ -145,9 +151,8 @@ class FluxPolicy:
                 f"transformer in_channels={self.transformer.config.in_channels} but the VAE "
                 f"packs {self.latent_channels} latent channels into {expected_in}"
             )
-        rows, cols = self.tokens_hw
-        img_ids, ref_ids = position_ids(config.position_scheme, rows, cols, rows, cols)
-        self.img_ids = torch.cat([img_ids, ref_ids]).to(self.device)
+        self._ids: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
+        self.img_ids = self._position_ids((self.tokens_hw,))  # a target-sized reference
 
         self.transformer.requires_grad_(False)
         if config.start_lora:
@@ -158,6 +163,15 @@ class FluxPolicy:
         self.transformer.train()  # FLUX has no dropout: train mode changes nothing numerically
 
     # -- construction helpers ------------------------------------------------------------------
+
+    def _position_ids(self, ref_shapes: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        """Ids of ``[image tokens ; reference tokens]`` for references of these token grids
+        (cached per shape)."""
+        if ref_shapes not in self._ids:
+            rows, cols = self.tokens_hw
+            img, ref = position_ids(self.config.position_scheme, rows, cols, ref_shapes)
+            self._ids[ref_shapes] = torch.cat([img, ref]).to(self.device)
+        return self._ids[ref_shapes]
 
     def _prepare_text_encoder(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(self.device, self.dtype).requires_grad_(False).eval()
@@ -216,26 +230,90 @@ class FluxPolicy:
         rows, cols = self.tokens_hw
         return (rows * cols, self.latent_channels * 4)
 
-    @torch.no_grad()
-    def encode_reference(self, references: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) in [0,1] -> packed, scaled reference latents (B, N, 4C).
-
-        References are resized (bilinear, antialiased) to ``resolution`` x ``resolution``.
-        """
-        size = self.config.resolution
-        refs = references.to(self.device, torch.float32)
-        if refs.shape[-2:] != (size, size):
-            refs = torch.nn.functional.interpolate(
-                refs, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
+    def _vae_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] of one size -> packed, scaled latents (B, H*W/m^2, 4C)."""
         out = []
-        for lo in range(0, refs.shape[0], self.vae_batch_size):
-            x = (refs[lo : lo + self.vae_batch_size] * 2 - 1).to(self.dtype)
+        for lo in range(0, images.shape[0], self.vae_batch_size):
+            x = (images[lo : lo + self.vae_batch_size].to(self.device) * 2 - 1).to(self.dtype)
             with self._autocast():
                 z = self.vae.encode(x).latent_dist.mode()
             z = (z.float() - self.shift_factor) * self.scaling_factor
             out.append(pack_latents(z).to(self.dtype))
         return torch.cat(out)
+
+    def prepare_references(self, references: References) -> list[list[torch.Tensor]]:
+        """Per pair, its references as the model's pipeline prepares them
+        (``flux.reference_preprocess``, :mod:`cgrpo.policies.flux.reference`)."""
+        c = self.config
+        mode = c.reference_preprocess
+        if isinstance(references, torch.Tensor):
+            pairs = [[r] for r in references]
+            if mode != "square":
+                raise ValueError(
+                    f"flux.reference_preprocess={mode} needs each reference whole, but the "
+                    "data gave centre-cropped squares: build the data with "
+                    "cgrpo.build.build_data (it keeps the aspect ratio for kontext and uno)"
+                )
+        elif mode == "square":  # the dataset's square view of every reference
+            pairs = [list(references.pair_views(i)) for i in range(len(references))]
+        else:
+            pairs = [list(r) for r in references.images]
+        m = 2 * self.vae_scale
+        out, done = [], {}
+        for refs in pairs:
+            long_side = c.uno_ref_size if c.uno_ref_size > 0 else (512 if len(refs) == 1 else 320)
+            row = []
+            for r in refs:
+                key = (id(r), long_side)  # pairs repeated in a batch share their tensors
+                if key not in done:
+                    done[key] = (r, prepare_reference(
+                        r, mode, resolution=c.resolution, multiple_of=m, long_side=long_side
+                    ))  # fmt: skip
+                row.append(done[key][1])
+            out.append(row)
+        return out
+
+    @torch.no_grad()
+    def encode_reference(self, references: References) -> tuple[torch.Tensor, torch.Tensor]:
+        """References -> ``(tokens (B, N, 4C), shapes (B, R, 2))``.
+
+        Each pair's R references are prepared (:meth:`prepare_references`), VAE-encoded
+        (``(z - shift_factor) * scaling_factor``, the posterior mode), packed and
+        concatenated in order; ``shapes[i, k]`` is reference k's token grid (rows, cols).
+        Pairs of a batch may differ in size and count: their tokens are zero-padded to the
+        longest, and :meth:`velocity` runs each distinct layout in its own forward.
+        """
+        if isinstance(references, torch.Tensor) and self.config.reference_preprocess == "square":
+            size = self.config.resolution  # the fast path: one batch of squares
+            refs = references.to(self.device, torch.float32)
+            if refs.shape[-2:] != (size, size):
+                refs = torch.nn.functional.interpolate(
+                    refs, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )
+            tokens = self._vae_tokens(refs)
+            shapes = torch.tensor([[self.tokens_hw]] * refs.shape[0], dtype=torch.long)
+            return tokens, shapes
+        m = 2 * self.vae_scale
+        prepared = self.prepare_references(references)
+        encoded: dict[int, torch.Tensor] = {}
+        rows = []
+        for refs in prepared:
+            toks, grid = [], []
+            for r in refs:
+                if id(r) not in encoded:
+                    encoded[id(r)] = self._vae_tokens(r[None])[0]
+                toks.append(encoded[id(r)])
+                grid.append((r.shape[-2] // m, r.shape[-1] // m))
+            rows.append((torch.cat(toks), grid))
+        n = max(t.shape[0] for t, _ in rows)
+        r_max = max(len(g) for _, g in rows)
+        width = rows[0][0].shape[1]
+        tokens = torch.zeros(len(rows), n, width, dtype=self.dtype, device=self.device)
+        shapes = torch.zeros(len(rows), r_max, 2, dtype=torch.long)
+        for i, (t, g) in enumerate(rows):
+            tokens[i, : t.shape[0]] = t
+            shapes[i, : len(g)] = torch.tensor(g)
+        return tokens, shapes
 
     @torch.no_grad()
     def _run_text_encoders(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,22 +368,60 @@ class FluxPolicy:
         self.encode_prompts(todo)
         return len(todo)
 
-    def encode_condition(self, references: torch.Tensor, prompts: list[str]) -> Condition:
-        if references.shape[0] != len(prompts):
+    def encode_condition(self, references: References, prompts: list[str]) -> Condition:
+        if count(references) != len(prompts):
             raise ValueError(
-                f"{references.shape[0]} references but {len(prompts)} prompts: give one each"
+                f"{count(references)} references but {len(prompts)} prompts: give one each"
             )
         seq, pooled = self.encode_prompts(list(prompts))
+        tokens, shapes = self.encode_reference(references)
         return Condition(
             prompt_embeds=seq,
             pooled_prompt_embeds=pooled,
-            reference_tokens=self.encode_reference(references),
+            reference_tokens=tokens,
+            reference_shapes=shapes,
         )
 
     def _forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The velocity of the image tokens; one transformer call per distinct reference
+        layout in the batch (a single call when all share one, the usual case)."""
+        shapes = condition.get("reference_shapes")
+        if shapes is None:  # a condition built before reference_shapes existed: square refs
+            return self._call(x, sigma, condition, self.img_ids)
+        layouts = [tuple((int(r), int(c)) for r, c in row if r > 0) for row in shapes.tolist()]
+        distinct = list(dict.fromkeys(layouts))
+        if len(distinct) == 1:
+            return self._call(x, sigma, condition, self._position_ids(distinct[0]), distinct[0])
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError(
+                f"{len(distinct)} reference layouts (sizes / counts) in one forward of a "
+                "multi-process run: every process must run the same number of forwards, so "
+                "give each step's references one layout (one aspect ratio and reference count, "
+                "or flux.reference_preprocess=square)"
+            )
+        out = torch.empty_like(x)
+        for layout in distinct:
+            idx = torch.tensor([i for i, lay in enumerate(layouts) if lay == layout])
+            ids = self._position_ids(layout)
+            out[idx] = self._call(x[idx], sigma[idx], condition.index(idx), ids, layout)
+        return out
+
+    def _call(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        condition: Condition,
+        ids: torch.Tensor,
+        layout: tuple[tuple[int, int], ...] | None = None,
+    ) -> torch.Tensor:
         n = x.shape[1]
         b = x.shape[0]
-        hidden = torch.cat([x.to(self.dtype), condition["reference_tokens"].to(self.dtype)], dim=1)
+        ref = condition["reference_tokens"]
+        if layout is not None:
+            ref = ref[:, : sum(r * c for r, c in layout)]
+        hidden = torch.cat([x.to(self.dtype), ref.to(self.dtype)], dim=1)
         text = condition["prompt_embeds"].to(self.dtype)
         txt_ids = torch.zeros(text.shape[1], 3, device=self.device)
         guidance = None
@@ -317,7 +433,7 @@ class FluxPolicy:
                 encoder_hidden_states=text,
                 pooled_projections=condition["pooled_prompt_embeds"].to(self.dtype),
                 timestep=sigma.to(self.device, torch.float32),
-                img_ids=self.img_ids,
+                img_ids=ids,
                 txt_ids=txt_ids,
                 guidance=guidance,
                 return_dict=False,

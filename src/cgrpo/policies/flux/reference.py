@@ -1,0 +1,120 @@
+"""Reference images prepared as each model's own pipeline prepares them
+(``flux.reference_preprocess``).
+
+* ``square``: the dataset's centre-cropped square view, resized (bilinear, antialiased) to
+  ``flux.resolution`` when it is not that size already: the same tokens as the target.
+* ``kontext`` (diffusers' ``FluxKontextPipeline`` with its default ``_auto_resize``): the
+  image's size is floored to a multiple of ``m`` (2 x the VAE's downsampling, 16 for FLUX),
+  the preferred Kontext resolution whose aspect ratio ``W/H`` is nearest is chosen
+  (:data:`PREFERRED_KONTEXT_RESOLUTIONS`, ties to the smaller ``W``), floored to a multiple
+  of ``m``, and the whole image is resized to it with PIL's Lanczos filter (no crop). A
+  square photo becomes 1024 x 1024: 4,096 reference tokens next to a 512 px target's 1,024.
+* ``uno`` (UNO's ``preprocess_ref``): the longer side is resized to ``L`` and the shorter to
+  ``int(L / long * short)`` (Lanczos, aspect kept), then the centre ``16 floor`` box is kept
+  (both sides floored to multiples of 16, the crop offset ``floor((n - n16) / 2)``).
+  ``L = flux.uno_ref_size``; its default -1 is UNO's inference default: 512 with one
+  reference, 320 with several.
+
+All three return a float (3, H', W') tensor in [0, 1]; the policy VAE-encodes it at that
+size, so the reference's token grid is ``(H' / m, W' / m)`` and its position ids span that
+grid (:func:`cgrpo.policies.flux.latents.position_ids`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cgrpo.rewards.images import to_uint8
+
+__all__ = [
+    "PREFERRED_KONTEXT_RESOLUTIONS",
+    "PREPROCESS",
+    "kontext_size",
+    "prepare_reference",
+    "uno_box",
+]
+
+#: The (width, height) buckets FLUX.1 Kontext was trained on (about 1 megapixel each), as
+#: listed by diffusers' ``pipeline_flux_kontext``.
+PREFERRED_KONTEXT_RESOLUTIONS: tuple[tuple[int, int], ...] = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248),
+    (880, 1184), (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832),
+    (1328, 800), (1392, 752), (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+
+PREPROCESS = ("square", "kontext", "uno")
+
+
+def kontext_size(width: int, height: int, multiple_of: int = 16) -> tuple[int, int]:
+    """``(W, H)`` Kontext resizes a ``width`` x ``height`` reference to (module docstring)."""
+    w, h = width - width % multiple_of, height - height % multiple_of
+    if w < 1 or h < 1:
+        raise ValueError(
+            f"reference of {width}x{height} px is smaller than {multiple_of} px on a side: "
+            "Kontext cannot prepare it; use a larger reference image"
+        )
+    aspect = w / h
+    _, bw, bh = min((abs(aspect - bw / bh), bw, bh) for bw, bh in PREFERRED_KONTEXT_RESOLUTIONS)
+    return bw // multiple_of * multiple_of, bh // multiple_of * multiple_of
+
+
+def uno_box(width: int, height: int, long_side: int) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """``((new_w, new_h), (left, top, right, bottom))``: UNO's resize and centre crop."""
+    if width >= height:
+        nw, nh = long_side, int(long_side / width * height)
+    else:
+        nw, nh = int(long_side / height * width), long_side
+    tw, th = nw // 16 * 16, nh // 16 * 16
+    if tw < 16 or th < 16:
+        raise ValueError(
+            f"reference of {width}x{height} px is too elongated for UNO's preparation at "
+            f"long side {long_side}: its short side ends below 16 px; crop it closer to square"
+        )
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    return (nw, nh), (left, top, left + tw, top + th)
+
+
+def _to_pil(image: torch.Tensor):  # noqa: ANN202 - PIL is imported lazily
+    from PIL import Image
+
+    return Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
+
+
+def _from_pil(im) -> torch.Tensor:  # noqa: ANN001
+    import numpy as np
+
+    arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+def prepare_reference(
+    image: torch.Tensor,
+    mode: str,
+    *,
+    resolution: int,
+    multiple_of: int = 16,
+    long_side: int = 512,
+) -> torch.Tensor:
+    """One (3, H, W) reference in [0, 1] prepared by ``mode`` (module docstring) -> (3, H', W').
+
+    ``square`` expects the dataset's square view; the others the whole image (its pixels
+    are 8-bit values, as loaded from a file, so the PIL round trip is exact).
+    """
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"a reference must have shape (3, H, W), got {tuple(image.shape)}")
+    if mode == "square":
+        if image.shape[-2:] == (resolution, resolution):
+            return image.float()
+        return torch.nn.functional.interpolate(
+            image[None].float(), size=(resolution, resolution), mode="bilinear",
+            antialias=True, align_corners=False,
+        )[0]  # fmt: skip
+    from PIL import Image
+
+    im = _to_pil(image)
+    if mode == "kontext":
+        return _from_pil(im.resize(kontext_size(*im.size, multiple_of), Image.Resampling.LANCZOS))
+    if mode == "uno":
+        size, box = uno_box(*im.size, long_side)
+        return _from_pil(im.resize(size, Image.Resampling.LANCZOS).crop(box))
+    raise ValueError(f"unknown flux.reference_preprocess {mode!r}; valid: {', '.join(PREPROCESS)}")
