@@ -75,6 +75,20 @@ ARMS: dict[str, list[str]] = {
     ],
     "supervised": [],  # the calibration (see supervised())
 }  # fmt: skip
+#: the search around the branch default: one change each (issue 12's "whatever else").
+_BRANCH = ARMS["grpo_branch"]
+SEARCH: dict[str, tuple[str, list[str]]] = {
+    "branch_upr2": ("branch, 2 optimizer steps per rollout", ["grpo.updates_per_rollout=2"]),
+    "branch_upr4": ("branch, 4 optimizer steps per rollout", ["grpo.updates_per_rollout=4"]),
+    "branch_eta1": ("branch, eta 1.0", ["sampler.eta=1.0"]),
+    "branch_p4": ("branch, 4 pairs per step (32 samples)", ["data.prompts_per_step=4"]),
+    "branch_g16": ("branch, G 16 x 4 pairs", ["grpo.group_size=16", "data.prompts_per_step=4"]),
+    "branch_early": ("branch, branch step in 0-4", ["sampler.schedule.hi=4"]),
+    "branch_lr4": ("branch, lr 4e-5", ["optim.lr=4e-5"]),
+    "branch_k1": ("branch, k=1", ["sampler.schedule.k=1"]),
+}
+for _arm, (_label, _extra) in SEARCH.items():
+    ARMS[_arm] = [*_BRANCH, *_extra]
 LABELS = {
     "grpo_full": "GRPO, full (the paper's)",
     "grpo_window": "GRPO, window 0-2 (MixGRPO)",
@@ -83,6 +97,7 @@ LABELS = {
     "nft_branch": "NFT, branch k=2 rollouts",
     "nft_centered": "NFT, full, group-centred advantages",
     "supervised": "supervised FM on the truth (reference)",
+    **{arm: label for arm, (label, _) in SEARCH.items()},
 }
 REWARDS = ("identity", "prompt")
 
@@ -356,7 +371,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per run")
-    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument(
+        "--arms", nargs="*", default=[a for a in ARMS if a not in SEARCH], choices=list(ARMS)
+    )
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time")
     ap.add_argument("--out", type=Path, default=Path("runs/learning_efficiency"))
     ap.add_argument("--doc", type=Path, default=Path("docs/learning_efficiency.md"))
