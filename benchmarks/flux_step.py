@@ -146,6 +146,9 @@ def measure(preset: str, steps: int, extra: list[str]):
             "model.kind=flux", "data.kind=jsonl", f"data.path={pairs_file(folder, 8)}",
             f"data.prompts_per_step={world}", "flux.start_lora=null", "flux.path=null",
             "flux.max_sequence_length=16", "flux.prompt_cache_dir=null",
+            # references at the target's size unless overridden (gpu_check.sh passes each
+            # model's own: UNO's 512 px, Kontext's 1024 px)
+            "flux.reference_preprocess=square",
             f"run.out_dir={folder / 'run'}", "run.eval=false",
             "run.image_every=0", "run.checkpoint_every=0", "run.steps=1000000",
             "rewards.identity={kind: colour, measure: brightness}",

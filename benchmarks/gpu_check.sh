@@ -2,7 +2,9 @@
 # The GPU check: full-size random FLUX (FLUX.1-dev's 19 + 38 blocks, 12 B, bf16) with the
 # paper's LoRA (rank 512, every attention and MLP projection) at 512 px, one GRPO step of
 # the paper's setting (G 12, 25 steps, timestep fraction 0.6, micro-batches of 4, gradient
-# checkpointing) for each position scheme (UNO and Kontext), after one warm-up step;
+# checkpointing) for each position scheme (UNO and Kontext), each with its model's own
+# reference preparation (UNO: 512 px, 1024 reference tokens; Kontext: 1024 px, 4096), after
+# one warm-up step;
 # prints one table: per-phase seconds and peak CUDA memory, naming the card.
 #
 #   bash benchmarks/gpu_check.sh            # about 6-8 minutes on one H100/H200-class card
@@ -24,14 +26,15 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for scheme in uno kontext; do
   "$PY" benchmarks/flux_step.py --preset full --steps 1 model.device=cuda \
-    flux.position_scheme=$scheme flux.dtype=bfloat16 flux.resolution=512 \
+    flux.position_scheme=$scheme flux.reference_preprocess=$scheme flux.dtype=bfloat16 \
+    flux.resolution=512 \
     flux.lora_rank=512 flux.gradient_checkpointing=true grpo.group_size=12 \
     grpo.micro_batch_size=4 sampler.num_steps=25 grpo.timestep_fraction=0.6 \
     run.threads=4 > "$OUT/$scheme.txt" 2> "$OUT/$scheme.err" || {
       echo "gpu_check: the $scheme step failed; its last lines:" >&2; tail -20 "$OUT/$scheme.err" >&2; exit 1; }
 done
 
-echo "gpu_check on ${CARD}: full-size random FLUX, bf16, LoRA rank 512, 512 px, G 12, 25 steps, micro-batch 4"
+echo "gpu_check on ${CARD}: full-size random FLUX, bf16, LoRA rank 512, 512 px, G 12, 25 steps, micro-batch 4; references prepared as each model does (uno 512 px, kontext 1024 px)"
 echo "scheme    s sample  s update  s step  peak GB  (state GB: LoRA weights + grads + AdamW)"
 for scheme in uno kontext; do
   row=$(tail -1 "$OUT/$scheme.txt")
