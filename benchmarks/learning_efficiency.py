@@ -86,9 +86,22 @@ SEARCH: dict[str, tuple[str, list[str]]] = {
     "branch_early": ("branch, branch step in 0-4", ["sampler.schedule.hi=4"]),
     "branch_lr4": ("branch, lr 4e-5", ["optim.lr=4e-5"]),
     "branch_k1": ("branch, k=1", ["sampler.schedule.k=1"]),
-}
+    "branch_lr6": ("branch, lr 6e-5", ["optim.lr=6e-5"]),
+    "branch_kl_lr6": ("branch, lr 6e-5 + KL 0.04", ["optim.lr=6e-5", "grpo.kl_coef=0.04"]),
+    "nft_branch_centered": (
+        "NFT on branch rollouts, group-centred",
+        ["method.objective.kind=nft", "method.objective.kl_coef=0",
+         "method.objective.center=true", "grpo.timestep_fraction=0.3"],
+    ),
+}  # fmt: skip
 for _arm, (_label, _extra) in SEARCH.items():
     ARMS[_arm] = [*_BRANCH, *_extra]
+SEARCH["nft_ode_centered"] = ("NFT, own noise per sample, SDE on step 0 only, centred", [])
+ARMS["nft_ode_centered"] = [
+    "sampler.schedule.kind=full", "sampler.ode_tail=9", "sampler.same_noise=false",
+    "method.objective.kind=nft", "method.objective.kl_coef=0", "method.objective.center=true",
+    "grpo.timestep_fraction=0.3",
+]  # fmt: skip
 LABELS = {
     "grpo_full": "GRPO, full (the paper's)",
     "grpo_window": "GRPO, window 0-2 (MixGRPO)",
