@@ -88,6 +88,8 @@ SEARCH: dict[str, tuple[str, list[str]]] = {
     "branch_k1": ("branch, k=1", ["sampler.schedule.k=1"]),
     "branch_lr6": ("branch, lr 6e-5", ["optim.lr=6e-5"]),
     "branch_kl_lr6": ("branch, lr 6e-5 + KL 0.04", ["optim.lr=6e-5", "grpo.kl_coef=0.04"]),
+    "branch_lora_lr2e4": ("branch, LoRA rank 16, lr 2e-4", ["model.lora_rank=16", "optim.lr=2e-4"]),
+    "branch_lora_lr1e3": ("branch, LoRA rank 16, lr 1e-3", ["model.lora_rank=16", "optim.lr=1e-3"]),
     "nft_branch_centered": (
         "NFT on branch rollouts, group-centred",
         ["method.objective.kind=nft", "method.objective.kl_coef=0",

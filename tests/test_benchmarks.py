@@ -103,9 +103,10 @@ def test_hps_worker_speed_prints_images_per_second() -> None:
 def test_gradient_snr_prints_each_variant(tiny_weights: Path) -> None:
     out = _run(
         "benchmarks/gradient_snr.py", "--draws", "2", f"model.weights={tiny_weights}", *TINY,
-        "--variants", "grpo_branch", "nft_full",
+        "--variants", "grpo_branch", "nft_full", "branch_identity", "branch_prompt", "supervised",
     )  # fmt: skip
     assert "grpo_branch" in out and "nft_full" in out and "cosine" in out
+    assert "supervised" in out and "identity vs prompt gradient of the same step" in out
 
 
 def test_gpu_check_stops_at_once_without_cuda() -> None:

@@ -530,3 +530,37 @@ def test_time_budget_stops_the_run_checkpointed_and_resumes(
     more = GRPOTrainer(fast_config(tmp_path / "run", tiny_weights, *args[:-1], "run.time_budget=0"))
     more.train(resume=True, quiet=True)
     assert more.step == 5
+
+
+def test_embedded_lora_trains_only_its_adapter_and_resumes(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """model.lora_rank: the base weights stay, only LoRA weights move, the starting
+    velocity is the base model's, a resumed run equals an uninterrupted one, and
+    the run's checkpoint loads into a fresh LoRA policy (as ``cgrpo eval`` loads it)."""
+    from tests.conftest import straight_and_resumed
+
+    from cgrpo.build import build_policy
+
+    args = ["model.lora_rank=4", "model.lora_alpha=8", "optim.lr=1e-2"]
+    straight, resumed = straight_and_resumed(tmp_path, tiny_weights, args)
+    for p, q in zip(straight.params, resumed.params, strict=True):
+        assert torch.equal(p, q)
+    names = [n for n, p in straight.policy.model.named_parameters() if p.requires_grad]
+    assert names and all(".lora_" in n for n in names)
+    assert len(straight.params) == len(names)
+    base = build_policy(fast_config(tmp_path / "c", tiny_weights), keep_reference=False)
+    start = build_policy(fast_config(tmp_path / "c", tiny_weights, *args[:2]))
+    trained = dict(straight.policy.model.named_parameters())
+    for n, p in base.model.named_parameters():  # the frozen weights never moved
+        key = n.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(trained.get(n, trained.get(key)), p), n
+    assert any(not torch.equal(trained[n], dict(start.model.named_parameters())[n])
+               for n in names)  # fmt: skip
+    last = ckpt.latest_checkpoint(tmp_path / "a" / "checkpoints")
+    tensors, _ = ckpt.load_weights(last, ema=False)
+    start.load_trainable_state_dict(tensors)  # what cgrpo eval / sample do with the run
+    for n, p in start.model.named_parameters():
+        assert torch.equal(p, trained[n])
+    with pytest.raises(ValueError, match="set flux.lora_rank instead"):
+        fast_config(tmp_path / "d", tiny_weights, "model.lora_rank=4", "model.kind=flux")

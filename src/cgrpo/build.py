@@ -41,8 +41,10 @@ def build_policy(
     if cfg.model.kind == "embedded":
         from cgrpo.policies.embedded import EmbeddedPolicy
 
+        m = cfg.model
+        lora = (m.lora_rank, m.lora_alpha, list(m.lora_targets)) if m.lora_rank > 0 else None
         return EmbeddedPolicy(
-            weights=cfg.model.weights, device=device, keep_reference=keep_reference
+            weights=m.weights, device=device, keep_reference=keep_reference, lora=lora
         )
     from cgrpo.policies.flux import FluxPolicy  # KL reference = the same model, LoRA disabled
 

@@ -35,6 +35,16 @@ class ModelConfig:
         None, "embedded: generator safetensors (null: the base model shipped in the package)"
     )
     device: str = option("cpu", "torch device of the policy and rewards")
+    lora_rank: int = option(
+        0, "embedded: train a LoRA of this rank on lora_targets instead of every weight (0: off)"
+    )
+    lora_alpha: float | None = option(
+        None, "embedded: LoRA alpha; the update is scaled by alpha / rank (null: alpha = rank)"
+    )
+    lora_targets: list[str] = option(
+        ["qkv", "proj", "mlp.0", "mlp.2"],
+        "embedded: LoRA target modules of every block (attention and MLP projections)",
+    )
 
 
 @dataclass
@@ -242,6 +252,13 @@ class TrainConfig:
         self.sampler.schedule.validate(self.sampler.num_steps)
         if not 0 < self.grpo.timestep_fraction <= 1:
             raise ValueError("grpo.timestep_fraction must be in (0, 1]")
+        if self.model.lora_rank < 0:
+            raise ValueError(f"model.lora_rank must be >= 0, got {self.model.lora_rank}")
+        if self.model.lora_rank and self.model.kind != "embedded":
+            raise ValueError(
+                "model.lora_rank is the embedded model's LoRA; a FLUX policy always trains a "
+                "LoRA: set flux.lora_rank instead"
+            )
         if self.grpo.updates_per_rollout < 1:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
         self.rewards = canonical_rewards(self.rewards)

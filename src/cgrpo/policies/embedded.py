@@ -4,6 +4,11 @@ Latents are images in [-1, 1] (the tiny model works in pixel space, so ``decode`
 is a rescale); the reference enters as in-context tokens and the prompt as word
 tokens (see :mod:`cgrpo.world.generator`). The starting weights are kept frozen
 as the reference policy for the optional KL penalty.
+
+By default every weight trains. With ``lora=(rank, alpha, targets)`` (``model.lora_rank``)
+the model is frozen and a peft LoRA on the ``targets`` of every block trains instead
+(``W x + alpha / rank * B A x``, ``B`` zero at the start, so the starting velocity is
+unchanged); the checkpoint still holds the whole state (base and LoRA weights).
 """
 
 from __future__ import annotations
@@ -28,14 +33,36 @@ class EmbeddedPolicy:
         weights: str | Path | None = None,
         device: str | torch.device = "cpu",
         keep_reference: bool = False,
+        lora: tuple[int, float | None, list[str]] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = (model if model is not None else load_generator(weights)).to(self.device)
+        if lora is not None:
+            self._add_lora(*lora)
         self.tokenizer = Tokenizer(self.model.config.max_text)
         self.ref_model: TinyKontext | None = None
         self.old_model: TinyKontext | None = None  # nft's old policy (enable_old_policy)
         if keep_reference:
             self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    def _add_lora(self, rank: int, alpha: float | None, targets: list[str]) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        names = {n.split("blocks.", 1)[1].split(".", 1)[1] for n, m in self.model.named_modules()
+                 if n.startswith("blocks.") and isinstance(m, torch.nn.Linear)}  # fmt: skip
+        unknown = sorted(set(targets) - names)
+        if unknown:
+            raise ValueError(
+                f"model.lora_targets {unknown} are not linear layers of the embedded blocks; "
+                f"valid: {sorted(names)}"
+            )
+        self.model.requires_grad_(False)
+        suffixes = "|".join(t.replace(".", r"\.") for t in targets)
+        cfg = LoraConfig(
+            r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=0.0,
+            target_modules=rf"blocks\.\d+\.({suffixes})",
+        )  # fmt: skip
+        self.model = inject_adapter_in_model(cfg, self.model)
 
     def encode_condition(self, references: torch.Tensor, prompts: list[str]) -> Condition:
         if references.shape[0] != len(prompts):
