@@ -221,6 +221,11 @@ def test_keep_aspect_and_multi_reference_batches(pairs_dir: Path) -> None:
         rep = refs.repeat_interleave(3)[1:5]  # indexes like the tensor it stands for
         assert rep.counts == [1, 1, 2, 2] and rep.view.shape == (4, 3, 8, 8)
         assert rep.images[2][0] is refs.images[1][0]  # repeats share the images
+    uno = pairs_dir / "multiip.json"  # UNO's own list format (datasets/dreambench_multiip.json)
+    uno.write_text(
+        json.dumps([{"prompt": "a dog and a can", "image_paths": ["./img/b.jpg", "./img/a.png"]}])
+    )
+    assert JsonlPairs(uno, 8).entries[0].references == (b, a)
     single = pairs_dir / "single.jsonl"
     single.write_text(json.dumps(rows[0]))
     assert isinstance(JsonlPairs(single, 8).sample(2, random.Random(0))[0], torch.Tensor)

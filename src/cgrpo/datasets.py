@@ -15,7 +15,8 @@ its view for the rewards.
 
 * :class:`JsonlPairs`: a JSONL file (one object per line) or a JSON list of objects
   ``{"reference": path, "prompt": str, "target": path (optional)}`` (or
-  ``"references": [path, ...]``: several subjects in one image, UNO), the shape of what
+  ``"references": [path, ...]``: several subjects in one image, UNO; ``"image_paths"`` as
+  in UNO's ``dreambench_multiip.json`` reads the same), the shape of what
   subject datasets such as SynCD provide once flattened; relative paths are resolved
   against the file's folder. ``target`` is checked and kept (``.entries``) but GRPO does
   not use it (it is online RL: the policy's own samples are scored).
@@ -221,12 +222,15 @@ class JsonlPairs:
 
 def _reference_field(rec: dict[str, Any], where: str) -> list[str]:
     """A record's reference paths: ``"reference": path`` or ``"references": [path, ...]``
-    (several subjects, UNO's multi-reference generation), exactly one of the two."""
-    one, many = rec.get("reference"), rec.get("references")
-    if (one is None) == (many is None):
+    (several subjects, UNO's multi-reference generation; ``"image_paths"``, the key of UNO's
+    own lists such as ``datasets/dreambench_multiip.json``, is read the same), exactly one."""
+    one = rec.get("reference")
+    lists = [k for k in ("references", "image_paths") if rec.get(k) is not None]
+    many = rec[lists[0]] if len(lists) == 1 else None
+    if (one is None) == (not lists) or len(lists) > 1:
         raise DatasetError(
             f"{where} needs exactly one of 'reference' (a path) and 'references' (a list of "
-            "paths, several subjects)"
+            "paths, several subjects; 'image_paths' as in UNO's lists)"
         )
     if one is not None:
         if not isinstance(one, str):
