@@ -80,6 +80,11 @@ _BRANCH = ARMS["grpo_branch"]
 SEARCH: dict[str, tuple[str, list[str]]] = {
     "branch_upr2": ("branch, 2 optimizer steps per rollout", ["grpo.updates_per_rollout=2"]),
     "branch_upr4": ("branch, 4 optimizer steps per rollout", ["grpo.updates_per_rollout=4"]),
+    "branch_upr8": ("branch, 8 optimizer steps per rollout", ["grpo.updates_per_rollout=8"]),
+    "branch_upr4_k1": (
+        "branch, k=1, 4 optimizer steps per rollout",
+        ["grpo.updates_per_rollout=4", "sampler.schedule.k=1"],
+    ),
     "branch_eta1": ("branch, eta 1.0", ["sampler.eta=1.0"]),
     "branch_p4": ("branch, 4 pairs per step (32 samples)", ["data.prompts_per_step=4"]),
     "branch_g16": ("branch, G 16 x 4 pairs", ["grpo.group_size=16", "data.prompts_per_step=4"]),
@@ -115,6 +120,7 @@ LABELS = {
     **{arm: label for arm, (label, _) in SEARCH.items()},
 }
 REWARDS = ("identity", "prompt")
+TITLE = "Learning efficiency: schedule x objective at one wall-clock budget"
 
 
 def run_config(run_dir: Path, arm: str, seed: int, budget: float, extra: list[str]):
@@ -309,12 +315,13 @@ def _pct(g: tuple[float, float]) -> str:
 
 
 def write_report(figs: list[dict], doc: Path, command: str, base: dict, truth: dict,
-                 budget: float, eval_images: int, notes: str = "") -> None:  # fmt: skip
-    img = doc.parent / "images" / "learning_efficiency.png"
+                 budget: float, eval_images: int, notes: str = "",
+                 title: str = TITLE) -> None:  # fmt: skip
+    img = doc.parent / "images" / f"{doc.stem}.png"  # learning_efficiency.png for the default doc
     plot(figs, img, budget)
     b, t = base["overall"], truth["overall"]
     lines = [
-        "# Learning efficiency: schedule x objective at one wall-clock budget",
+        f"# {title}",
         "",
         "Written by `benchmarks/learning_efficiency.py` from the runs it trained:",
         "",
@@ -397,6 +404,7 @@ def main() -> None:
     ap.add_argument(
         "--notes", type=Path, default=None, help="markdown appended to the report (the reading)"
     )
+    ap.add_argument("--title", default=TITLE, help="the report's heading")
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
@@ -425,7 +433,8 @@ def main() -> None:
         raise SystemExit(f"no finished run under {args.out}; run without --report-only first")
     command = "python benchmarks/learning_efficiency.py " + shlex.join(sys.argv[1:])
     notes = args.notes.read_text() if args.notes else ""
-    write_report(figs, args.doc, command.strip(), base, truth, args.budget, args.eval_images, notes)
+    write_report(figs, args.doc, command.strip(), base, truth, args.budget, args.eval_images,
+                 notes, args.title)  # fmt: skip
     print(f"wrote {args.doc}")
 
 
