@@ -407,6 +407,7 @@ def test_gpu_smoke_recipe_runs_the_shipped_config(flux_dir: Path, tmp_path: Path
         "train", "--config", str(here / "configs" / "uno_dreambench.yaml"), "--quiet",
         "model.device=cpu", f"flux.path={flux_dir}", "flux.start_lora=null",
         "flux.prompt_cache_dir=null", "flux.resolution=64", "flux.lora_rank=8",
+        "flux.uno_ref_size=64",  # UNO prepares a 512 px reference: too many tokens for a CPU
         f"data.root={data}", "data.prompts_per_step=1", "data.prompts_per_subject=1",
         "grpo.group_size=4", "sampler.num_steps=4", "run.eval_steps=2", "run.threads=1",
         "rewards.identity={kind: colour}", "rewards.prompt={kind: colour, measure: redness}",

@@ -186,8 +186,39 @@ def test_reward_of_several_references_is_the_mean() -> None:
     assert torch.equal(out["const"], torch.ones(2)) and Constant.calls == 1
 
 
+def test_reference_batch_indexes_like_a_tensor() -> None:
+    imgs = [[photo(8, 8, i)] + ([photo(4, 4, 9)] if i == 1 else []) for i in range(3)]
+    views = [[torch.full((3, 2, 2), float(i))] * len(p) for i, p in enumerate(imgs)]
+    refs = ReferenceBatch.from_pairs(imgs, views)
+    for idx in ([2, 0], torch.tensor([2, 0]), torch.tensor([False, True, True])[[2, 0, 1]],
+                np.array([-1, 0])):  # fmt: skip
+        got = refs[idx]
+        want = torch.as_tensor(idx)
+        want = want.nonzero().reshape(-1) if want.dtype == torch.bool else want % 3
+        assert torch.equal(got.view, refs.view[want])
+        assert all(g[0] is refs.images[int(w)][0] for g, w in zip(got.images, want, strict=True))
+    assert refs[1].counts == [2] and refs[1:].counts == [2, 1]
+    mask = refs[torch.tensor([True, False, True])]
+    assert mask.counts == [1, 1] and torch.equal(mask.view[:, 0, 0, 0], torch.tensor([0.0, 2.0]))
+    with pytest.raises(IndexError):
+        refs[[3]]
+    rows, second = refs.repeat_interleave(2).views(1)
+    assert rows.tolist() == [2, 3] and second.shape == (2, 3, 2, 2)
+
+
+def test_several_references_need_uno(flux_dir: Path, tmp_path: Path) -> None:
+    from cgrpo.build import build_data
+
+    cfg = flux_train_config(flux_dir, tmp_path, "flux.position_scheme=kontext")
+    rows = [{"references": ["ref0.png", "ref1.png"], "prompt": PROMPTS[0]}]
+    Path(cfg.data.path).write_text(json.dumps(rows[0]))
+    with pytest.raises(ValueError, match="has 2 references.*position_scheme=uno"):
+        build_data(cfg)
+
+
 def test_trainer_runs_uno_multi_reference_pairs(flux_dir: Path, tmp_path: Path) -> None:
-    """A JSONL with a two-subject pair trains end to end under UNO's preparation."""
+    """A JSONL of two- and three-subject pairs trains end to end under UNO's preparation,
+    with each pair's references in its condition."""
     from cgrpo.trainer import GRPOTrainer
 
     cfg = flux_train_config(flux_dir, tmp_path, "flux.reference_preprocess=uno",
@@ -195,11 +226,25 @@ def test_trainer_runs_uno_multi_reference_pairs(flux_dir: Path, tmp_path: Path) 
                             "run.image_every=1")  # fmt: skip
     Image.new("RGB", (40, 24), "green").save(tmp_path / "wide.png")
     rows = [{"references": ["ref0.png", "wide.png"], "prompt": PROMPTS[0]},
-            {"reference": "ref1.png", "prompt": PROMPTS[1]}]  # fmt: skip
+            {"references": ["ref1.png", "ref0.png", "wide.png"], "prompt": PROMPTS[1]}]  # fmt: skip
     Path(cfg.data.path).write_text("\n".join(json.dumps(r) for r in rows))
     trainer = GRPOTrainer(cfg)
+    seen = []
+    encode = trainer.policy.encode_reference
+
+    def spy(references):  # noqa: ANN001, ANN202
+        tokens, shapes = encode(references)
+        seen.append(shapes)
+        return tokens, shapes
+
+    trainer.policy.encode_reference = spy
     before = {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
     trainer.train(quiet=True)
     after = trainer.policy.trainable_state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    counts = {int((row[:, 0] > 0).sum()) for row in seen[0]}
+    assert counts <= {2, 3} and seen[0].shape[1] >= 2
+    # UNO's 320 px rule for several references, capped here to 32: a 24 x 20 reference
+    # (ref0/ref1) becomes 32 x 26 -> 32 x 16 px -> 8 x 4 tokens; the wide one 32 x 19 -> 32 x 16
+    assert all(tuple(g) in {(4, 8), (0, 0)} for row in seen[0] for g in row.tolist())
     assert any((Path(cfg.run.out_dir) / "images").glob("*.png"))

@@ -64,6 +64,13 @@ def build_data(cfg: TrainConfig) -> PairSource:
     if d.path is None:
         raise ValueError("data.kind=jsonl needs data.path (a JSONL file of reference/prompt pairs)")
     train = JsonlPairs(d.path, size, skip_bad=d.skip_bad, keep_aspect=whole)
+    multi = next((e for e in train.entries if len(e.references) > 1), None)
+    if multi is not None and (cfg.model.kind != "flux" or cfg.flux.position_scheme != "uno"):
+        raise ValueError(
+            f"'{d.path}': pair '{multi.name}' has {len(multi.references)} references; several "
+            "references per pair are UNO's multi-subject generation: set model.kind=flux and "
+            "flux.position_scheme=uno (Kontext and the embedded model take one)"
+        )
     if d.eval_root:
         held_out = DreamBenchPairs(d.eval_root, size, d.prompts_per_subject, keep_aspect=whole)
         return PairsWithEval(train, held_out)

@@ -65,9 +65,20 @@ class ReferenceBatch:
         return self.extra_views[i] if self.extra_views else ()
 
     def __getitem__(self, idx: int | slice | Sequence[int] | torch.Tensor) -> ReferenceBatch:
-        if isinstance(idx, int):
-            idx = [idx]
-        rows = list(range(len(self)))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
+        """The pairs ``idx`` (an int, a slice, a list or a tensor of indices, or a boolean
+        mask), always as a batch (an int gives a batch of one)."""
+        if isinstance(idx, slice):
+            rows = list(range(len(self)))[idx]
+        else:
+            n, t = len(self), torch.as_tensor(idx).cpu()
+            if t.dtype == torch.bool:
+                if t.shape != (n,):
+                    raise IndexError(f"a mask of shape {tuple(t.shape)} for {n} pairs")
+                t = t.nonzero()
+            values = [int(i) for i in t.reshape(-1).tolist()]
+            if any(not -n <= i < n for i in values):
+                raise IndexError(f"index out of range for a batch of {n} pairs: {values}")
+            rows = [i % n for i in values]
         extra = tuple(self._extra(i) for i in rows)
         return ReferenceBatch(
             tuple(self.images[i] for i in rows),
@@ -83,7 +94,8 @@ class ReferenceBatch:
     def to(self, device: torch.device | str) -> ReferenceBatch:
         """The square views on ``device`` (the full images stay where they are: the policy
         prepares and moves them)."""
-        return ReferenceBatch(self.images, self.view.to(device), self.extra_views)
+        extra = tuple(tuple(v.to(device) for v in views) for views in self.extra_views)
+        return ReferenceBatch(self.images, self.view.to(device), extra)
 
     def cpu(self) -> ReferenceBatch:
         return self.to("cpu")

@@ -23,6 +23,10 @@ class Condition(dict):
     """
 
     def index(self, idx: torch.Tensor | slice) -> Condition:
+        """The rows ``idx`` of every value (a tensor index moves to each value's device, so
+        a condition may keep small bookkeeping tensors on the CPU)."""
+        if isinstance(idx, torch.Tensor):
+            return Condition({k: v[idx.to(v.device)] for k, v in self.items()})
         return Condition({k: v[idx] for k, v in self.items()})
 
     def repeat_interleave(self, repeats: int) -> Condition:

@@ -65,6 +65,12 @@ class EmbeddedPolicy:
         self.model = inject_adapter_in_model(cfg, self.model)
 
     def encode_condition(self, references: torch.Tensor, prompts: list[str]) -> Condition:
+        if not isinstance(references, torch.Tensor):
+            raise ValueError(
+                "the embedded model takes one square reference per pair, (B, 3, H, W); got "
+                f"{type(references).__name__} (several references per pair are UNO's: use "
+                "model.kind=flux with flux.position_scheme=uno)"
+            )
         if references.shape[0] != len(prompts):
             raise ValueError(
                 f"{references.shape[0]} references but {len(prompts)} prompts: give one each"

@@ -295,16 +295,18 @@ class FluxPolicy:
             return tokens, shapes
         m = 2 * self.vae_scale
         prepared = self.prepare_references(references)
+        unique = {id(r): r for refs in prepared for r in refs}  # repeated pairs share tensors
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for key, r in unique.items():
+            by_size.setdefault(tuple(r.shape), []).append(key)
         encoded: dict[int, torch.Tensor] = {}
+        for keys in by_size.values():  # one VAE batch per size
+            tokens = self._vae_tokens(torch.stack([unique[k] for k in keys]))
+            encoded.update(zip(keys, tokens, strict=True))
         rows = []
         for refs in prepared:
-            toks, grid = [], []
-            for r in refs:
-                if id(r) not in encoded:
-                    encoded[id(r)] = self._vae_tokens(r[None])[0]
-                toks.append(encoded[id(r)])
-                grid.append((r.shape[-2] // m, r.shape[-1] // m))
-            rows.append((torch.cat(toks), grid))
+            grid = [(r.shape[-2] // m, r.shape[-1] // m) for r in refs]
+            rows.append((torch.cat([encoded[id(r)] for r in refs]), grid))
         n = max(t.shape[0] for t, _ in rows)
         r_max = max(len(g) for _, g in rows)
         width = rows[0][0].shape[1]
@@ -375,12 +377,32 @@ class FluxPolicy:
             )
         seq, pooled = self.encode_prompts(list(prompts))
         tokens, shapes = self.encode_reference(references)
+        self._check_layouts(shapes)
         return Condition(
             prompt_embeds=seq,
             pooled_prompt_embeds=pooled,
             reference_tokens=tokens,
             reference_shapes=shapes,
         )
+
+    @staticmethod
+    def _check_layouts(shapes: torch.Tensor) -> None:
+        """A multi-process run needs one reference layout per step: each process runs one
+        forward per layout in its shard, and FSDP / DDP need the same count on every
+        process. Checked on the whole step's batch (every process encodes the same one),
+        before any forward, so all processes stop together."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        layouts = {tuple(map(tuple, row)) for row in shapes.tolist()}
+        if len(layouts) > 1:
+            raise ValueError(
+                f"{len(layouts)} reference layouts (sizes / counts) in one step of a "
+                "multi-process run: every process must run the same number of forwards, so "
+                "give the step's references one layout (one aspect ratio and reference count, "
+                "or flux.reference_preprocess=square)"
+            )
 
     def _forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
         """The velocity of the image tokens; one transformer call per distinct reference
@@ -392,15 +414,6 @@ class FluxPolicy:
         distinct = list(dict.fromkeys(layouts))
         if len(distinct) == 1:
             return self._call(x, sigma, condition, self._position_ids(distinct[0]), distinct[0])
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise ValueError(
-                f"{len(distinct)} reference layouts (sizes / counts) in one forward of a "
-                "multi-process run: every process must run the same number of forwards, so "
-                "give each step's references one layout (one aspect ratio and reference count, "
-                "or flux.reference_preprocess=square)"
-            )
         out = torch.empty_like(x)
         for layout in distinct:
             idx = torch.tensor([i for i, lay in enumerate(layouts) if lay == layout])

@@ -17,7 +17,11 @@
 
 All three return a float (3, H', W') tensor in [0, 1]; the policy VAE-encodes it at that
 size, so the reference's token grid is ``(H' / m, W' / m)`` and its position ids span that
-grid (:func:`cgrpo.policies.flux.latents.position_ids`).
+grid (:func:`cgrpo.policies.flux.latents.position_ids`). The encoding takes the posterior's
+mode, as diffusers' Kontext pipeline does (``sample_mode="argmax"``); UNO's own
+inference code draws a sample of it instead, which would make a pair's condition random.
+Files are read in their stored orientation (no EXIF rotation) and converted to RGB before
+the resize (UNO converts after it: the same for RGB files).
 """
 
 from __future__ import annotations
