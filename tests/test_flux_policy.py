@@ -108,7 +108,8 @@ def test_velocity_shapes_schemes_and_only_lora_trainable(flux_dir: Path) -> None
     assert torch.equal(uno.reference_velocity(x, sigma, cond), v)
 
     kontext = make_policy(flux_dir, position_scheme="kontext")
-    assert not torch.equal(kontext.img_ids, uno.img_ids)
+    square = (uno.tokens_hw,)  # a target-sized reference
+    assert not torch.equal(kontext._position_ids(square), uno._position_ids(square))
     assert not torch.allclose(kontext.velocity(x, sigma, cond), v)
 
     names = [n for n, p in uno.transformer.named_parameters() if p.requires_grad]

@@ -41,7 +41,7 @@ import torch
 
 from cgrpo.data import PairSource
 from cgrpo.references import ReferenceBatch, References
-from cgrpo.rewards.images import check_image, load_image
+from cgrpo.rewards.images import check_image, load_image, square_crop
 
 __all__ = [
     "DatasetError",
@@ -91,11 +91,15 @@ def _references(
 ) -> References:
     """The batch of the pairs whose reference files are ``groups``: a (B, 3, S, S) tensor of
     square crops when every pair has one reference and the aspect is not kept, else a
-    :class:`~cgrpo.references.ReferenceBatch` (whole images when ``keep_aspect``)."""
-    views = [[load(p, image_size) for p in g] for g in groups]
-    if not keep_aspect and all(len(g) == 1 for g in groups):
-        return torch.stack([v[0] for v in views])
-    images = [[load(p, None) for p in g] for g in groups] if keep_aspect else views
+    :class:`~cgrpo.references.ReferenceBatch` (whole images when ``keep_aspect``; their
+    square views are cropped from them in memory, each file is read once)."""
+    if not keep_aspect:
+        views = [[load(p, image_size) for p in g] for g in groups]
+        if all(len(g) == 1 for g in groups):
+            return torch.stack([v[0] for v in views])
+        return ReferenceBatch.from_pairs(views, views)
+    images = [[load(p, None) for p in g] for g in groups]
+    views = [[square_crop(x, image_size) for x in g] for g in images]
     return ReferenceBatch.from_pairs(images, views)
 
 

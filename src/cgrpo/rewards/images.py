@@ -2,7 +2,8 @@
 
 - :func:`load_image` / :func:`load_images`: read image files into float tensors in [0, 1]
   (the project's one image loader, also behind :mod:`cgrpo.datasets`); an unreadable file
-  fails with its name and the fix.
+  fails with its name and the fix. :func:`square_crop` gives its ``crop=True`` result from an
+  already loaded whole image; :func:`to_pil` / :func:`from_pil` convert either way.
 - :func:`check_batch`: validate the ``(images, prompts, references)`` triple of a reward call.
 - :func:`resize_center_crop` / :func:`normalize`: the resize-shorter-side, centre-crop and
   mean/std steps of the usual image processors, on batched tensors (CPU or GPU), so a batch
@@ -31,11 +32,14 @@ __all__ = [
     "check_batch",
     "check_image",
     "check_images",
+    "from_pil",
     "image_key",
     "load_image",
     "load_images",
     "normalize",
     "resize_center_crop",
+    "square_crop",
+    "to_pil",
     "to_uint8",
     "resolve_device",
 ]
@@ -89,7 +93,7 @@ def load_image(
                 im = _resize_shorter_and_crop(im, size)
             elif size is not None and max(im.size) > size:
                 im.thumbnail((size, size), Image.Resampling.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8).copy()
+            out = from_pil(im)
     except FileNotFoundError:
         raise ValueError(
             f"image file not found: {str(p)!r}; check the path (and that the data folder "
@@ -100,7 +104,27 @@ def load_image(
             f"cannot read image file {str(p)!r}: {exc}; the file is truncated or not an image "
             "PIL can decode: replace it with a valid PNG or JPEG (download or export it again)"
         ) from exc
+    return out
+
+
+def from_pil(im: PILImage) -> torch.Tensor:
+    """A PIL image as a float (3, H, W) tensor in [0, 1] (RGB)."""
+    arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
+
+
+def to_pil(image: torch.Tensor) -> PILImage:
+    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB PIL image (exact for 8-bit values, such
+    as what :func:`load_image` returns)."""
+    from PIL import Image
+
+    return Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
+
+
+def square_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """What ``load_image(path, size, crop=True)`` returns, from the whole image ``load_image``
+    gave for the same file: shorter side to ``size`` (bicubic), centre square."""
+    return from_pil(_resize_shorter_and_crop(to_pil(image), size))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -151,8 +151,7 @@ class FluxPolicy:
                 f"transformer in_channels={self.transformer.config.in_channels} but the VAE "
                 f"packs {self.latent_channels} latent channels into {expected_in}"
             )
-        self._ids: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
-        self.img_ids = self._position_ids((self.tokens_hw,))  # a target-sized reference
+        self._ids: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}  # per layout
 
         self.transformer.requires_grad_(False)
         if config.start_lora:
@@ -247,13 +246,13 @@ class FluxPolicy:
         c = self.config
         mode = c.reference_preprocess
         if isinstance(references, torch.Tensor):
-            pairs = [[r] for r in references]
             if mode != "square":
                 raise ValueError(
                     f"flux.reference_preprocess={mode} needs each reference whole, but the "
                     "data gave centre-cropped squares: build the data with "
                     "cgrpo.build.build_data (it keeps the aspect ratio for kontext and uno)"
                 )
+            pairs = [[r] for r in references]
         elif mode == "square":  # the dataset's square view of every reference
             pairs = [list(references.pair_views(i)) for i in range(len(references))]
         else:
@@ -407,9 +406,7 @@ class FluxPolicy:
     def _forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
         """The velocity of the image tokens; one transformer call per distinct reference
         layout in the batch (a single call when all share one, the usual case)."""
-        shapes = condition.get("reference_shapes")
-        if shapes is None:  # a condition built before reference_shapes existed: square refs
-            return self._call(x, sigma, condition, self.img_ids)
+        shapes = condition["reference_shapes"]
         layouts = [tuple((int(r), int(c)) for r, c in row if r > 0) for row in shapes.tolist()]
         distinct = list(dict.fromkeys(layouts))
         if len(distinct) == 1:
@@ -427,13 +424,11 @@ class FluxPolicy:
         sigma: torch.Tensor,
         condition: Condition,
         ids: torch.Tensor,
-        layout: tuple[tuple[int, int], ...] | None = None,
+        layout: tuple[tuple[int, int], ...],
     ) -> torch.Tensor:
         n = x.shape[1]
         b = x.shape[0]
-        ref = condition["reference_tokens"]
-        if layout is not None:
-            ref = ref[:, : sum(r * c for r, c in layout)]
+        ref = condition["reference_tokens"][:, : sum(r * c for r, c in layout)]
         hidden = torch.cat([x.to(self.dtype), ref.to(self.dtype)], dim=1)
         text = condition["prompt_embeds"].to(self.dtype)
         txt_ids = torch.zeros(text.shape[1], 3, device=self.device)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from cgrpo.rewards.images import to_uint8
+from cgrpo.rewards.images import from_pil, to_pil
 
 __all__ = [
     "PREFERRED_KONTEXT_RESOLUTIONS",
@@ -78,19 +78,6 @@ def uno_box(width: int, height: int, long_side: int) -> tuple[tuple[int, int], t
     return (nw, nh), (left, top, left + tw, top + th)
 
 
-def _to_pil(image: torch.Tensor):  # noqa: ANN202 - PIL is imported lazily
-    from PIL import Image
-
-    return Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
-
-
-def _from_pil(im) -> torch.Tensor:  # noqa: ANN001
-    import numpy as np
-
-    arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
-
-
 def prepare_reference(
     image: torch.Tensor,
     mode: str,
@@ -115,10 +102,10 @@ def prepare_reference(
         )[0]  # fmt: skip
     from PIL import Image
 
-    im = _to_pil(image)
+    im = to_pil(image)
     if mode == "kontext":
-        return _from_pil(im.resize(kontext_size(*im.size, multiple_of), Image.Resampling.LANCZOS))
+        return from_pil(im.resize(kontext_size(*im.size, multiple_of), Image.Resampling.LANCZOS))
     if mode == "uno":
         size, box = uno_box(*im.size, long_side)
-        return _from_pil(im.resize(size, Image.Resampling.LANCZOS).crop(box))
+        return from_pil(im.resize(size, Image.Resampling.LANCZOS).crop(box))
     raise ValueError(f"unknown flux.reference_preprocess {mode!r}; valid: {', '.join(PREPROCESS)}")
