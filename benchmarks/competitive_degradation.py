@@ -1,26 +1,31 @@
-"""The competitive-degradation experiment on the embedded world (CPU).
+"""The competitive-degradation experiment on the embedded world (CPU): does naive GRPO with
+static weights trade one reward for the other, and does Customized-GRPO (SARS + TDW) avoid
+it? Every arm is the embedded default (``cgrpo/configs/embedded.yaml``: branch k=2, lr 2e-5,
+8 pairs x G 8) for the same ``--steps``, differing only in shaping / weighting:
 
-Five arms with the same budget (the embedded default config, ``--steps`` steps each):
+===================  ==========  ==================================================
+arm                  shaping     weighting
+===================  ==========  ==================================================
+naive 1:1            linear      static, identity 1, prompt 1 (weights sum to 2)
+naive 0.5:0.5        linear      static, identity 0.5, prompt 0.5 (TDW's scale, 1)
+naive 1:1.5          linear      static, identity 1, prompt 1.5 (prompt-heavy)
+SARS only            sars 0.4    static 1:1
+TDW only             linear      tdw (weights sum to 1 at every step)
+SARS + TDW           sars 0.4    tdw   (Customized-GRPO, the default)
+naive 2:1            linear      static, identity 2, prompt 1 (identity-heavy)
+===================  ==========  ==================================================
 
-=================  ==========  =============================
-arm                shaping     weighting
-=================  ==========  =============================
-naive 1:1          linear      static, identity 1, prompt 1
-naive 1:1.5        linear      static, identity 1, prompt 1.5
-SARS               sars        static, identity 1, prompt 1
-TDW                linear      tdw
-SARS + TDW         sars        tdw   (Customized-GRPO)
-=================  ==========  =============================
+A seed fixes the training pairs and every noise, so the arms of one seed are compared
+image by image. Each run is a ``cgrpo train`` run folder ``--out/<arm>/seed<k>``
+(metrics.csv with the held-out curve every ``--eval-every`` steps on one noise per pair,
+eval.json, images), trained in its own process with one thread (``--jobs 2`` on a 2-core
+machine: two runs at a time), then evaluated by ``cgrpo eval`` on the 256 held-out pairs x
+``--eval-images`` noises (``eval_final/``), paired with one shared evaluation of the base on
+the same noise (``base_eval/``). Finished runs are skipped and stopped ones resume from
+their last checkpoint, so the command continues where it stopped. The report
+(``--doc``) is written from whatever has finished.
 
-Each arm runs ``--seeds`` seeds; every run is a normal ``cgrpo train`` run folder under
-``--out/<arm>/seed<k>`` (metrics.csv, eval.json, images), so ``cgrpo compare`` reads them
-too. Finished runs (eval.json with a trained entry) are skipped, so the command resumes.
-At the end it writes the report (``--doc``, default docs/results.md) with the table of
-held-out means of the two competing rewards (``method.pair``, mean +- std over seeds),
-the Pareto scatter, the curves along training and the share of conflicted samples per
-step.
-
-    python benchmarks/competitive_degradation.py [--seeds 3] [--steps 40] [key=value ...]
+    python benchmarks/competitive_degradation.py --jobs 2 [--seeds 5] [--steps 80]
     python benchmarks/competitive_degradation.py --report-only
 """
 
@@ -28,139 +33,442 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
-from cgrpo.compare import RunResult, load_run
-from cgrpo.config import load_config
-from cgrpo.evaluation import EvalConfig, eval_command
-from cgrpo.experiment_report import ArmResult, write_experiment_report
-from cgrpo.summary import paired_changes
-from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
-from cgrpo.trainer import GRPOTrainer
+import numpy as np
 
-#: The embedded rewards with prompt weighted 1.5 (weights live in ``rewards``).
-PROMPT_1_5 = (
-    "rewards={identity: {kind: embedded_identity, weight: 1.0}, "
-    "prompt: {kind: embedded_prompt, weight: 1.5}}"
-)
+from cgrpo.compare import RunResult, load_run
+from cgrpo.summary import paired_changes, paired_difference
+from cgrpo.sweep import run_all, run_logged
+
+PRIMARY = ["naive_1_1", "naive_0.5_0.5", "naive_1_1.5", "sars", "tdw", "sars_tdw"]
+
+
+def _weights(identity: float, prompt: float) -> str:
+    """The override of the embedded rewards with these static weights."""
+    return (
+        f"rewards={{identity: {{kind: embedded_identity, weight: {identity}}}, "
+        f"prompt: {{kind: embedded_prompt, weight: {prompt}}}}}"
+    )
+
+
+_NAIVE = ["method.shaping=linear", "method.weighting=static"]
 ARMS: dict[str, list[str]] = {
-    "naive_1_1": ["method.shaping=linear", "method.weighting=static"],
-    "naive_1_1.5": ["method.shaping=linear", "method.weighting=static", PROMPT_1_5],
-    "sars": ["method.shaping=sars", "method.weighting=static"],
-    "tdw": ["method.shaping=linear", "method.weighting=tdw"],
-    "sars_tdw": ["method.shaping=sars", "method.weighting=tdw"],
+    "naive_1_1": [*_NAIVE, _weights(1.0, 1.0)],
+    "naive_0.5_0.5": [*_NAIVE, _weights(0.5, 0.5)],
+    "naive_1_1.5": [*_NAIVE, _weights(1.0, 1.5)],
+    "sars": ["method.shaping=sars", "method.weighting=static", _weights(1.0, 1.0)],
+    "tdw": ["method.shaping=linear", "method.weighting=tdw", _weights(1.0, 1.0)],
+    "sars_tdw": ["method.shaping=sars", "method.weighting=tdw", _weights(1.0, 1.0)],
+    "naive_2_1": [*_NAIVE, _weights(2.0, 1.0)],
 }
 LABELS = {
     "naive_1_1": "naive GRPO 1:1",
+    "naive_0.5_0.5": "naive GRPO 0.5:0.5",
     "naive_1_1.5": "naive GRPO 1:1.5",
     "sars": "SARS only",
     "tdw": "TDW only",
     "sars_tdw": "SARS + TDW",
+    "naive_2_1": "naive GRPO 2:1",
 }
+DEFAULT_ARM = "sars_tdw"
 
 
-def run_one(out: Path, arm: str, seed: int, steps: int, extra: list[str]) -> None:
-    run_dir = out / arm / f"seed{seed}"
-    if _finished(run_dir):
-        print(f"[skip] {run_dir} (finished)", flush=True)
-        return
+def run_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace):
+    """The run's config: the embedded default, the experiment's budget, the arm."""
+    from cgrpo.config import load_config
+    from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+
     overrides = [
-        f"run.out_dir={run_dir}",
-        f"run.seed={seed}",
-        f"run.steps={steps}",
-        f"run.eval_every={max(1, steps // 4)}",
-        "run.checkpoint_every=10",
-        "run.keep_last=1",
-        f"run.image_every={steps}",
-        *ARMS[arm],
-        *extra,
-    ]
-    cfg = load_config(TrainConfig, EMBEDDED_CONFIG, overrides)
-    resume = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
-    t0 = time.time()
-    GRPOTrainer(cfg).train(resume=resume, quiet=True)
-    r = load_run(run_dir)  # eval.json: base and trained held-out means of every reward
-    changes = ", ".join(f"{k} {r.base[k]:.4f} -> {v:.4f}" for k, v in r.trained.items())
-    print(f"[done] {arm} seed {seed} in {time.time() - t0:.0f} s: {changes}", flush=True)
+        f"run.out_dir={run_dir}", f"run.seed={seed}", f"run.steps={args.steps}",
+        f"run.eval_every={args.eval_every}", "run.checkpoint_every=10", "run.keep_last=1",
+        f"run.image_every={args.steps}", "run.threads=1",
+        "data.eval_noises=1",  # the run's own base / trained: the curve's ends (one noise)
+        *ARMS[arm], *args.overrides,
+    ]  # fmt: skip
+    return load_config(TrainConfig, EMBEDDED_CONFIG, overrides)
 
 
-def _finished(run_dir: Path) -> bool:
-    """A run with its final evaluation (runs still training, maybe in another process,
-    are left out)."""
+def train_and_eval(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
+    """One run, in its own process: train (resuming from its last checkpoint), then the
+    precise end point (``cgrpo eval``, ``eval_final/``)."""
+    from cgrpo import checkpoint as ckpt
+    from cgrpo.evaluation import EvalConfig, eval_command
+    from cgrpo.trainer import GRPOTrainer
+
+    if not _trained(run_dir):
+        resume = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
+        GRPOTrainer(run_config(run_dir, arm, seed, args)).train(resume=resume, quiet=True)
+    cfg = EvalConfig(out_dir=str(run_dir / "eval_final"), images_per_pair=args.eval_images)
+    eval_command(cfg, run_dir, None, True)
+
+
+def base_eval(args: argparse.Namespace) -> Path:
+    """One evaluation of the starting model (and the ground truth) shared by every run."""
+    from cgrpo.config import save_config
+    from cgrpo.evaluation import EvalConfig, eval_command
+
+    base_dir = args.out / "base_eval"
+    if not (base_dir / "metrics.json").is_file():
+        base_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_config(base_dir, DEFAULT_ARM, 0, args), base_dir / "model.yaml")
+        cfg = EvalConfig(out_dir=str(base_dir), images_per_pair=args.eval_images)
+        eval_command(cfg, None, base_dir / "model.yaml", True)
+    return base_dir / "metrics.json"
+
+
+def _trained(run_dir: Path) -> bool:
     ev = run_dir / "eval.json"
     return ev.is_file() and "trained" in json.loads(ev.read_text())
 
 
-def final_eval(run_dir: Path, base_dir: Path, images_per_pair: int) -> RunResult:
-    """The run's end point, measured precisely: ``cgrpo eval`` of its last checkpoint on
-    the 256 held-out pairs x ``images_per_pair`` noises, paired with the base model's
-    images (same pairs, same noise; the paired changes from the two metrics.json's
-    per-image values); the curves come from the run's own evaluations."""
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "eval_final" / "metrics.json").is_file()
+
+
+def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
+    """Train and evaluate one run in a subprocess (one thread), logging to ``train.log``."""
+    if _done(run_dir):
+        print(f"[skip] {arm} seed {seed} (finished)", flush=True)
+        return
+    cmd = [
+        sys.executable, __file__, "--one", arm, str(seed), "--steps", str(args.steps),
+        "--eval-every", str(args.eval_every), "--out", str(args.out),
+        "--eval-images", str(args.eval_images), *args.overrides,
+    ]  # fmt: skip
+    run_logged(cmd, run_dir, f"{arm} seed {seed}")
+
+
+def schedule(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The order runs are trained in: the six primary arms seed by seed (every arm gets
+    seed 0 before seed 1), then the extra arms seed by seed."""
+    primary = [a for a in arms if a in PRIMARY]
+    extra = [a for a in arms if a not in PRIMARY]
+    return [(a, k) for k in seeds for a in primary] + [(a, k) for k in seeds for a in extra]
+
+
+def final_result(run_dir: Path, base: dict) -> RunResult:
+    """The run's end point from ``eval_final`` paired with the base on the same images;
+    its curve and conflict share from the run's own metrics.csv."""
     out = run_dir / "eval_final"
-    if not (out / "metrics.json").is_file():
-        eval_command(
-            EvalConfig(out_dir=str(out), images_per_pair=images_per_pair), run_dir, None, True
-        )
-    run = load_run(run_dir)
-    final, base = load_run(out), load_run(base_dir)
-    run.trained, run.base, run.pairs = final.trained, base.trained, final.pairs
+    run, final = load_run(run_dir), json.loads((out / "metrics.json").read_text())
+    end = load_run(out)
+    run.trained, run.base, run.pairs = end.trained, load_base(base), end.pairs
     run.name = run_dir.name
-    run.paired = paired_changes(
-        json.loads((out / "metrics.json").read_text()),
-        json.loads((base_dir / "metrics.json").read_text()),
-    )
+    run.paired = paired_changes(final, base)
     return run
+
+
+def load_base(base: dict) -> dict[str, float]:
+    return dict(base["overall"])
+
+
+# -- the claims -----------------------------------------------------------------------------
+
+REWARDS = ("identity", "prompt")
+NAIVE = [a for a in ARMS if a.startswith("naive")]
+Z = 2.0  #: a difference counts as real when |mean| >= Z standard errors (fixed before the run)
+BUDGET_Z = 5.0  #: the issue's budget test: the default's change >= 5 paired SE on both
+PAPER_CONFLICT = 0.502  #: the paper's share of conflicted samples
+
+
+def per_image(run_dir: Path) -> dict[str, np.ndarray]:
+    """The final evaluation's per-image rewards of a run (``eval_final/metrics.json``)."""
+    m = json.loads((run_dir / "eval_final" / "metrics.json").read_text())
+    return {r: np.asarray(m["per_image"][r], np.float64) for r in REWARDS}
+
+
+def pooled(per_seed: dict[int, tuple[float, float]]) -> tuple[float, float, int]:
+    """Mean over seeds of per-seed paired means, and its SE across seeds (std ddof 1 /
+    sqrt(n)): the seed-to-seed spread of training and data, not only evaluation noise."""
+    m = np.array([v[0] for v in per_seed.values()])
+    se = float(m.std(ddof=1) / math.sqrt(len(m))) if len(m) > 1 else float("nan")
+    return float(m.mean()), se, len(m)
+
+
+def sign(mean: float, se: float) -> int:
+    """+1 / -1 when ``mean`` is at least ``Z`` SE above / below 0, else 0."""
+    return 0 if not se > 0 or abs(mean) < Z * se else (1 if mean > 0 else -1)
+
+
+def differences(
+    a: dict[int, dict[str, np.ndarray]], b: dict[int, dict[str, np.ndarray]]
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Per reward, per seed both hold: the paired difference ``a - b`` image by image."""
+    seeds = sorted(set(a) & set(b))
+    return {r: {k: paired_difference(a[k][r], b[k][r]) for k in seeds} for r in REWARDS}
+
+
+def _z(mean: float, se: float) -> float:
+    return mean / se if se > 0 else math.copysign(math.inf, mean)
+
+
+def _fmt(v: tuple[float, float] | tuple[float, float, int]) -> str:
+    return f"{v[0]:+.4f} ± {v[1]:.4f}"
+
+
+def _seed_cells(d: dict[int, tuple[float, float]]) -> str:
+    return ", ".join(f"{v[0]:+.4f}" + ("*" if sign(*v) else "") for v in d.values())
+
+
+def claims_section(
+    finals: dict[str, dict[int, dict[str, np.ndarray]]],
+    base: dict[str, np.ndarray],
+    curves: dict[str, dict[int, dict[int, float]]],
+    conflict: dict[str, list[float]],
+    steps: int,
+) -> tuple[str, dict[str, str]]:
+    """The markdown of the five claims and the budget test, and each claim's verdict.
+
+    ``finals``: arm -> seed -> per-image final rewards; ``base``: the base's per-image
+    rewards on the same images; ``curves``: arm -> seed -> step -> held-out identity +
+    prompt (one noise per pair); ``conflict``: arm -> each run's mean conflicted share."""
+    out: list[str] = []
+    verdict: dict[str, str] = {}
+    change = {a: differences(f, {k: base for k in f}) for a, f in finals.items()}
+
+    def hold(ok: bool) -> str:
+        return "**holds**" if ok else "**does not hold**"
+
+    out += [
+        "### The claims",
+        "",
+        f"A difference counts when it is at least {Z:g} standard errors from 0 (marked *). "
+        "Per seed: paired over the seed's images (same pairs, same noise). Pooled: the mean "
+        "of the per-seed figures, ± its SE across seeds (n = seeds), which holds the "
+        "seed-to-seed spread of training.",
+        "",
+    ]
+    d = DEFAULT_ARM
+    if d in change:
+        ok = [
+            all(v[0] >= BUDGET_Z * v[1] for v in (change[d][r][k] for r in REWARDS))
+            for k in change[d][REWARDS[0]]
+        ]
+        zs = {r: [_z(*v) for v in change[d][r].values()] for r in REWARDS}
+        out += [
+            f"**Budget test** (the {LABELS[d]} change >= {BUDGET_Z:g} paired SE on both "
+            f"rewards in every seed): met in {sum(ok)} of {len(ok)} seeds. Change / paired "
+            "SE per seed: "
+            + "; ".join(f"{r} " + ", ".join(f"{z:.1f}" for z in zs[r]) for r in REWARDS)
+            + ".",
+            "",
+        ]
+    # 1. competitive degradation
+    rows, degraded = [], []
+    for a in [a for a in NAIVE + ["sars"] if a in change]:
+        p = {r: pooled(change[a][r]) for r in REWARDS}
+        s = {r: sign(p[r][0], p[r][1]) for r in REWARDS}
+        per_seed = sum(
+            1
+            for k in change[a][REWARDS[0]]
+            if sorted(sign(*change[a][r][k]) for r in REWARDS) == [-1, 1]
+        )
+        if a in NAIVE and sorted(s.values()) == [-1, 1]:
+            degraded.append(LABELS[a])
+        rows.append(
+            f"| {LABELS[a]} | {_fmt(p['identity'])} | {_fmt(p['prompt'])} | "
+            f"{_seed_cells(change[a]['identity'])} | {_seed_cells(change[a]['prompt'])} | "
+            f"{per_seed} of {len(change[a]['identity'])} |"
+        )
+    verdict["1"] = hold(bool(degraded))
+    out += [
+        f"**1. Competitive degradation** (a naive static-weight arm raises one reward* while "
+        f"the other ends below base*, pooled; SARS only, also static, is shown but not "
+        f"counted): {verdict['1']}" + (f" ({', '.join(degraded)})." if degraded else "."),
+        "",
+        "| arm | Δ identity pooled | Δ prompt pooled | Δ identity per seed | "
+        "Δ prompt per seed | seeds with one up*, one down* |",
+        "|---|---:|---:|---|---|---:|",
+        *rows,
+        "",
+    ]
+    # 2. SARS + TDW above base on both in every seed
+    if d in change:
+        above = [all(change[d][r][k][0] > 0 for r in REWARDS) for k in change[d]["identity"]]
+        strong = [all(sign(*change[d][r][k]) > 0 for r in REWARDS) for k in change[d]["identity"]]
+        verdict["2"] = hold(all(above))
+        out += [
+            f"**2. {LABELS[d]} ends above base on both rewards in every seed**: "
+            f"{verdict['2']}: above on both in {sum(above)} of {len(above)} seeds, by "
+            f">= {Z:g} paired SE on both in {sum(strong)}. Per seed, identity: "
+            f"{_seed_cells(change[d]['identity'])}; prompt: {_seed_cells(change[d]['prompt'])}.",
+            "",
+        ]
+    # 3. SARS + TDW dominates every naive arm
+    if d in finals:
+        rows, dominated = [], []
+        for a in [a for a in NAIVE if a in finals]:
+            diff = differences(finals[d], finals[a])
+            p = {r: pooled(diff[r]) for r in REWARDS}
+            s = [sign(p[r][0], p[r][1]) for r in REWARDS]
+            dom = min(s) >= 0 and max(s) > 0
+            dominated.append(dom)
+            rows.append(
+                f"| {LABELS[a]} | {_fmt(p['identity'])} | {_fmt(p['prompt'])} | "
+                f"{_seed_cells(diff['identity'])} | {_seed_cells(diff['prompt'])} | "
+                f"{'yes' if dom else 'no'} |"
+            )
+        verdict["3"] = hold(bool(dominated) and all(dominated))
+        out += [
+            f"**3. {LABELS[d]} dominates every naive arm** (pooled: not worse* on either "
+            f"reward, better* on at least one): {verdict['3']}: it dominates "
+            f"{sum(dominated)} of {len(dominated)}.",
+            "",
+            f"| {LABELS[d]} minus | Δ identity pooled | Δ prompt pooled | per seed identity | "
+            "per seed prompt | dominates |",
+            "|---|---:|---:|---|---|---|",
+            *rows,
+            "",
+        ]
+    # 4. steps to naive 1:1's final combined reward
+    n11 = "naive_1_1"
+    if d in curves and n11 in curves:
+        seeds = sorted(set(curves[d]) & set(curves[n11]))
+        target = float(np.mean([curves[n11][k][max(curves[n11][k])] for k in seeds]))
+        grid = sorted(set.intersection(*(set(curves[d][k]) for k in seeds)))
+        mean_curve = {t: float(np.mean([curves[d][k][t] for k in seeds])) for t in grid}
+        reach = next((t for t in grid if t > 0 and mean_curve[t] >= target), None)
+        per_seed = []
+        for k in seeds:
+            tk = max(curves[n11][k])
+            per_seed.append(
+                next(
+                    (
+                        t
+                        for t in sorted(curves[d][k])
+                        if t > 0 and curves[d][k][t] >= curves[n11][k][tk]
+                    ),
+                    None,
+                )
+            )
+        verdict["4"] = hold(reach is not None and reach <= steps / 2)
+        out += [
+            f"**4. {LABELS[d]} reaches naive 1:1's final combined reward (identity + prompt) "
+            f"in <= 50 % of its steps**: {verdict['4']}. Naive 1:1 ends at {target:.4f} "
+            f"(mean over seeds, step {steps}); the {LABELS[d]} seed-mean curve is "
+            + ", ".join(f"{mean_curve[t]:.4f} at step {t}" for t in grid)
+            + f": first at or above it at step {reach if reach is not None else 'never'}. "
+            "Per seed (against the same seed's naive 1:1): "
+            + ", ".join(str(t) if t is not None else "never" for t in per_seed)
+            + ". The curves evaluate one noise per held-out pair, so each point carries "
+            "an evaluation SE of about 0.006 per reward.",
+            "",
+        ]
+    # 5. conflicted samples
+    if conflict:
+        allv = [v for vs in conflict.values() for v in vs]
+        out += [
+            f"**5. Share of conflicted samples** (above the group mean on one reward, below on "
+            f"the other), mean over training: {100 * np.mean(allv):.1f} % over all "
+            f"{len(allv)} runs (range {100 * min(allv):.1f}-{100 * max(allv):.1f} %), "
+            f"against the paper's {100 * PAPER_CONFLICT:.1f} %. Per arm: "
+            + ", ".join(f"{LABELS[a]} {100 * np.mean(v):.1f} %" for a, v in conflict.items())
+            + ".",
+            "",
+        ]
+        verdict["5"] = f"{100 * np.mean(allv):.1f} % vs 50.2 %"
+    return "\n".join(out), verdict
+
+
+def copy_scores(args: argparse.Namespace) -> dict[str, float]:
+    """What pasting the reference scores: each held-out pair's reference taken as its
+    generated image, scored by the run's rewards (the paper: DINO 1.0, prompt 0.50)."""
+    import torch
+
+    from cgrpo.build import build_data, build_rewards, eval_pairs_of
+
+    path = args.out / "base_eval" / "copy.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg = run_config(args.out / "base_eval", DEFAULT_ARM, 0, args)
+    pairs, rewards = eval_pairs_of(build_data(cfg)), build_rewards(cfg, "cpu")
+    scores: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(pairs), 64):
+        refs = pairs.references[i : i + 64]
+        for k, v in rewards.score(refs, pairs.prompts[i : i + 64], refs).items():
+            scores.setdefault(k, []).append(v)
+    out = {k: float(torch.cat(v).mean()) for k, v in scores.items()}
+    path.write_text(json.dumps(out))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=80, help="training steps per run")
     ap.add_argument(
-        "--only-seed", type=int, default=None, help="train only this seed (parallel runs)"
+        "--eval-every", type=int, default=20, help="steps between the runs' held-out curve points"
     )
-    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time (one thread each)")
     ap.add_argument("--out", type=Path, default=Path("runs/competitive_degradation"))
     ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--report-only", action="store_true", help="only (re)write the report")
     ap.add_argument(
-        "--eval-images", type=int, default=4, help="images per held-out pair in the final eval"
+        "--eval-images", type=int, default=4, help="noises per held-out pair in the final eval"
     )
+    ap.add_argument(
+        "--notes", type=Path, default=None, help="markdown appended to the report (the reading)"
+    )
+    ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
+    if args.one:
+        arm, seed = args.one[0], int(args.one[1])
+        train_and_eval(args.out / arm / f"seed{seed}", arm, seed, args)
+        return
+    base_path = base_eval(args)
     if not args.report_only:
-        seeds = [args.only_seed] if args.only_seed is not None else range(args.seeds)
-        for seed in seeds:  # seed-major: every arm gets seed 0 before seed 1
-            for arm in args.arms:
-                run_one(args.out, arm, seed, args.steps, args.overrides)
-    finished = {
-        arm: [d for d in sorted((args.out / arm).glob("seed*")) if _finished(d)]
-        for arm in args.arms
-    }
-    first = next((d[0] for d in finished.values() if d), None)
-    if first is None:
+        runs = schedule(args.arms, list(range(args.seeds)))
+        run_all([partial(launch, args.out / a / f"seed{k}", a, k, args) for a, k in runs],
+                args.jobs)  # fmt: skip
+    from cgrpo.experiment_report import ArmResult, write_experiment_report
+
+    base = json.loads(base_path.read_text())
+    arms, finals, curves, conflict = [], {}, {}, {}
+    for arm in args.arms:
+        dirs = {int(d.name[4:]): d for d in sorted((args.out / arm).glob("seed*")) if _done(d)}
+        if not dirs:
+            continue
+        runs = [final_result(d, base) for d in dirs.values()]
+        arms.append(ArmResult(arm, LABELS[arm], runs))
+        finals[arm] = {k: per_image(d) for k, d in dirs.items()}
+        curves[arm] = {
+            k: {t: sum(v[r] for r in REWARDS) for t, v in r.curve}
+            for k, r in zip(dirs, runs, strict=True)
+        }
+        conflict[arm] = [float(np.mean([c[1] for c in r.conflict])) for r in runs]
+    if not arms:
         raise SystemExit(f"no finished run under {args.out}; run without --report-only first")
-    base_dir = args.out / "base_eval"
-    if not (base_dir / "metrics.json").is_file():  # the runs' own starting model
-        cfg = EvalConfig(out_dir=str(base_dir), images_per_pair=args.eval_images)
-        eval_command(cfg, None, first / "config.yaml", True)
-    arms = [
-        ArmResult(arm, LABELS[arm], [final_eval(d, base_dir, args.eval_images) for d in done])
-        for arm, done in finished.items()
-        if done
-    ]
-    command = "python benchmarks/competitive_degradation.py " + shlex.join(sys.argv[1:])
-    n = json.loads((base_dir / "metrics.json").read_text())["images"]
-    evaluation = (
-        f"Final figures: `cgrpo eval` of each run's last checkpoint on the 8 held-out "
-        f"subjects x 32 prompts x {args.eval_images} noises = {n} images (ODE sampling, "
-        "seeded noise per image), paired with the base model's images on the same noise; "
-        "curves: the runs' own held-out evaluations (256 pairs, one noise each)."
+    base_images = {r: np.asarray(base["per_image"][r], np.float64) for r in REWARDS}
+    claims, verdict = claims_section(finals, base_images, curves, conflict, args.steps)
+    copy, b, t = copy_scores(args), base["overall"], base["truth"]["overall"]
+    reference = (
+        "Reference points on the same held-out pairs: "
+        + "; ".join(
+            f"{name} identity {v['identity']:.4f}, prompt {v['prompt']:.4f}"
+            for name, v in (("base", b), ("ground truth", t), ("pasting the reference", copy))
+        )
+        + "."
     )
-    write_experiment_report(arms, args.doc, command.strip(), evaluation)
+    command = "python benchmarks/competitive_degradation.py " + shlex.join(sys.argv[1:])
+    evaluation = (
+        f"Final figures: `cgrpo eval` of each run's last checkpoint on the {base['pairs']} "
+        f"held-out pairs x {args.eval_images} noises = {base['images']} images (ODE sampling, "
+        "seeded noise per image), paired with one evaluation of the base on the same noise. "
+        f"Curves: the runs' own held-out evaluations ({base['pairs']} pairs, one noise "
+        "each; step 0 = base)."
+    )
+    notes = args.notes.read_text() if args.notes else ""
+    write_experiment_report(
+        arms, args.doc, command.strip(), evaluation, "\n\n".join([reference, claims, notes])
+    )
+    print("verdicts: " + "; ".join(f"{k}: {v}" for k, v in verdict.items()))
     print(f"wrote {args.doc}")
 
 

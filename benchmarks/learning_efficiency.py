@@ -32,17 +32,16 @@ import argparse
 import csv
 import json
 import math
-import os
 import random
 import shlex
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from cgrpo.sweep import run_all, run_logged
 from cgrpo.trainer import PHASES  # the timed phases of a step: metrics sec_<phase>
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,18 +235,11 @@ def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None
     if _done(run_dir):
         print(f"[skip] {arm} seed {seed} (finished)", flush=True)
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, __file__, "--one", arm, str(seed), "--budget", str(args.budget),
         "--out", str(args.out), "--eval-images", str(args.eval_images), *args.overrides,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.time()
-    with open(run_dir / "train.log", "a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code != 0:
-        raise SystemExit(f"{arm} seed {seed} failed (exit {code}): see {run_dir / 'train.log'}")
-    print(f"[done] {arm} seed {seed} in {time.time() - t0:.0f} s", flush=True)
+    run_logged(cmd, run_dir, f"{arm} seed {seed}")
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -417,9 +409,7 @@ def main() -> None:
     base_path = base_eval(args.out, args.eval_images, args.overrides)
     if not args.report_only:
         jobs = [(args.out / a / f"seed{k}", a, k) for k in range(args.seeds) for a in args.arms]
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            for f in [pool.submit(launch, d, a, k, args) for d, a, k in jobs]:
-                f.result()
+        run_all([partial(launch, d, a, k, args) for d, a, k in jobs], args.jobs)
     base = json.loads(base_path.read_text())
     truth = base.get("truth")
     if truth is None:

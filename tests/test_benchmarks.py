@@ -27,25 +27,40 @@ def test_step_cost_prints_phases(tiny_weights: Path) -> None:
         assert word in out
 
 
-def test_competitive_degradation_writes_report(tmp_path: Path, tiny_weights: Path) -> None:
+def test_competitive_degradation_writes_report_and_resumes(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
     doc = tmp_path / "docs" / "results.md"
     args = [
         "benchmarks/competitive_degradation.py", "--seeds", "1", "--steps", "2",
-        "--arms", "naive_1_1.5", "sars_tdw", "--out", str(tmp_path / "runs"),
-        "--doc", str(doc), "--eval-images", "1", f"model.weights={tiny_weights}",
-        "data.eval_prompts_per_subject=1", *TINY,
+        "--eval-every", "1", "--arms", "naive_1_1", "naive_0.5_0.5", "sars_tdw", "--jobs", "2",
+        "--out", str(tmp_path / "runs"), "--doc", str(doc), "--eval-images", "1",
+        f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
     ]  # fmt: skip
     out = _run(*args)
-    assert out.count("[done]") == 2
+    assert out.count("[done]") == 3 and "verdicts: 1:" in out
     text = doc.read_text()
-    for needle in ("naive GRPO 1:1.5", "SARS + TDW", "paired SE", "--seeds 1 --steps 2"):
+    for needle in (
+        "naive GRPO 0.5:0.5", "SARS + TDW", "paired SE", "--seeds 1 --steps 2", "Budget test",
+        "**1. Competitive degradation**", "**4. SARS + TDW reaches", "pasting the reference",
+    ):  # fmt: skip
         assert needle in text
     assert (tmp_path / "docs" / "images" / "results_pareto.png").is_file()
     # the base evaluation is the runs' own starting model: the tiny random weights draw no
     # subject (identity 0), where the shipped base model scores about 0.5
     base = json.loads((tmp_path / "runs" / "base_eval" / "metrics.json").read_text())
     assert base["model"] == "base" and base["overall"]["identity"] < 0.1
-    assert "[skip]" in _run(*args)  # finished runs are not trained again
+    assert _run(*args).count("[skip]") == 3  # finished runs are not trained again
+    # a run stopped after training resumes from its checkpoint: no step is trained again
+    run = tmp_path / "runs" / "sars_tdw" / "seed0"
+    rows = (run / "metrics.csv").read_text()
+    for f in (run / "eval_final").iterdir():
+        f.unlink() if f.is_file() else None
+    ev = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").write_text(json.dumps({"base": ev["base"]}))
+    assert _run(*args).count("[done]") == 1
+    assert (run / "metrics.csv").read_text() == rows
+    assert (run / "eval_final" / "metrics.json").is_file()
 
 
 def test_flux_step_reports_memory_and_time_per_process() -> None:
@@ -126,3 +141,58 @@ def test_gpu_check_stops_at_once_without_cuda() -> None:
         and "no CUDA device" in proc.stderr
         and "nothing was run" in proc.stderr
     )
+
+
+def _claims_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "competitive_degradation", ROOT / "benchmarks" / "competitive_degradation.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _arm(base: dict, d_id: float, d_p: float, seeds: int, rng) -> dict:
+    """Per seed, the base's images moved by (d_id, d_p) plus image noise."""
+    return {
+        k: {
+            "identity": base["identity"] + d_id + rng.normal(0, 0.01, base["identity"].shape),
+            "prompt": base["prompt"] + d_p + rng.normal(0, 0.01, base["prompt"].shape),
+        }
+        for k in range(seeds)
+    }
+
+
+def test_claims_verdicts_follow_the_figures() -> None:
+    """Each claim's verdict turns with the figures it reads (synthetic paired images)."""
+    import numpy as np
+
+    cd = _claims_module()
+    rng = np.random.default_rng(0)
+    base = {"identity": rng.uniform(0.3, 0.7, 400), "prompt": rng.uniform(0.6, 0.9, 400)}
+    finals = {
+        "naive_1_1": _arm(base, 0.03, -0.02, 3, rng),  # identity up, prompt below base
+        "naive_1_1.5": _arm(base, 0.0, 0.01, 3, rng),
+        "sars_tdw": _arm(base, 0.03, 0.02, 3, rng),  # above base on both, dominates both
+    }
+    # combined held-out reward: naive 1:1 ends at 1.10; SARS + TDW passes it at step 20 of 40
+    curves = {
+        "naive_1_1": {k: {0: 1.0, 20: 1.05, 40: 1.10} for k in range(3)},
+        "sars_tdw": {k: {0: 1.0, 20: 1.11, 40: 1.15} for k in range(3)},
+    }
+    conflict = {"naive_1_1": [0.5, 0.52, 0.54], "sars_tdw": [0.5, 0.5, 0.5]}
+    text, v = cd.claims_section(finals, base, curves, conflict, 40)
+    assert [v[k] for k in "1234"] == ["**holds**"] * 4
+    assert "(naive GRPO 1:1)" in text and "51.0 % over all 6 runs" in text
+    assert "met in 3 of 3 seeds" in text  # +0.02 at an SE of ~0.0007: far above 5 SE
+
+    # one seed where SARS + TDW ends below base on prompt; naive 1:1 no longer degrades
+    finals["sars_tdw"][2]["prompt"] = base["prompt"] - 0.01 + rng.normal(0, 0.01, 400)
+    finals["naive_1_1"] = _arm(base, 0.03, 0.0, 3, rng)
+    curves["sars_tdw"] = {k: {0: 1.0, 20: 1.05, 40: 1.12} for k in range(3)}
+    text, v = cd.claims_section(finals, base, curves, conflict, 40)
+    assert v["1"] == v["2"] == v["4"] == "**does not hold**"
+    assert "above on both in 2 of 3 seeds" in text and "met in 2 of 3 seeds" in text
+    assert "first at or above it at step 40" in text

@@ -180,8 +180,9 @@ def test_experiment_report(tmp_path: Path) -> None:
     good = ArmResult("good", "Good arm", [_run(0.52, 0.83, 0), _run(0.54, 0.85, 1)])
     bad = ArmResult("bad", "Bad arm", [_run(0.45, 0.86, 0), _run(0.47, 0.84, 1)])
     doc = tmp_path / "docs" / "results.md"
-    write_experiment_report([good, bad], doc, "python x.py")
+    write_experiment_report([good, bad], doc, "python x.py", extra="**1. A claim**: holds.")
     text = doc.read_text()
+    assert text.index("above base on both") < text.index("**1. A claim**") < text.index("s0 |")
     ids = np.array([0.52, 0.54])
     assert f"{ids.mean():.4f} ± {ids.std(ddof=1):.4f}" in text
     d = ids - 0.5  # the change from base

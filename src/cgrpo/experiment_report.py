@@ -66,7 +66,7 @@ def _ms(a: np.ndarray, signed: bool = False) -> str:
 
 
 def write_experiment_report(
-    arms: list[ArmResult], doc: Path, command: str, evaluation: str = ""
+    arms: list[ArmResult], doc: Path, command: str, evaluation: str = "", extra: str = ""
 ) -> None:
     """``docs/results.md`` from the arms' runs (their axes' two rewards, x and y): table
     (mean ± std over seeds), Pareto scatter, curves, conflicts.
@@ -75,7 +75,8 @@ def write_experiment_report(
     the runs (counts, means, which arms beat base on both); interpretation is written by
     hand in the page's preamble, which is kept from an existing file (everything above
     the ``<!-- generated -->`` marker). ``evaluation`` says how the final figures were
-    measured (default: the runs' own held-out evaluation).
+    measured (default: the runs' own held-out evaluation); ``extra`` (markdown) follows the
+    end-of-training table.
     """
     images = doc.parent / "images"
     x, y = same_axes([r for a in arms for r in a.runs])
@@ -183,6 +184,7 @@ def write_experiment_report(
             + (", ".join(both) if both else "none")
             + ".",
             "",
+            *([extra.strip(), ""] if extra.strip() else []),
             *per_run,
             f"### Along training (held-out {x} / {y}, mean over seeds; step 0 = base)",
             "",
