@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from functools import partial
@@ -221,12 +222,16 @@ def claims_section(
     curves: dict[str, dict[int, dict[int, float]]],
     conflict: dict[str, list[float]],
     steps: int,
+    budget: dict[int, dict[str, tuple[float, float]]] | None = None,
+    budget_images: int = 0,
 ) -> tuple[str, dict[str, str]]:
     """The markdown of the five claims and the budget test, and each claim's verdict.
 
     ``finals``: arm -> seed -> per-image final rewards; ``base``: the base's per-image
     rewards on the same images; ``curves``: arm -> seed -> step -> held-out identity +
-    prompt (one noise per pair); ``conflict``: arm -> each run's mean conflicted share."""
+    prompt (one noise per pair); ``conflict``: arm -> each run's mean conflicted share;
+    ``budget``: seed -> reward -> the default arm's paired change measured on
+    ``budget_images`` noises per pair (default: its change in ``finals``)."""
     out: list[str] = []
     verdict: dict[str, str] = {}
     change = {a: differences(f, {k: base for k in f}) for a, f in finals.items()}
@@ -245,16 +250,17 @@ def claims_section(
     ]
     d = DEFAULT_ARM
     if d in change:
-        ok = [
-            all(v[0] >= BUDGET_Z * v[1] for v in (change[d][r][k] for r in REWARDS))
-            for k in change[d][REWARDS[0]]
-        ]
-        zs = {r: [_z(*v) for v in change[d][r].values()] for r in REWARDS}
+        test = {r: {k: b[r] for k, b in budget.items()} for r in REWARDS} if budget else change[d]
+        ok = [all(_z(*test[r][k]) >= BUDGET_Z for r in REWARDS) for k in test[REWARDS[0]]]
+        where = f" (measured on {budget_images} noises per pair)" if budget else ""
         out += [
             f"**Budget test** (the {LABELS[d]} change >= {BUDGET_Z:g} paired SE on both "
-            f"rewards in every seed): met in {sum(ok)} of {len(ok)} seeds. Change / paired "
-            "SE per seed: "
-            + "; ".join(f"{r} " + ", ".join(f"{z:.1f}" for z in zs[r]) for r in REWARDS)
+            f"rewards in every seed{where}): met in {sum(ok)} of {len(ok)} seeds. Change ± "
+            "paired SE (change / SE) per seed: "
+            + "; ".join(
+                f"{r} " + ", ".join(f"{_fmt(v)} ({_z(*v):.1f})" for v in test[r].values())
+                for r in REWARDS
+            )
             + ".",
             "",
         ]
@@ -375,6 +381,27 @@ def claims_section(
     return "\n".join(out), verdict
 
 
+def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
+    """The budget test's evaluation on ``--budget-images`` noises per pair of a run of the
+    default arm (``run_dir``) or of the base (None), in ``eval_budget/``; the draws the
+    4-noise evaluation made (the same seeds) are linked, not drawn again."""
+    import shutil
+
+    from cgrpo.evaluation import EvalConfig, eval_command
+
+    src = (run_dir / "eval_final") if run_dir else (args.out / "base_eval")
+    out = (run_dir / "eval_budget") if run_dir else (args.out / "base_eval" / "budget")
+    if not (out / "metrics.json").is_file():
+        if not (out / "images").exists():
+            shutil.copytree(src / "images", out / "images", copy_function=os.link)
+        cfg = EvalConfig(out_dir=str(out), images_per_pair=args.budget_images)
+        if run_dir:
+            eval_command(cfg, run_dir, None, True)
+        else:
+            eval_command(cfg, None, args.out / "base_eval" / "model.yaml", True)
+    return out / "metrics.json"
+
+
 def copy_scores(args: argparse.Namespace) -> dict[str, float]:
     """What pasting the reference scores: each held-out pair's reference taken as its
     generated image, scored by the run's rewards (the paper: DINO 1.0, prompt 0.50)."""
@@ -413,6 +440,13 @@ def main() -> None:
         "--eval-images", type=int, default=4, help="noises per held-out pair in the final eval"
     )
     ap.add_argument(
+        "--budget-images",
+        type=int,
+        default=16,
+        help="noises per pair of the budget test's evaluation of the default arm (0: the final "
+        "evaluation's)",
+    )
+    ap.add_argument(
         "--notes", type=Path, default=None, help="markdown appended to the report (the reading)"
     )
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
@@ -446,7 +480,15 @@ def main() -> None:
     if not arms:
         raise SystemExit(f"no finished run under {args.out}; run without --report-only first")
     base_images = {r: np.asarray(base["per_image"][r], np.float64) for r in REWARDS}
-    claims, verdict = claims_section(finals, base_images, curves, conflict, args.steps)
+    budget = None
+    if args.budget_images and DEFAULT_ARM in finals:
+        dirs = {k: args.out / DEFAULT_ARM / f"seed{k}" for k in finals[DEFAULT_ARM]}
+        paths = [budget_eval(None, args)] + [budget_eval(d, args) for d in dirs.values()]
+        b16, *runs16 = [json.loads(p.read_text()) for p in paths]
+        budget = {k: paired_changes(m, b16) for k, m in zip(dirs, runs16, strict=True)}
+    claims, verdict = claims_section(
+        finals, base_images, curves, conflict, args.steps, budget, args.budget_images
+    )
     copy, b, t = copy_scores(args), base["overall"], base["truth"]["overall"]
     reference = (
         "Reference points on the same held-out pairs: "

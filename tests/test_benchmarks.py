@@ -35,13 +35,20 @@ def test_competitive_degradation_writes_report_and_resumes(
         "benchmarks/competitive_degradation.py", "--seeds", "1", "--steps", "2",
         "--eval-every", "1", "--arms", "naive_1_1", "naive_0.5_0.5", "sars_tdw", "--jobs", "2",
         "--out", str(tmp_path / "runs"), "--doc", str(doc), "--eval-images", "1",
-        f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
+        "--budget-images", "3", f"model.weights={tiny_weights}",
+        "data.eval_prompts_per_subject=1", *TINY,
     ]  # fmt: skip
     out = _run(*args)
     assert out.count("[done]") == 3 and "verdicts: 1:" in out
+    # the budget test's 3-noise evaluation reuses the final evaluation's first draw
+    budget = tmp_path / "runs" / "sars_tdw" / "seed0" / "eval_budget"
+    assert json.loads((budget / "metrics.json").read_text())["images_per_pair"] == 3
+    first = sorted((budget / "images").rglob("*_0.png"))
+    assert first and all(f.stat().st_nlink == 2 for f in first)
     text = doc.read_text()
     for needle in (
-        "naive GRPO 0.5:0.5", "SARS + TDW", "paired SE", "--seeds 1 --steps 2", "Budget test",
+        "naive GRPO 0.5:0.5", "SARS + TDW", "paired SE", "--seeds 1 --steps 2",
+        "rewards in every seed (measured on 3 noises per pair)",
         "**1. Competitive degradation**", "**4. SARS + TDW reaches", "pasting the reference",
     ):  # fmt: skip
         assert needle in text
