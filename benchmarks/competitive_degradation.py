@@ -131,8 +131,32 @@ def _done(run_dir: Path) -> bool:
     return (run_dir / "eval_final" / "metrics.json").is_file()
 
 
+def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
+    """Refuse to skip or resume a run folder trained with other settings (another
+    ``--steps``, ``--eval-every`` or override): its figures would not be this command's."""
+    from cgrpo.config import config_to_dict, load_config
+    from cgrpo.train_config import TrainConfig
+
+    if not (run_dir / "config.yaml").is_file():
+        return
+    old = config_to_dict(load_config(TrainConfig, run_dir / "config.yaml"))
+    new = config_to_dict(run_config(run_dir, arm, seed, args))
+    keys = sorted(
+        f"{sec}.{k}"
+        for sec in set(old) | set(new)
+        for k in set(old.get(sec) or {}) | set(new.get(sec) or {})
+        if (old.get(sec) or {}).get(k) != (new.get(sec) or {}).get(k)
+    )
+    if keys:
+        raise SystemExit(
+            f"{run_dir} was trained with other settings ({', '.join(keys)} differ): use "
+            "another --out, or the options it was run with"
+        )
+
+
 def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
     """Train and evaluate one run in a subprocess (one thread), logging to ``train.log``."""
+    check_config(run_dir, arm, seed, args)
     if _done(run_dir):
         print(f"[skip] {arm} seed {seed} (finished)", flush=True)
         return
@@ -171,10 +195,15 @@ def load_base(base: dict) -> dict[str, float]:
 # -- the claims -----------------------------------------------------------------------------
 
 REWARDS = ("identity", "prompt")
+STATIC = [a for a in ARMS if a.startswith("naive")] + ["sars"]  #: arms with static weights
 NAIVE = [a for a in ARMS if a.startswith("naive")]
-Z = 2.0  #: a difference counts as real when |mean| >= Z standard errors (fixed before the run)
+Z = 2.0  #: per seed (256 pairs): a difference counts when |mean| >= Z SE (fixed before the run)
+#: pooled over n seeds: the two-sided 95 % t quantile with n - 1 degrees of freedom
+T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
 BUDGET_Z = 5.0  #: the issue's budget test: the default's change >= 5 paired SE on both
 PAPER_CONFLICT = 0.502  #: the paper's share of conflicted samples
+
+Diffs = dict[str, dict[int, np.ndarray]]  # reward -> seed -> per-pair mean differences
 
 
 def per_image(run_dir: Path) -> dict[str, np.ndarray]:
@@ -183,37 +212,58 @@ def per_image(run_dir: Path) -> dict[str, np.ndarray]:
     return {r: np.asarray(m["per_image"][r], np.float64) for r in REWARDS}
 
 
-def pooled(per_seed: dict[int, tuple[float, float]]) -> tuple[float, float, int]:
-    """Mean over seeds of per-seed paired means, and its SE across seeds (std ddof 1 /
-    sqrt(n)): the seed-to-seed spread of training and data, not only evaluation noise."""
-    m = np.array([v[0] for v in per_seed.values()])
-    se = float(m.std(ddof=1) / math.sqrt(len(m))) if len(m) > 1 else float("nan")
-    return float(m.mean()), se, len(m)
-
-
-def sign(mean: float, se: float) -> int:
-    """+1 / -1 when ``mean`` is at least ``Z`` SE above / below 0, else 0."""
-    return 0 if not se > 0 or abs(mean) < Z * se else (1 if mean > 0 else -1)
-
-
 def differences(
-    a: dict[int, dict[str, np.ndarray]], b: dict[int, dict[str, np.ndarray]]
-) -> dict[str, dict[int, tuple[float, float]]]:
-    """Per reward, per seed both hold: the paired difference ``a - b`` image by image."""
+    a: dict[int, dict[str, np.ndarray]], b: dict[int, dict[str, np.ndarray]], per_pair: int
+) -> Diffs:
+    """Per reward, per seed both hold: ``a - b`` image by image, averaged over each pair's
+    ``per_pair`` draws (items ``j = i * per_pair + k``)."""
     seeds = sorted(set(a) & set(b))
-    return {r: {k: paired_difference(a[k][r], b[k][r]) for k in seeds} for r in REWARDS}
+    return {
+        r: {k: (a[k][r] - b[k][r]).reshape(-1, per_pair).mean(1) for k in seeds} for r in REWARDS
+    }
+
+
+def seed_stat(d: np.ndarray) -> tuple[float, float]:
+    """One seed's paired change: mean and SE over the pairs (a pair's draws are correlated)."""
+    return paired_difference(d, np.zeros_like(d))
+
+
+def pooled(per_seed: dict[int, np.ndarray]) -> tuple[float, float, int]:
+    """Mean over seeds of the seed means, and its SE::
+
+        SE^2 = var_seeds(m_s) / n  +  SE_pairs(mean_s d_s)^2
+
+    the seed-to-seed spread of training and data, plus the sampling error of the held-out
+    pairs themselves (every seed is evaluated on the same pairs and noise)."""
+    ds = list(per_seed.values())
+    m = np.array([d.mean() for d in ds])
+    if len(m) < 2:
+        return float(m.mean()), float("nan"), len(m)
+    pairs = seed_stat(np.mean(ds, 0))[1]
+    return float(m.mean()), float(math.sqrt(m.var(ddof=1) / len(m) + pairs**2)), len(m)
+
+
+def sign(mean: float, se: float, crit: float = Z) -> int:
+    """+1 / -1 when ``mean`` is at least ``crit`` SE above / below 0, else 0."""
+    return 0 if not se > 0 or abs(mean) < crit * se else (1 if mean > 0 else -1)
+
+
+def pooled_sign(v: tuple[float, float, int]) -> int:
+    return sign(v[0], v[1], T95.get(v[2], Z))
 
 
 def _z(mean: float, se: float) -> float:
     return mean / se if se > 0 else math.copysign(math.inf, mean)
 
 
-def _fmt(v: tuple[float, float] | tuple[float, float, int]) -> str:
-    return f"{v[0]:+.4f} ± {v[1]:.4f}"
+def _fmt(v: tuple[float, ...]) -> str:
+    return f"{v[0]:+.4f} ± {v[1]:.4f}" + ("*" if len(v) == 3 and pooled_sign(v) else "")
 
 
-def _seed_cells(d: dict[int, tuple[float, float]]) -> str:
-    return ", ".join(f"{v[0]:+.4f}" + ("*" if sign(*v) else "") for v in d.values())
+def _seed_cells(d: dict[int, np.ndarray]) -> str:
+    return ", ".join(
+        f"{st[0]:+.4f}" + ("*" if sign(*st) else "") for st in map(seed_stat, d.values())
+    )
 
 
 def claims_section(
@@ -221,44 +271,62 @@ def claims_section(
     base: dict[str, np.ndarray],
     curves: dict[str, dict[int, dict[int, float]]],
     conflict: dict[str, list[float]],
-    steps: int,
+    per_pair: int,
+    expected: dict[str, int],
     budget: dict[int, dict[str, tuple[float, float]]] | None = None,
     budget_images: int = 0,
 ) -> tuple[str, dict[str, str]]:
-    """The markdown of the five claims and the budget test, and each claim's verdict.
+    """The markdown of the five claims and the budget test, and each verdict.
 
-    ``finals``: arm -> seed -> per-image final rewards; ``base``: the base's per-image
-    rewards on the same images; ``curves``: arm -> seed -> step -> held-out identity +
-    prompt (one noise per pair); ``conflict``: arm -> each run's mean conflicted share;
-    ``budget``: seed -> reward -> the default arm's paired change measured on
-    ``budget_images`` noises per pair (default: its change in ``finals``)."""
+    ``finals``: arm -> seed -> per-image final rewards (``per_pair`` draws per pair);
+    ``base``: the base's per-image rewards on the same images; ``curves``: arm -> seed ->
+    step -> held-out identity + prompt (one noise per pair); ``conflict``: arm -> each run's
+    mean conflicted share; ``expected``: arm -> the seeds the experiment runs (a claim whose
+    arms have fewer finished is ``incomplete``); ``budget``: seed -> reward -> the default
+    arm's paired change measured on ``budget_images`` noises per pair."""
     out: list[str] = []
     verdict: dict[str, str] = {}
-    change = {a: differences(f, {k: base for k in f}) for a, f in finals.items()}
+    change = {a: differences(f, {k: base for k in f}, per_pair) for a, f in finals.items()}
 
-    def hold(ok: bool) -> str:
-        return "**holds**" if ok else "**does not hold**"
+    def missing(arms: list[str]) -> str:
+        short = [
+            f"{LABELS[a]} {len(finals.get(a, {}))} of {n}"
+            for a, n in expected.items()
+            if a in arms and len(finals.get(a, {})) < n
+        ]
+        return f"**incomplete** (seeds finished: {', '.join(short)})" if short else ""
+
+    def hold(ok: bool, arms: list[str]) -> str:
+        return missing(arms) or ("**holds**" if ok else "**does not hold**")
 
     out += [
         "### The claims",
         "",
-        f"A difference counts when it is at least {Z:g} standard errors from 0 (marked *). "
-        "Per seed: paired over the seed's images (same pairs, same noise). Pooled: the mean "
-        "of the per-seed figures, ± its SE across seeds (n = seeds), which holds the "
-        "seed-to-seed spread of training.",
+        f"Per seed: the paired change over that seed's images (same pairs, same noise), its "
+        f"SE over the {len(base['identity']) // per_pair} held-out pairs (a pair's "
+        f"{per_pair} draws are correlated); it counts (*) at >= {Z:g} SE. Pooled: the mean "
+        "of the seeds, its SE from the seed-to-seed spread plus the pairs' sampling error; "
+        "it counts (*) at the two-sided 95 % t quantile for n - 1 degrees of freedom (2.78 "
+        "for 5 seeds). The thresholds were fixed before the runs.",
         "",
     ]
     d = DEFAULT_ARM
     if d in change:
-        test = {r: {k: b[r] for k, b in budget.items()} for r in REWARDS} if budget else change[d]
+        test = (
+            {r: {k: b[r] for k, b in budget.items()} for r in REWARDS}
+            if budget
+            else {r: {k: seed_stat(v) for k, v in change[d][r].items()} for r in REWARDS}
+        )
         ok = [all(_z(*test[r][k]) >= BUDGET_Z for r in REWARDS) for k in test[REWARDS[0]]]
-        where = f" (measured on {budget_images} noises per pair)" if budget else ""
+        where = f", measured on {budget_images} noises per pair" if budget else ""
+        verdict["budget"] = f"met in {sum(ok)} of {len(ok)} seeds"
         out += [
             f"**Budget test** (the {LABELS[d]} change >= {BUDGET_Z:g} paired SE on both "
-            f"rewards in every seed{where}): met in {sum(ok)} of {len(ok)} seeds. Change ± "
-            "paired SE (change / SE) per seed: "
+            f"rewards in every seed{where}): {verdict['budget']}. Change ± paired SE "
+            "(change / SE) per seed: "
             + "; ".join(
-                f"{r} " + ", ".join(f"{_fmt(v)} ({_z(*v):.1f})" for v in test[r].values())
+                f"{r} "
+                + ", ".join(f"{v[0]:+.4f} ± {v[1]:.4f} ({_z(*v):.1f})" for v in test[r].values())
                 for r in REWARDS
             )
             + ".",
@@ -266,26 +334,26 @@ def claims_section(
         ]
     # 1. competitive degradation
     rows, degraded = [], []
-    for a in [a for a in NAIVE + ["sars"] if a in change]:
+    static = [a for a in STATIC if a in change]
+    for a in static:
         p = {r: pooled(change[a][r]) for r in REWARDS}
-        s = {r: sign(p[r][0], p[r][1]) for r in REWARDS}
+        if sorted(pooled_sign(p[r]) for r in REWARDS) == [-1, 1]:
+            degraded.append(LABELS[a])
         per_seed = sum(
             1
-            for k in change[a][REWARDS[0]]
-            if sorted(sign(*change[a][r][k]) for r in REWARDS) == [-1, 1]
+            for k in change[a]["identity"]
+            if sorted(sign(*seed_stat(change[a][r][k])) for r in REWARDS) == [-1, 1]
         )
-        if a in NAIVE and sorted(s.values()) == [-1, 1]:
-            degraded.append(LABELS[a])
         rows.append(
             f"| {LABELS[a]} | {_fmt(p['identity'])} | {_fmt(p['prompt'])} | "
             f"{_seed_cells(change[a]['identity'])} | {_seed_cells(change[a]['prompt'])} | "
             f"{per_seed} of {len(change[a]['identity'])} |"
         )
-    verdict["1"] = hold(bool(degraded))
+    verdict["1"] = hold(bool(degraded), [a for a in STATIC if a in expected])
     out += [
-        f"**1. Competitive degradation** (a naive static-weight arm raises one reward* while "
-        f"the other ends below base*, pooled; SARS only, also static, is shown but not "
-        f"counted): {verdict['1']}" + (f" ({', '.join(degraded)})." if degraded else "."),
+        f"**1. Competitive degradation** (a static-weight arm, naive or SARS only, raises one "
+        f"reward* while the other ends below base*, pooled): {verdict['1']}"
+        + (f" ({', '.join(degraded)})." if degraded else "."),
         "",
         "| arm | Δ identity pooled | Δ prompt pooled | Δ identity per seed | "
         "Δ prompt per seed | seeds with one up*, one down* |",
@@ -295,9 +363,10 @@ def claims_section(
     ]
     # 2. SARS + TDW above base on both in every seed
     if d in change:
-        above = [all(change[d][r][k][0] > 0 for r in REWARDS) for k in change[d]["identity"]]
-        strong = [all(sign(*change[d][r][k]) > 0 for r in REWARDS) for k in change[d]["identity"]]
-        verdict["2"] = hold(all(above))
+        stats = [{r: seed_stat(change[d][r][k]) for r in REWARDS} for k in change[d]["identity"]]
+        above = [all(st[r][0] > 0 for r in REWARDS) for st in stats]
+        strong = [all(sign(*st[r]) > 0 for r in REWARDS) for st in stats]
+        verdict["2"] = hold(all(above), [d])
         out += [
             f"**2. {LABELS[d]} ends above base on both rewards in every seed**: "
             f"{verdict['2']}: above on both in {sum(above)} of {len(above)} seeds, by "
@@ -306,12 +375,13 @@ def claims_section(
             "",
         ]
     # 3. SARS + TDW dominates every naive arm
+    naive = [a for a in NAIVE if a in expected]
     if d in finals:
         rows, dominated = [], []
-        for a in [a for a in NAIVE if a in finals]:
-            diff = differences(finals[d], finals[a])
+        for a in [a for a in naive if a in finals]:
+            diff = differences(finals[d], finals[a], per_pair)
             p = {r: pooled(diff[r]) for r in REWARDS}
-            s = [sign(p[r][0], p[r][1]) for r in REWARDS]
+            s = [pooled_sign(p[r]) for r in REWARDS]
             dom = min(s) >= 0 and max(s) > 0
             dominated.append(dom)
             rows.append(
@@ -319,10 +389,10 @@ def claims_section(
                 f"{_seed_cells(diff['identity'])} | {_seed_cells(diff['prompt'])} | "
                 f"{'yes' if dom else 'no'} |"
             )
-        verdict["3"] = hold(bool(dominated) and all(dominated))
+        verdict["3"] = hold(bool(dominated) and all(dominated), [d, *naive])
         out += [
-            f"**3. {LABELS[d]} dominates every naive arm** (pooled: not worse* on either "
-            f"reward, better* on at least one): {verdict['3']}: it dominates "
+            f"**3. {LABELS[d]} dominates every naive arm** (pooled: better* on at least one "
+            f"reward and not shown worse* on the other): {verdict['3']}: it dominates "
             f"{sum(dominated)} of {len(dominated)}.",
             "",
             f"| {LABELS[d]} minus | Δ identity pooled | Δ prompt pooled | per seed identity | "
@@ -333,30 +403,29 @@ def claims_section(
         ]
     # 4. steps to naive 1:1's final combined reward
     n11 = "naive_1_1"
-    if d in curves and n11 in curves:
-        seeds = sorted(set(curves[d]) & set(curves[n11]))
-        target = float(np.mean([curves[n11][k][max(curves[n11][k])] for k in seeds]))
+    seeds = sorted(set(curves.get(d, {})) & set(curves.get(n11, {})))
+    if seeds:
+        end = max(curves[n11][seeds[0]])
+        target = float(np.mean([curves[n11][k][end] for k in seeds]))
         grid = sorted(set.intersection(*(set(curves[d][k]) for k in seeds)))
         mean_curve = {t: float(np.mean([curves[d][k][t] for k in seeds])) for t in grid}
         reach = next((t for t in grid if t > 0 and mean_curve[t] >= target), None)
-        per_seed = []
-        for k in seeds:
-            tk = max(curves[n11][k])
-            per_seed.append(
-                next(
-                    (
-                        t
-                        for t in sorted(curves[d][k])
-                        if t > 0 and curves[d][k][t] >= curves[n11][k][tk]
-                    ),
-                    None,
-                )
+        per_seed = [
+            next(
+                (
+                    t
+                    for t in sorted(curves[d][k])
+                    if 0 < t and curves[d][k][t] >= curves[n11][k][end]
+                ),
+                None,
             )
-        verdict["4"] = hold(reach is not None and reach <= steps / 2)
+            for k in seeds
+        ]
+        verdict["4"] = hold(reach is not None and reach <= end / 2, [d, n11])
         out += [
             f"**4. {LABELS[d]} reaches naive 1:1's final combined reward (identity + prompt) "
             f"in <= 50 % of its steps**: {verdict['4']}. Naive 1:1 ends at {target:.4f} "
-            f"(mean over seeds, step {steps}); the {LABELS[d]} seed-mean curve is "
+            f"(mean over seeds, step {end}); the {LABELS[d]} seed-mean curve is "
             + ", ".join(f"{mean_curve[t]:.4f} at step {t}" for t in grid)
             + f": first at or above it at step {reach if reach is not None else 'never'}. "
             "Per seed (against the same seed's naive 1:1): "
@@ -392,8 +461,9 @@ def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
     src = (run_dir / "eval_final") if run_dir else (args.out / "base_eval")
     out = (run_dir / "eval_budget") if run_dir else (args.out / "base_eval" / "budget")
     if not (out / "metrics.json").is_file():
-        if not (out / "images").exists():
+        if not (out / "images").exists():  # the draws' source (model, checkpoint) goes too
             shutil.copytree(src / "images", out / "images", copy_function=os.link)
+            shutil.copy2(src / "source.json", out / "source.json")
         cfg = EvalConfig(out_dir=str(out), images_per_pair=args.budget_images)
         if run_dir:
             eval_command(cfg, run_dir, None, True)
@@ -457,10 +527,14 @@ def main() -> None:
         train_and_eval(args.out / arm / f"seed{seed}", arm, seed, args)
         return
     base_path = base_eval(args)
+    failed: SystemExit | None = None
     if not args.report_only:
         runs = schedule(args.arms, list(range(args.seeds)))
-        run_all([partial(launch, args.out / a / f"seed{k}", a, k, args) for a, k in runs],
-                args.jobs)  # fmt: skip
+        try:  # a failed run stops nothing: the report is written from the finished ones
+            run_all([partial(launch, args.out / a / f"seed{k}", a, k, args) for a, k in runs],
+                    args.jobs)  # fmt: skip
+        except SystemExit as e:
+            failed = e
     from cgrpo.experiment_report import ArmResult, write_experiment_report
 
     base = json.loads(base_path.read_text())
@@ -486,9 +560,11 @@ def main() -> None:
         paths = [budget_eval(None, args)] + [budget_eval(d, args) for d in dirs.values()]
         b16, *runs16 = [json.loads(p.read_text()) for p in paths]
         budget = {k: paired_changes(m, b16) for k, m in zip(dirs, runs16, strict=True)}
+    expected = {a: args.seeds for a in args.arms}
     claims, verdict = claims_section(
-        finals, base_images, curves, conflict, args.steps, budget, args.budget_images
-    )
+        finals, base_images, curves, conflict, args.eval_images, expected, budget,
+        args.budget_images,
+    )  # fmt: skip
     copy, b, t = copy_scores(args), base["overall"], base["truth"]["overall"]
     reference = (
         "Reference points on the same held-out pairs: "
@@ -512,6 +588,8 @@ def main() -> None:
     )
     print("verdicts: " + "; ".join(f"{k}: {v}" for k, v in verdict.items()))
     print(f"wrote {args.doc}")
+    if failed is not None:
+        raise failed
 
 
 if __name__ == "__main__":

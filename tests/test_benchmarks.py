@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run.threads=1", "data.prompts_per_step=2", "grpo.group_size=4", "sampler.num_steps=3"]
@@ -39,16 +42,19 @@ def test_competitive_degradation_writes_report_and_resumes(
         "data.eval_prompts_per_subject=1", *TINY,
     ]  # fmt: skip
     out = _run(*args)
-    assert out.count("[done]") == 3 and "verdicts: 1:" in out
+    assert out.count("[done]") == 3 and "verdicts: budget: met in" in out and "; 1: " in out
     # the budget test's 3-noise evaluation reuses the final evaluation's first draw
     budget = tmp_path / "runs" / "sars_tdw" / "seed0" / "eval_budget"
     assert json.loads((budget / "metrics.json").read_text())["images_per_pair"] == 3
     first = sorted((budget / "images").rglob("*_0.png"))
     assert first and all(f.stat().st_nlink == 2 for f in first)
+    final = json.loads((budget.parent / "eval_final" / "metrics.json").read_text())
+    per3 = json.loads((budget / "metrics.json").read_text())["per_image"]["identity"]
+    assert per3[::3] == final["per_image"]["identity"]  # draw 0 of each pair: the same image
     text = doc.read_text()
     for needle in (
         "naive GRPO 0.5:0.5", "SARS + TDW", "paired SE", "--seeds 1 --steps 2",
-        "rewards in every seed (measured on 3 noises per pair)",
+        "rewards in every seed, measured on 3 noises per pair)",
         "**1. Competitive degradation**", "**4. SARS + TDW reaches", "pasting the reference",
     ):  # fmt: skip
         assert needle in text
@@ -61,13 +67,18 @@ def test_competitive_degradation_writes_report_and_resumes(
     # a run stopped after training resumes from its checkpoint: no step is trained again
     run = tmp_path / "runs" / "sars_tdw" / "seed0"
     rows = (run / "metrics.csv").read_text()
-    for f in (run / "eval_final").iterdir():
-        f.unlink() if f.is_file() else None
+    shutil.rmtree(run / "eval_final")
     ev = json.loads((run / "eval.json").read_text())
     (run / "eval.json").write_text(json.dumps({"base": ev["base"]}))
     assert _run(*args).count("[done]") == 1
     assert (run / "metrics.csv").read_text() == rows
-    assert (run / "eval_final" / "metrics.json").is_file()
+    redrawn = json.loads((run / "eval_final" / "metrics.json").read_text())
+    assert redrawn["per_image"] == final["per_image"]  # the same checkpoint, drawn again
+    # a folder trained with other settings is neither skipped nor resumed
+    other = [a if a != "2" else "3" for a in args]
+    proc = subprocess.run([sys.executable, *other], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)  # fmt: skip
+    assert proc.returncode != 0 and "run.steps" in proc.stderr and "differ" in proc.stderr
 
 
 def test_flux_step_reports_memory_and_time_per_process() -> None:
@@ -173,7 +184,8 @@ def _arm(base: dict, d_id: float, d_p: float, seeds: int, rng) -> dict:
 
 
 def test_claims_verdicts_follow_the_figures() -> None:
-    """Each claim's verdict turns with the figures it reads (synthetic paired images)."""
+    """Each claim's verdict turns with the figures it reads (synthetic paired images: 200
+    pairs x 2 draws, 3 seeds)."""
     import numpy as np
 
     cd = _claims_module()
@@ -184,22 +196,57 @@ def test_claims_verdicts_follow_the_figures() -> None:
         "naive_1_1.5": _arm(base, 0.0, 0.01, 3, rng),
         "sars_tdw": _arm(base, 0.03, 0.02, 3, rng),  # above base on both, dominates both
     }
+    expected = {a: 3 for a in finals}
     # combined held-out reward: naive 1:1 ends at 1.10; SARS + TDW passes it at step 20 of 40
     curves = {
         "naive_1_1": {k: {0: 1.0, 20: 1.05, 40: 1.10} for k in range(3)},
         "sars_tdw": {k: {0: 1.0, 20: 1.11, 40: 1.15} for k in range(3)},
     }
     conflict = {"naive_1_1": [0.5, 0.52, 0.54], "sars_tdw": [0.5, 0.5, 0.5]}
-    text, v = cd.claims_section(finals, base, curves, conflict, 40)
+    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
     assert [v[k] for k in "1234"] == ["**holds**"] * 4
-    assert "(naive GRPO 1:1)" in text and "51.0 % over all 6 runs" in text
-    assert "met in 3 of 3 seeds" in text  # +0.02 at an SE of ~0.0007: far above 5 SE
+    assert "(naive GRPO 1:1)." in text and "51.0 % over all 6 runs" in text
+    assert v["budget"] == "met in 3 of 3 seeds"  # +0.02 at an SE of ~0.0007
 
-    # one seed where SARS + TDW ends below base on prompt; naive 1:1 no longer degrades
+    # SARS only counts as a static arm; SARS + TDW now loses identity to naive 1:1.5
+    finals["sars"] = _arm(base, -0.02, 0.03, 3, rng)
+    finals["naive_1_1"] = _arm(base, 0.03, 0.0, 3, rng)  # no longer degrades
+    finals["naive_1_1.5"] = _arm(base, 0.04, 0.02, 3, rng)
+    expected["sars"] = 3
+    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
+    assert v["1"] == "**holds**" and "(SARS only)." in text
+    assert v["3"] == "**does not hold**" and "it dominates 1 of 2" in text
+
+    # one seed where SARS + TDW ends below base on prompt; its curve passes only at the end
     finals["sars_tdw"][2]["prompt"] = base["prompt"] - 0.01 + rng.normal(0, 0.01, 400)
-    finals["naive_1_1"] = _arm(base, 0.03, 0.0, 3, rng)
     curves["sars_tdw"] = {k: {0: 1.0, 20: 1.05, 40: 1.12} for k in range(3)}
-    text, v = cd.claims_section(finals, base, curves, conflict, 40)
-    assert v["1"] == v["2"] == v["4"] == "**does not hold**"
-    assert "above on both in 2 of 3 seeds" in text and "met in 2 of 3 seeds" in text
+    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
+    assert v["2"] == v["4"] == "**does not hold**"
+    assert "above on both in 2 of 3 seeds" in text and v["budget"] == "met in 2 of 3 seeds"
     assert "first at or above it at step 40" in text
+
+    # the budget test reads the extra evaluation when there is one
+    budget = {k: {"identity": (0.02, 0.001), "prompt": (0.004, 0.001)} for k in range(3)}
+    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected, budget, 16)
+    assert v["budget"] == "met in 0 of 3 seeds" and "measured on 16 noises per pair" in text
+
+    # a claim whose arms have not all their seeds is not decided
+    expected["naive_1_1"] = 5
+    _, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
+    assert v["1"].startswith("**incomplete**") and "naive GRPO 1:1 3 of 5" in v["3"]
+    assert v["2"] == "**does not hold**"  # SARS + TDW alone has all its seeds
+
+
+def test_pooled_se_holds_the_seed_spread_and_the_pairs() -> None:
+    import numpy as np
+
+    cd = _claims_module()
+    rng = np.random.default_rng(1)
+    pair_effect = rng.normal(0, 0.05, 256)  # shared by every seed: the same held-out pairs
+    seeds = {k: 0.01 * k + pair_effect + rng.normal(0, 0.01, 256) for k in range(5)}
+    mean, se, n = cd.pooled(seeds)
+    m = np.array([d.mean() for d in seeds.values()])
+    assert n == 5 and mean == np.float64(m.mean()).item()
+    assert se > m.std(ddof=1) / 5**0.5  # more than the seed spread alone
+    pairs = np.mean(list(seeds.values()), 0).std(ddof=1) / 16
+    assert se == pytest.approx(np.sqrt(m.var(ddof=1) / 5 + pairs**2))

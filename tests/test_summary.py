@@ -25,6 +25,26 @@ def test_paired_difference_is_new_minus_old() -> None:
     assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / math.sqrt(3))
 
 
+def test_paired_se_is_over_pairs_when_a_pair_has_several_draws() -> None:
+    """Draws of one pair move together: their SE is the pairs' one, not sqrt(k) smaller."""
+    rng = np.random.default_rng(0)
+    pair_change = rng.normal(0.01, 0.05, 100)  # each pair's own change, shared by its draws
+    base = rng.uniform(0.3, 0.6, 400)
+    model = base + np.repeat(pair_change, 4) + rng.normal(0, 0.001, 400)
+    _, naive = paired_difference(model, base)  # 400 images taken as independent
+    mean, se = paired_difference(model, base, 4)
+    assert mean == pytest.approx((model - base).mean())
+    assert se == pytest.approx(pair_change.std(ddof=1) / 10, rel=0.02)
+    assert se > 1.9 * naive  # the independent-image SE understates it by about sqrt(4)
+    m = {"per_image": {"id": model.tolist()}, "images_per_pair": 4}
+    b = {"per_image": {"id": base.tolist()}, "images_per_pair": 4}
+    assert paired_changes(m, b)["id"] == pytest.approx((mean, se))
+    with pytest.raises(ValueError, match="draw \\[2, 4\\] images per pair"):
+        paired_changes(m, {**b, "images_per_pair": 2})
+    with pytest.raises(ValueError, match="not whole pairs of 3"):
+        paired_difference(model[:10], base[:10], 3)
+
+
 def test_gap_closed_matches_the_ratio_and_its_delta_method_error() -> None:
     rng = np.random.default_rng(0)
     base = rng.uniform(0.3, 0.6, 200)

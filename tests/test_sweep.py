@@ -23,13 +23,24 @@ def test_run_logged_appends_output_and_names_the_failed_run(tmp_path: Path, caps
 
 
 def test_run_all_runs_every_call_and_raises_the_first_failure(tmp_path: Path) -> None:
+    import threading
+    import time
+
     done: list[int] = []
+    running, peak, lock = [0], [0], threading.Lock()
 
     def call(k: int) -> None:
-        if k == 1:
-            raise SystemExit("run 1 failed")
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if k in (1, 3):
+            raise SystemExit(f"run {k} failed")
         done.append(k)
 
     with pytest.raises(SystemExit, match="run 1 failed"):
-        run_all([partial(call, k) for k in range(4)], jobs=2)
-    assert sorted(done) == [0, 2, 3]  # the others still ran
+        run_all([partial(call, k) for k in range(6)], jobs=2)
+    assert sorted(done) == [0, 2, 4, 5]  # the others still ran
+    assert peak[0] == 2  # never more than jobs at a time

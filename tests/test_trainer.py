@@ -324,8 +324,9 @@ def test_evaluation_with_several_noises_reports_paired_error(
     ident = trained["per_image"]["identity"]
     assert trained["overall"]["identity"] == pytest.approx(np.mean(ident), abs=1e-5)
     d = np.array(trained["per_image"]["prompt"]) - np.array(base["per_image"]["prompt"])
-    mean, se = paired_difference(trained["per_image"]["prompt"], base["per_image"]["prompt"])
-    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 4)
+    mean, se = paired_difference(trained["per_image"]["prompt"], base["per_image"]["prompt"], 2)
+    per_pair = d.reshape(8, 2).mean(1)  # the SE is over the 8 pairs, not the 16 images
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(per_pair.std(ddof=1) / 8**0.5)
     table = summary_table(base, trained)
     assert "8 pairs x 2 noises" in table and "paired SE" in table
     # the ground truth of each pair is scored once, repeated for its draws

@@ -17,21 +17,43 @@ import numpy as np
 __all__ = ["gap_closed", "paired_difference", "paired_changes", "summary_table"]
 
 
-def paired_difference(model: Any, base: Any) -> tuple[float, float]:
-    """Mean of ``d = model - base`` over the same images, and its standard error
-    ``std(d) / sqrt(n)`` (ddof 1). Raises ``ValueError`` unless both hold the same n >= 2
-    images. The one paired computation of the project (argument order: new, then old)."""
+def _pair_means(values: Any, per_pair: int) -> np.ndarray:
+    """Item ``j = i * per_pair + k`` (draw k of pair i) averaged over each pair's draws."""
+    a = np.asarray(values, dtype=np.float64)
+    if per_pair < 1 or a.size % per_pair:
+        raise ValueError(f"{a.size} images are not whole pairs of {per_pair} draws")
+    return a.reshape(-1, per_pair).mean(1)
+
+
+def paired_difference(model: Any, base: Any, per_pair: int = 1) -> tuple[float, float]:
+    """Mean of ``d = model - base`` over the same images, and its standard error.
+
+    The draws of one pair share its reference and prompt, so their changes are correlated:
+    the SE is over pairs, ``std(d_i) / sqrt(P)`` (ddof 1), ``d_i`` the mean change over pair
+    i's ``per_pair`` draws (items ``j = i * per_pair + k``; 1: every image is its own pair).
+    Raises ``ValueError`` unless both hold the same images, at least 2 pairs. The one paired
+    computation of the project (argument order: new, then old)."""
     a, b = np.asarray(model, dtype=np.float64), np.asarray(base, dtype=np.float64)
-    if a.shape != b.shape or a.size < 2:
+    if a.shape != b.shape or a.size < 2 * per_pair:
         raise ValueError("the two evaluations do not hold the same images")
-    d = a - b
+    d = _pair_means(a - b, per_pair)
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
+def _per_pair(*summaries: dict[str, Any]) -> int:
+    """The draws per pair the summaries share (``images_per_pair``; 1 when absent)."""
+    ks = {int(s.get("images_per_pair") or 1) for s in summaries}
+    if len(ks) > 1:
+        raise ValueError(f"the evaluations draw {sorted(ks)} images per pair: not the same images")
+    return ks.pop()
+
+
 def paired_changes(model: dict[str, Any], base: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """:func:`paired_difference` of every metric both summaries hold per image."""
+    """:func:`paired_difference` of every metric both summaries hold per image (SE over
+    pairs, with the summaries' ``images_per_pair``)."""
     m, b = model.get("per_image", {}), base.get("per_image", {})
-    return {k: paired_difference(m[k], b[k]) for k in m if k in b}
+    k = _per_pair(model, base)
+    return {n: paired_difference(m[n], b[n], k) for n in m if n in b}
 
 
 def gap_closed(
@@ -40,20 +62,24 @@ def gap_closed(
     """Share of the gap to the ground truth closed, per metric all three hold per image::
 
         g = mean(d) / mean(e),  d = model - base,  e = truth - base   (image by image)
-        SE(g) = std(d - g e) / (sqrt(n) |mean(e)|)                     (delta method)
+        SE(g) = std(d_i - g e_i) / (sqrt(P) |mean(e)|)                 (delta method)
 
-    ``truth`` scores each pair's ground-truth image (repeated for each of its draws)."""
+    with ``d_i``, ``e_i`` the means over pair i's draws (P pairs; the draws of a pair are
+    correlated). ``truth`` scores each pair's ground-truth image (repeated for each of its
+    draws)."""
     out = {}
     m, b, t = model.get("per_image", {}), base.get("per_image", {}), truth.get("per_image", {})
-    for k in m:
-        if k not in b or k not in t:
+    k = _per_pair(model, base)
+    for n in m:
+        if n not in b or n not in t:
             continue
-        d = np.asarray(m[k], np.float64) - np.asarray(b[k], np.float64)
-        e = np.asarray(t[k], np.float64) - np.asarray(b[k], np.float64)
-        if d.shape != e.shape or d.size < 2 or e.mean() == 0:
+        d = np.asarray(m[n], np.float64) - np.asarray(b[n], np.float64)
+        e = np.asarray(t[n], np.float64) - np.asarray(b[n], np.float64)
+        if d.shape != e.shape or d.size < 2 * k or e.mean() == 0:
             continue
+        d, e = _pair_means(d, k), _pair_means(e, k)
         g = d.mean() / e.mean()
-        out[k] = (float(g), float((d - g * e).std(ddof=1) / (math.sqrt(d.size) * abs(e.mean()))))
+        out[n] = (float(g), float((d - g * e).std(ddof=1) / (math.sqrt(d.size) * abs(e.mean()))))
     return out
 
 
@@ -94,7 +120,10 @@ def summary_table(
             lines.append(row("gap closed", [100 * gap[n][0] for n in names], "+", 1))
             lines.append(row("gap SE", [100 * gap[n][1] for n in names], "", 1))
         if all(n in paired for n in names):
-            lines.append("(paired SE: standard error of the image-by-image change)")
+            lines.append(
+                "(paired SE: standard error of the image-by-image change, over pairs: a "
+                "pair's draws are correlated)"
+            )
         if names and all(n in gap for n in names):
             lines.append(
                 "(gap closed, %: (trained - base) / (truth - base), image by image; truth: "

@@ -29,8 +29,20 @@ def run_logged(cmd: list[str], run_dir: Path, label: str, threads: int = 1) -> N
 
 
 def run_all(calls: list[Callable[[], None]], jobs: int) -> None:
-    """Each of ``calls``, ``jobs`` at a time, in order; the first failure is raised once
-    every started call has finished."""
+    """Each of ``calls``, ``jobs`` at a time, in order. A failed call does not stop the
+    others (a long unattended sweep keeps going); the first failure is raised once all
+    have run. Ctrl-C cancels the calls not yet started and is raised at once."""
+    failures: list[BaseException] = []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for f in [pool.submit(c) for c in calls]:
-            f.result()
+        futures = [pool.submit(c) for c in calls]
+        try:
+            for f in futures:
+                try:
+                    f.result()
+                except (Exception, SystemExit) as e:
+                    failures.append(e)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    if failures:
+        raise failures[0]
