@@ -230,6 +230,13 @@ def test_claims_verdicts_follow_the_figures() -> None:
     text, v = cd.claims_section(finals, base, curves, conflict, 2, expected, budget, 16)
     assert v["budget"] == "met in 0 of 3 seeds" and "measured on 16 noises per pair" in text
 
+    # an arm outside the verdicts' (naive 2:1) is shown apart and changes no verdict
+    _, v1 = cd.claims_section(finals, base, curves, conflict, 2, expected)
+    finals["naive_2_1"] = _arm(base, 0.05, -0.03, 2, rng)
+    text2, v2 = cd.claims_section(finals, base, curves, conflict, 2, expected)
+    assert v2 == v1 and "| naive GRPO 2:1 | 2 |" in text2.split("**Extra arms**")[1]
+    del finals["naive_2_1"]
+
     # a claim whose arms have not all their seeds is not decided
     expected["naive_1_1"] = 5
     _, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
