@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from cgrpo.compare import RunResult, load_run
-from cgrpo.summary import paired_changes, paired_difference
+from cgrpo.summary import pair_means, paired_changes, paired_difference
 from cgrpo.sweep import run_all, run_logged
 
 PRIMARY = ["naive_1_1", "naive_0.5_0.5", "naive_1_1.5", "sars", "tdw", "sars_tdw"]
@@ -186,14 +186,10 @@ def final_result(run_dir: Path, base: dict) -> RunResult:
     out = run_dir / "eval_final"
     run, final = load_run(run_dir), json.loads((out / "metrics.json").read_text())
     end = load_run(out)
-    run.trained, run.base, run.pairs = end.trained, load_base(base), end.pairs
+    run.trained, run.base, run.pairs = end.trained, dict(base["overall"]), end.pairs
     run.name = run_dir.name
     run.paired = paired_changes(final, base)
     return run
-
-
-def load_base(base: dict) -> dict[str, float]:
-    return dict(base["overall"])
 
 
 # -- the claims -----------------------------------------------------------------------------
@@ -222,9 +218,7 @@ def differences(
     """Per reward, per seed both hold: ``a - b`` image by image, averaged over each pair's
     ``per_pair`` draws (items ``j = i * per_pair + k``)."""
     seeds = sorted(set(a) & set(b))
-    return {
-        r: {k: (a[k][r] - b[k][r]).reshape(-1, per_pair).mean(1) for k in seeds} for r in REWARDS
-    }
+    return {r: {k: pair_means(a[k][r] - b[k][r], per_pair) for k in seeds} for r in REWARDS}
 
 
 def seed_stat(d: np.ndarray) -> tuple[float, float]:

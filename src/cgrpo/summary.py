@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["gap_closed", "paired_difference", "paired_changes", "summary_table"]
+__all__ = ["gap_closed", "pair_means", "paired_difference", "paired_changes", "summary_table"]
 
 
-def _pair_means(values: Any, per_pair: int) -> np.ndarray:
+def pair_means(values: Any, per_pair: int) -> np.ndarray:
     """Item ``j = i * per_pair + k`` (draw k of pair i) averaged over each pair's draws."""
     a = np.asarray(values, dtype=np.float64)
     if per_pair < 1 or a.size % per_pair:
@@ -36,7 +36,7 @@ def paired_difference(model: Any, base: Any, per_pair: int = 1) -> tuple[float, 
     a, b = np.asarray(model, dtype=np.float64), np.asarray(base, dtype=np.float64)
     if a.shape != b.shape or a.size < 2 * per_pair:
         raise ValueError("the two evaluations do not hold the same images")
-    d = _pair_means(a - b, per_pair)
+    d = pair_means(a - b, per_pair)
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
@@ -77,7 +77,7 @@ def gap_closed(
         e = np.asarray(t[n], np.float64) - np.asarray(b[n], np.float64)
         if d.shape != e.shape or d.size < 2 * k or e.mean() == 0:
             continue
-        d, e = _pair_means(d, k), _pair_means(e, k)
+        d, e = pair_means(d, k), pair_means(e, k)
         g = d.mean() / e.mean()
         out[n] = (float(g), float((d - g * e).std(ddof=1) / (math.sqrt(d.size) * abs(e.mean()))))
     return out
