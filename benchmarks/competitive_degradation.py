@@ -105,9 +105,10 @@ def train_and_eval(run_dir: Path, arm: str, seed: int, args: argparse.Namespace)
     from cgrpo.evaluation import EvalConfig, eval_command
     from cgrpo.trainer import GRPOTrainer
 
-    if not _trained(run_dir):
+    if not _trained(run_dir, args.steps):
         resume = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
         GRPOTrainer(run_config(run_dir, arm, seed, args)).train(resume=resume, quiet=True)
+    set_aside(run_dir / "eval_final", args.steps)
     cfg = EvalConfig(out_dir=str(run_dir / "eval_final"), images_per_pair=args.eval_images)
     eval_command(cfg, run_dir, None, True)
 
@@ -126,13 +127,33 @@ def base_eval(args: argparse.Namespace) -> Path:
     return base_dir / "metrics.json"
 
 
-def _trained(run_dir: Path) -> bool:
+def _trained(run_dir: Path, steps: int) -> bool:
     ev = run_dir / "eval.json"
-    return ev.is_file() and "trained" in json.loads(ev.read_text())
+    summary = json.loads(ev.read_text()) if ev.is_file() else {}
+    return "trained" in summary and summary.get("steps") == steps
 
 
-def _done(run_dir: Path) -> bool:
-    return (run_dir / "eval_final" / "metrics.json").is_file()
+def _evaluated_step(out: Path) -> int | None:
+    """The training step of the checkpoint ``out`` (an evaluation folder) evaluated."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text())["checkpoint"].removeprefix("step_"))
+
+
+def _done(run_dir: Path, steps: int) -> bool:
+    return _evaluated_step(run_dir / "eval_final") == steps
+
+
+def set_aside(out: Path, steps: int) -> None:
+    """An evaluation folder of an earlier step (a run since continued to ``steps``) is kept
+    as ``<out>_step<N>``; its images are not mixed with the new checkpoint's."""
+    if not (out / "source.json").is_file():
+        return  # nothing drawn yet (source.json is written before the first image)
+    # (an evaluation stopped before its metrics.json: its source.json names the checkpoint)
+    step = int(json.loads((out / "source.json").read_text())["checkpoint"].removeprefix("step_"))
+    if step != steps:
+        out.rename(out.with_name(f"{out.name}_step{step:06d}"))
 
 
 def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -151,17 +172,20 @@ def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -
         for k in set(old.get(sec) or {}) | set(new.get(sec) or {})
         if (old.get(sec) or {}).get(k) != (new.get(sec) or {}).get(k)
     )
-    if keys:
+    # a shorter run is continued: lr is constant and the checkpoint holds every RNG state,
+    # so steps beyond it are the ones a run started with the longer budget trains
+    longer = old["run"]["steps"] < args.steps and set(keys) <= {"run.steps", "run.image_every"}
+    if keys and not longer:
         raise SystemExit(
             f"{run_dir} was trained with other settings ({', '.join(keys)} differ): use "
-            "another --out, or the options it was run with"
+            "another --out, or the options it was run with (a larger --steps continues it)"
         )
 
 
 def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
     """Train and evaluate one run in a subprocess (one thread), logging to ``train.log``."""
     check_config(run_dir, arm, seed, args)
-    if _done(run_dir):
+    if _done(run_dir, args.steps):
         print(f"[skip] {arm} seed {seed} (finished)", flush=True)
         return
     cmd = [
@@ -477,6 +501,8 @@ def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
 
     src = (run_dir / "eval_final") if run_dir else (args.out / "base_eval")
     out = (run_dir / "eval_budget") if run_dir else (args.out / "base_eval" / "budget")
+    if run_dir:
+        set_aside(out, args.steps)
     if not (out / "metrics.json").is_file():
         if not (out / "images").exists():  # the draws' source (model, checkpoint) goes too
             shutil.copytree(src / "images", out / "images", copy_function=os.link)
@@ -561,7 +587,11 @@ def main() -> None:
     base = json.loads(base_path.read_text())
     arms, finals, curves, conflict = [], {}, {}, {}
     for arm in ARMS:
-        dirs = {int(d.name[4:]): d for d in sorted((args.out / arm).glob("seed*")) if _done(d)}
+        dirs = {
+            int(d.name[4:]): d
+            for d in sorted((args.out / arm).glob("seed*"))
+            if _done(d, args.steps)
+        }
         if not dirs:
             continue
         runs = [final_result(d, base) for d in dirs.values()]
@@ -573,6 +603,8 @@ def main() -> None:
         }
         conflict[arm] = [float(np.mean([c[1] for c in r.conflict])) for r in runs]
     if not arms:
+        if failed is not None:
+            raise failed
         raise SystemExit(f"no finished run under {args.out}; run without --report-only first")
     base_images = {r: np.asarray(base["per_image"][r], np.float64) for r in REWARDS}
     budget = None

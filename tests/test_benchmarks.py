@@ -74,11 +74,55 @@ def test_competitive_degradation_writes_report_and_resumes(
     assert (run / "metrics.csv").read_text() == rows
     redrawn = json.loads((run / "eval_final" / "metrics.json").read_text())
     assert redrawn["per_image"] == final["per_image"]  # the same checkpoint, drawn again
-    # a folder trained with other settings is neither skipped nor resumed
-    other = [a if a != "2" else "3" for a in args]
+    # a folder trained with other settings (here: fewer steps) is neither skipped nor resumed
+    other = [a if a != "2" else "1" for a in args]
     proc = subprocess.run([sys.executable, *other], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)  # fmt: skip
     assert proc.returncode != 0 and "run.steps" in proc.stderr and "differ" in proc.stderr
+
+
+def test_competitive_degradation_continues_a_run_to_more_steps(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """A finished run given a larger --steps trains on from its checkpoint, and ends where a
+    run started with that budget ends: the same rows, weights and final images."""
+    from safetensors.torch import load_file
+
+    def sweep(out: Path, steps: int) -> str:
+        return _run(
+            "benchmarks/competitive_degradation.py", "--seeds", "1", "--steps", str(steps),
+            "--eval-every", "1", "--arms", "sars_tdw", "--out", str(out),
+            "--doc", str(tmp_path / "results.md"), "--eval-images", "1", "--budget-images", "2",
+            f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
+        )  # fmt: skip
+
+    sweep(tmp_path / "short", 2)
+    assert sweep(tmp_path / "short", 3).count("[done]") == 1
+    sweep(tmp_path / "long", 3)
+    short, long = (tmp_path / r / "sars_tdw" / "seed0" for r in ("short", "long"))
+    for name in ("eval_final_step000002", "eval_budget_step000002"):  # the 2-step figures kept
+        assert json.loads((short / name / "metrics.json").read_text())["checkpoint"].endswith("2")
+
+    def rows(run: Path) -> list[dict[str, str]]:
+        import csv
+
+        with (run / "metrics.csv").open() as f:  # (the phases' seconds differ run to run)
+            return [
+                {k: v for k, v in r.items() if not k.startswith("sec_")} for r in csv.DictReader(f)
+            ]
+
+    assert len(rows(long)) == 3 and rows(short) == rows(long)
+    a, b = (
+        load_file(next((r / "checkpoints" / "step_000003").glob("*.safetensors")))
+        for r in (short, long)
+    )
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    finals = [
+        json.loads((r / e / "metrics.json").read_text())["per_image"]
+        for r in (short, long)
+        for e in ("eval_final", "eval_budget")
+    ]
+    assert finals[0] == finals[2] and finals[1] == finals[3]
 
 
 def test_flux_step_reports_memory_and_time_per_process() -> None:
