@@ -95,7 +95,13 @@ def run_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace):
         "data.eval_noises=1",  # the run's own base / trained: the curve's ends (one noise)
         *ARMS[arm], *args.overrides,
     ]  # fmt: skip
-    return load_config(TrainConfig, EMBEDDED_CONFIG, overrides)
+    cfg = load_config(TrainConfig, EMBEDDED_CONFIG, overrides)
+    if cfg.run.time_budget or cfg.run.log_every != 1:  # a run continued to more steps must
+        raise SystemExit(  # end where one started with them ends: steps alone decide
+            "competitive_degradation budgets runs in steps and logs every step: drop the "
+            "run.time_budget / run.log_every override (use --steps)"
+        )
+    return cfg
 
 
 def train_and_eval(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -120,8 +126,9 @@ def base_eval(args: argparse.Namespace) -> Path:
 
     base_dir = args.out / "base_eval"
     if not (base_dir / "metrics.json").is_file():
+        model = run_config(base_dir, DEFAULT_ARM, 0, args)  # (a bad override stops here)
         base_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_config(base_dir, DEFAULT_ARM, 0, args), base_dir / "model.yaml")
+        save_config(model, base_dir / "model.yaml")
         cfg = EvalConfig(out_dir=str(base_dir), images_per_pair=args.eval_images)
         eval_command(cfg, None, base_dir / "model.yaml", True)
     return base_dir / "metrics.json"
@@ -138,7 +145,8 @@ def _evaluated_step(out: Path) -> int | None:
     path = out / "metrics.json"
     if not path.is_file():
         return None
-    return int(json.loads(path.read_text())["checkpoint"].removeprefix("step_"))
+    checkpoint = json.loads(path.read_text()).get("checkpoint") or ""
+    return int(checkpoint.removeprefix("step_")) if checkpoint.startswith("step_") else None
 
 
 def _done(run_dir: Path, steps: int) -> bool:
@@ -153,7 +161,10 @@ def set_aside(out: Path, steps: int) -> None:
     # (an evaluation stopped before its metrics.json: its source.json names the checkpoint)
     step = int(json.loads((out / "source.json").read_text())["checkpoint"].removeprefix("step_"))
     if step != steps:
-        out.rename(out.with_name(f"{out.name}_step{step:06d}"))
+        kept = out.with_name(f"{out.name}_step{step:06d}")
+        if kept.exists():
+            raise SystemExit(f"{out} is of step {step}, and {kept} exists: remove one of them")
+        out.rename(kept)
 
 
 def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -504,9 +515,10 @@ def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
     if run_dir:
         set_aside(out, args.steps)
     if not (out / "metrics.json").is_file():
-        if not (out / "images").exists():  # the draws' source (model, checkpoint) goes too
-            shutil.copytree(src / "images", out / "images", copy_function=os.link)
+        if not (out / "images").exists():  # the draws' source (model, checkpoint) goes first
+            out.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / "source.json", out / "source.json")
+            shutil.copytree(src / "images", out / "images", copy_function=os.link)
         cfg = EvalConfig(out_dir=str(out), images_per_pair=args.budget_images)
         if run_dir:
             eval_command(cfg, run_dir, None, True)
@@ -586,6 +598,13 @@ def main() -> None:
 
     base = json.loads(base_path.read_text())
     arms, finals, curves, conflict = [], {}, {}, {}
+    elsewhere = [  # finished at another budget: not this report's
+        f"{d.parent.name} {d.name} (step {_evaluated_step(d / 'eval_final')})"
+        for d in sorted(args.out.glob("*/seed*"))
+        if _evaluated_step(d / "eval_final") not in (None, args.steps)
+    ]
+    if elsewhere:
+        print(f"not in this --steps {args.steps} report: " + ", ".join(elsewhere), flush=True)
     for arm in ARMS:
         dirs = {
             int(d.name[4:]): d

@@ -15,11 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run.threads=1", "data.prompts_per_step=2", "grpo.group_size=4", "sampler.num_steps=3"]
 
 
-def _run(*args: str) -> str:
+def _run(*args: str, check: bool = True) -> str:
+    """The script's stdout (with ``check=False`` stdout + stderr, whatever its exit code)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
+    if not check:
+        return proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
 
@@ -97,6 +100,13 @@ def test_competitive_degradation_continues_a_run_to_more_steps(
         )  # fmt: skip
 
     sweep(tmp_path / "short", 2)
+    first = (tmp_path / "short" / "sars_tdw" / "seed0" / "metrics.csv").read_text()
+    assert "not in this --steps 3 report: sars_tdw seed0 (step 2)" in _run(
+        "benchmarks/competitive_degradation.py", "--steps", "3", "--report-only", "--out",
+        str(tmp_path / "short"), "--doc", str(tmp_path / "r.md"), "--eval-images", "1",
+        f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
+        check=False,
+    )  # fmt: skip
     assert sweep(tmp_path / "short", 3).count("[done]") == 1
     sweep(tmp_path / "long", 3)
     short, long = (tmp_path / r / "sars_tdw" / "seed0" for r in ("short", "long"))
@@ -112,6 +122,8 @@ def test_competitive_degradation_continues_a_run_to_more_steps(
             ]
 
     assert len(rows(long)) == 3 and rows(short) == rows(long)
+    # continued, not trained again: its first two steps' rows are kept byte for byte
+    assert (short / "metrics.csv").read_text().startswith(first)
     a, b = (
         load_file(next((r / "checkpoints" / "step_000003").glob("*.safetensors")))
         for r in (short, long)
@@ -123,6 +135,11 @@ def test_competitive_degradation_continues_a_run_to_more_steps(
         for e in ("eval_final", "eval_budget")
     ]
     assert finals[0] == finals[2] and finals[1] == finals[3]
+    # a time budget would end a run off its --steps, where continuing could not match it
+    out = _run("benchmarks/competitive_degradation.py", "--out", str(tmp_path / "t"),
+               "run.time_budget=5", check=False)  # fmt: skip
+    assert "drop the run.time_budget / run.log_every override" in out
+    assert not (tmp_path / "t").exists()
 
 
 def test_flux_step_reports_memory_and_time_per_process() -> None:
