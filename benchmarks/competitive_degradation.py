@@ -51,6 +51,7 @@ from cgrpo.summary import pair_means, paired_changes, paired_difference
 from cgrpo.sweep import run_all, run_logged
 
 PRIMARY = ["naive_1_1", "naive_0.5_0.5", "naive_1_1.5", "sars", "tdw", "sars_tdw"]
+TRAIN_ORDER = ["sars_tdw", "naive_1_1", "naive_1_1.5", "sars", "tdw", "naive_0.5_0.5"]
 
 
 def _weights(identity: float, prompt: float) -> str:
@@ -209,8 +210,10 @@ def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None
 
 def schedule(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """The order runs are trained in: the six primary arms seed by seed (every arm gets
-    seed 0 before seed 1), then the extra arms seed by seed."""
-    primary = [a for a in arms if a in PRIMARY]
+    seed 0 before seed 1), then the extra arms seed by seed. Within a seed the default arm
+    and naive 1:1 go first (the budget test and claims 2-4 read them) and naive 0.5:0.5,
+    the scale check, last: a sweep stopped part-way leaves the arms most claims need."""
+    primary = sorted((a for a in arms if a in PRIMARY), key=TRAIN_ORDER.index)
     extra = [a for a in arms if a not in PRIMARY]
     return [(a, k) for k in seeds for a in primary] + [(a, k) for k in seeds for a in extra]
 

@@ -318,3 +318,12 @@ def test_pooled_se_holds_the_seed_spread_and_the_pairs() -> None:
     assert se > m.std(ddof=1) / 5**0.5  # more than the seed spread alone
     pairs = np.mean(list(seeds.values()), 0).std(ddof=1) / 16
     assert se == pytest.approx(np.sqrt(m.var(ddof=1) / 5 + pairs**2))
+
+
+def test_schedule_trains_the_default_arm_first_and_every_arm_a_seed_before_the_next() -> None:
+    cd = _claims_module()
+    order = cd.schedule([*cd.PRIMARY, "naive_2_1"], [0, 1])
+    assert order[:2] == [("sars_tdw", 0), ("naive_1_1", 0)]
+    assert sorted(a for a, k in order[:6]) == sorted(cd.PRIMARY) and order[5][0] == "naive_0.5_0.5"
+    assert [k for _, k in order[:12]] == [0] * 6 + [1] * 6
+    assert order[12:] == [("naive_2_1", 0), ("naive_2_1", 1)]
