@@ -263,7 +263,7 @@ def pareto_plot(
     the right of it is "both better"); ``seeds`` adds each label's single runs, faint.
     """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
     if base is not None:
         ax.axvline(base[0], color="0.6", ls="--", lw=0.8)
         ax.axhline(base[1], color="0.6", ls="--", lw=0.8)
@@ -276,7 +276,8 @@ def pareto_plot(
         ax.errorbar(x, y, xerr=xe or None, yerr=ye or None, fmt="o", ms=8, color=c, label=label)
     ax.set_xlabel(f"{axes[0]} (held-out mean)")
     ax.set_ylabel(f"{axes[1]} (held-out mean)")
-    ax.legend(fontsize=8, loc="best")
+    # outside the axes: inside, "best" still covered the base star when it sat in a corner
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.grid(alpha=0.2)
     save_figure(fig, path)
 
