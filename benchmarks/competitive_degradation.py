@@ -293,6 +293,8 @@ def _z(mean: float, se: float) -> float:
 
 
 def _fmt(v: tuple[float, ...]) -> str:
+    if not math.isfinite(v[1]):  # pooled over one seed: no spread to take an SE from
+        return f"{v[0]:+.4f} (1 seed)"
     return f"{v[0]:+.4f} ± {v[1]:.4f}" + ("*" if len(v) == 3 and pooled_sign(v) else "")
 
 

@@ -318,6 +318,8 @@ def test_pooled_se_holds_the_seed_spread_and_the_pairs() -> None:
     assert se > m.std(ddof=1) / 5**0.5  # more than the seed spread alone
     pairs = np.mean(list(seeds.values()), 0).std(ddof=1) / 16
     assert se == pytest.approx(np.sqrt(m.var(ddof=1) / 5 + pairs**2))
+    one = cd.pooled({0: seeds[0]})  # one seed: no spread, no SE, and it is said so
+    assert cd._fmt(one) == f"{seeds[0].mean():+.4f} (1 seed)"
 
 
 def test_schedule_trains_the_default_arm_first_and_every_arm_a_seed_before_the_next() -> None:
