@@ -141,13 +141,16 @@ def _trained(run_dir: Path, steps: int) -> bool:
     return "trained" in summary and summary.get("steps") == steps
 
 
-def _evaluated_step(out: Path) -> int | None:
-    """The training step of the checkpoint ``out`` (an evaluation folder) evaluated."""
-    path = out / "metrics.json"
+def _evaluated_step(out: Path, record: str = "metrics.json") -> int | None:
+    """The training step of the checkpoint ``out`` (an evaluation folder) evaluated, as its
+    ``record`` names it (``source.json`` is written before the first image, metrics.json
+    last); None when there is none."""
+    from cgrpo.checkpoint import checkpoint_step
+
+    path = out / record
     if not path.is_file():
         return None
-    checkpoint = json.loads(path.read_text()).get("checkpoint") or ""
-    return int(checkpoint.removeprefix("step_")) if checkpoint.startswith("step_") else None
+    return checkpoint_step(json.loads(path.read_text()).get("checkpoint") or "")
 
 
 def _done(run_dir: Path, steps: int) -> bool:
@@ -157,11 +160,8 @@ def _done(run_dir: Path, steps: int) -> bool:
 def set_aside(out: Path, steps: int) -> None:
     """An evaluation folder of an earlier step (a run since continued to ``steps``) is kept
     as ``<out>_step<N>``; its images are not mixed with the new checkpoint's."""
-    if not (out / "source.json").is_file():
-        return  # nothing drawn yet (source.json is written before the first image)
-    # (an evaluation stopped before its metrics.json: its source.json names the checkpoint)
-    step = int(json.loads((out / "source.json").read_text())["checkpoint"].removeprefix("step_"))
-    if step != steps:
+    step = _evaluated_step(out, "source.json")  # (also of an evaluation stopped part-way)
+    if step is not None and step != steps:
         kept = out.with_name(f"{out.name}_step{step:06d}")
         if kept.exists():
             raise SystemExit(f"{out} is of step {step}, and {kept} exists: remove one of them")
@@ -603,18 +603,19 @@ def main() -> None:
 
     base = json.loads(base_path.read_text())
     arms, finals, curves, conflict = [], {}, {}, {}
+    finished = {d: _evaluated_step(d / "eval_final") for d in sorted(args.out.glob("*/seed*"))}
     elsewhere = [  # finished at another budget: not this report's
-        f"{d.parent.name} {d.name} (step {_evaluated_step(d / 'eval_final')})"
-        for d in sorted(args.out.glob("*/seed*"))
-        if _evaluated_step(d / "eval_final") not in (None, args.steps)
+        f"{d.parent.name} {d.name} (step {step})"
+        for d, step in finished.items()
+        if step not in (None, args.steps)
     ]
     if elsewhere:
         print(f"not in this --steps {args.steps} report: " + ", ".join(elsewhere), flush=True)
     for arm in ARMS:
         dirs = {
             int(d.name[4:]): d
-            for d in sorted((args.out / arm).glob("seed*"))
-            if _done(d, args.steps)
+            for d, step in finished.items()
+            if d.parent.name == arm and step == args.steps
         }
         if not dirs:
             continue

@@ -74,6 +74,12 @@ CHECKPOINT_FORMAT = 1
 _STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 
 
+def checkpoint_step(name: str) -> int | None:
+    """The training step of a checkpoint folder name ``step_N`` (None for any other name)."""
+    m = _STEP_DIR_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read safely (corrupt, truncated or unsafe)."""
 
@@ -334,9 +340,9 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]
         return []
     found: list[tuple[int, Path]] = []
     for child in root.iterdir():
-        m = _STEP_DIR_RE.match(child.name)
-        if m and child.is_dir() and is_complete_checkpoint(child):
-            found.append((int(m.group(1)), child))
+        step = checkpoint_step(child.name)
+        if step is not None and child.is_dir() and is_complete_checkpoint(child):
+            found.append((step, child))
     found.sort(key=lambda item: item[0])
     return found
 
