@@ -205,6 +205,13 @@ def test_experiment_report(tmp_path: Path) -> None:
     assert other.curve()[1].tolist() == [[0.3, 0.3, 0.31]]
     with pytest.raises(ValueError, match="different things"):
         write_experiment_report([good, other], doc, "python z.py")
+    # a second report in the same folder keeps its own figures (named after its page)
+    before = (tmp_path / "docs" / "images" / "results_pareto.png").read_bytes()
+    second = tmp_path / "docs" / "results_full.md"
+    write_experiment_report([bad], second, "python w.py")
+    assert "](images/results_full_pareto.png)" in second.read_text()
+    assert (tmp_path / "docs" / "images" / "results_full_curves.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "images" / "results_pareto.png").read_bytes() == before
 
 
 def test_gap_to_the_truth_is_read_and_tabled(tmp_path: Path) -> None:

@@ -71,12 +71,13 @@ def write_experiment_report(
     """``docs/results.md`` from the arms' runs (their axes' two rewards, x and y): table
     (mean ± std over seeds), Pareto scatter, curves, conflicts.
 
-    Figures go to ``<doc folder>/images/results_*.png``. The text states facts read from
-    the runs (counts, means, which arms beat base on both); interpretation is written by
-    hand in the page's preamble, which is kept from an existing file (everything above
-    the ``<!-- generated -->`` marker). ``evaluation`` says how the final figures were
-    measured (default: the runs' own held-out evaluation); ``extra`` (markdown) follows the
-    end-of-training table.
+    Figures go to ``<doc folder>/images/<doc stem>_pareto.png`` and ``..._curves.png``
+    (``docs/results.md``: ``results_pareto.png``), so two reports in one folder keep their
+    own. The text states facts read from the runs (counts, means, which arms beat base on
+    both); interpretation is written by hand in the page's preamble, which is kept from an
+    existing file (everything above the ``<!-- generated -->`` marker). ``evaluation`` says
+    how the final figures were measured (default: the runs' own held-out evaluation);
+    ``extra`` (markdown) follows the end-of-training table.
     """
     images = doc.parent / "images"
     x, y = same_axes([r for a in arms for r in a.runs])
@@ -94,7 +95,7 @@ def write_experiment_report(
             )
             for a in arms
         ],
-        images / "results_pareto.png",
+        images / f"{doc.stem}_pareto.png",
         (base[x], base[y]) if base else None,
         (x, y),
         seeds={a.label: [(r.trained[x], r.trained[y]) for r in a.runs] for a in arms},
@@ -119,7 +120,7 @@ def write_experiment_report(
         ax.grid(alpha=0.2)
     axs[0].legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, images / "results_curves.png")
+    save_figure(fig, images / f"{doc.stem}_curves.png")
 
     rows = [
         f"| arm | seeds | {x} | {y} | Δ {x} | Δ {y} | conflicted share |",
@@ -190,9 +191,9 @@ def write_experiment_report(
             "",
             *along,
             "",
-            "![Pareto scatter](images/results_pareto.png)",
+            f"![Pareto scatter](images/{doc.stem}_pareto.png)",
             "",
-            "![Curves](images/results_curves.png)",
+            f"![Curves](images/{doc.stem}_curves.png)",
             "",
         ]
     )
