@@ -31,6 +31,11 @@ their last checkpoint, so the command continues where it stopped. The report
     python benchmarks/competitive_degradation.py --jobs 2 [--seeds 5] [--steps 80]
     python benchmarks/competitive_degradation.py --arms naive_2_1 --seeds 2   # the extra arm
     python benchmarks/competitive_degradation.py --report-only
+    # another configuration for every arm (e.g. the paper's full schedule), paired with this
+    python benchmarks/competitive_degradation.py --out runs/cd_full sampler.schedule.kind=full \
+        grpo.timestep_fraction=0.6
+    python benchmarks/competitive_degradation.py --report-only --out runs/cd_full \
+        --against runs/competitive_degradation --doc docs/results_full.md ...
 """
 
 from __future__ import annotations
@@ -507,6 +512,63 @@ def claims_section(
     return "\n".join(out), verdict
 
 
+def against_section(
+    finals: dict[str, dict[int, dict[str, np.ndarray]]],
+    other: dict[str, dict[int, dict[str, np.ndarray]]],
+    per_pair: int,
+    name: str,
+) -> str:
+    """Each arm's runs minus the same arm and seed of another sweep (``--against``): the
+    paired difference image by image (same pairs, same noise), per seed with its SE over the
+    pairs (* at >= 2 SE) and pooled over the seeds both hold (:func:`pooled`)."""
+    out = [
+        f"### Paired against `{name}` (this sweep's run minus the same arm and seed there)",
+        "",
+        "| arm | seeds | Δ identity pooled | Δ prompt pooled | per seed identity | "
+        "per seed prompt |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    rows = []
+    for a in finals:
+        diff = differences(finals[a], other.get(a, {}), per_pair)
+        if not diff["identity"]:
+            continue
+        pool = [_fmt(pooled(diff[r])) for r in REWARDS]
+        cells = [_seed_cells(diff[r]) for r in REWARDS]
+        rows.append(f"| {LABELS[a]} | {len(diff['identity'])} | " + " | ".join(pool + cells) + " |")
+    if not rows:
+        raise SystemExit(f"--against {name}: no arm and seed finished at this --steps in both")
+    return "\n".join(out + rows + [""])
+
+
+def check_against(other: Path, base: dict) -> None:
+    """Refuses (before any training) a ``--against`` sweep whose base evaluation is not this
+    one's: other held-out pairs or noise cannot be paired image by image."""
+    path = other / "base_eval" / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(f"--against {other}: no {path}; point it at another sweep's --out")
+    theirs = json.loads(path.read_text())["per_image"]
+    if any(not np.array_equal(theirs.get(r), base["per_image"][r]) for r in REWARDS):
+        raise SystemExit(
+            f"--against {other}: its base evaluation is not this sweep's (other held-out "
+            "pairs, noise or --eval-images), so its runs cannot be paired image by image"
+        )
+
+
+def against_finals(
+    other: Path, arms: list[str], steps: int
+) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """The other sweep's final per-image rewards of ``arms``, its runs finished at ``steps``."""
+    return {
+        a: {
+            int(d.name[4:]): per_image(d)
+            for d in sorted((other / a).glob("seed*"))
+            if _evaluated_step(d / "eval_final") == steps
+        }
+        for a in arms
+    }
+
+
 def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
     """The budget test's evaluation on ``--budget-images`` noises per pair of a run of the
     default arm (``run_dir``) or of the base (None), in ``eval_budget/``; the draws the
@@ -583,6 +645,11 @@ def main() -> None:
     ap.add_argument(
         "--notes", type=Path, default=None, help="markdown appended to the report (the reading)"
     )
+    ap.add_argument(
+        "--against", type=Path, default=None,
+        help="another sweep's --out (e.g. the other schedule): the report adds each arm and "
+        "seed's paired difference, this run minus that one",
+    )  # fmt: skip
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
@@ -591,6 +658,8 @@ def main() -> None:
         train_and_eval(args.out / arm / f"seed{seed}", arm, seed, args)
         return
     base_path = base_eval(args)
+    if args.against:
+        check_against(args.against, json.loads(base_path.read_text()))
     failed: SystemExit | None = None
     if not args.report_only:
         runs = schedule(args.arms, list(range(args.seeds)))
@@ -661,6 +730,9 @@ def main() -> None:
         f"Curves: the runs' own held-out evaluations ({base['pairs']} pairs, one noise "
         "each; step 0 = base)."
     )
+    if args.against:
+        other = against_finals(args.against, list(finals), args.steps)
+        claims += "\n\n" + against_section(finals, other, args.eval_images, str(args.against))
     notes = args.notes.read_text() if args.notes else ""
     write_experiment_report(
         arms, args.doc, command.strip(), evaluation, "\n\n".join([reference, claims, notes])

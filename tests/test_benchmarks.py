@@ -67,6 +67,12 @@ def test_competitive_degradation_writes_report_and_resumes(
     base = json.loads((tmp_path / "runs" / "base_eval" / "metrics.json").read_text())
     assert base["model"] == "base" and base["overall"]["identity"] < 0.1
     assert _run(*args).count("[skip]") == 3  # finished runs are not trained again
+    # --against pairs each run with the same arm and seed of another sweep: here itself
+    paired = tmp_path / "paired.md"
+    report = [a if a != str(doc) else str(paired) for a in args] + ["--report-only"]
+    _run(*report, "--against", str(tmp_path / "runs"))
+    text = paired.read_text().split("### Paired against")[1]
+    assert "| SARS + TDW | 1 | +0.0000 (1 seed) | +0.0000 (1 seed) |" in text
     # a run stopped after training resumes from its checkpoint: no step is trained again
     run = tmp_path / "runs" / "sars_tdw" / "seed0"
     rows = (run / "metrics.csv").read_text()
@@ -329,3 +335,32 @@ def test_schedule_trains_the_default_arm_first_and_every_arm_a_seed_before_the_n
     assert sorted(a for a, k in order[:6]) == sorted(cd.PRIMARY) and order[5][0] == "naive_0.5_0.5"
     assert [k for _, k in order[:12]] == [0] * 6 + [1] * 6
     assert order[12:] == [("naive_2_1", 0), ("naive_2_1", 1)]
+
+
+def test_against_pairs_the_same_arm_and_seed_of_another_sweep(tmp_path: Path) -> None:
+    import numpy as np
+
+    cd = _claims_module()
+    rng = np.random.default_rng(2)
+    base = {"identity": rng.uniform(0.3, 0.7, 400), "prompt": rng.uniform(0.6, 0.9, 400)}
+    here = {"sars_tdw": _arm(base, 0.03, 0.02, 3, rng), "naive_1_1": _arm(base, 0.0, 0.0, 1, rng)}
+    there = {"sars_tdw": _arm(base, 0.01, 0.02, 2, rng)}  # seeds 0 and 1 only; no naive 1:1
+    text = cd.against_section(here, there, 2, "runs/other")
+    d = {r: {k: (here["sars_tdw"][k][r] - there["sars_tdw"][k][r]) for k in (0, 1)}
+         for r in ("identity", "prompt")}  # fmt: skip
+    pooled = cd.pooled({k: cd.pair_means(v, 2) for k, v in d["identity"].items()})
+    row = next(line for line in text.splitlines() if line.startswith("| SARS + TDW |"))
+    assert row.startswith(f"| SARS + TDW | 2 | {cd._fmt(pooled)} |")
+    assert abs(pooled[0] - 0.02) < 0.003 and "naive GRPO 1:1" not in text
+    with pytest.raises(SystemExit, match="no arm and seed finished"):
+        cd.against_section({"naive_1_1": here["naive_1_1"]}, there, 2, "runs/other")
+    # a sweep on other pairs or noise is refused before anything runs
+    summary = {"per_image": {r: v.tolist() for r, v in base.items()}}
+    (tmp_path / "o" / "base_eval").mkdir(parents=True)
+    (tmp_path / "o" / "base_eval" / "metrics.json").write_text(json.dumps(summary))
+    cd.check_against(tmp_path / "o", summary)  # the same base: fine
+    moved = {"per_image": {**summary["per_image"], "prompt": (base["prompt"] + 0.1).tolist()}}
+    with pytest.raises(SystemExit, match="cannot be paired image by image"):
+        cd.check_against(tmp_path / "o", moved)
+    with pytest.raises(SystemExit, match="point it at another sweep's --out"):
+        cd.check_against(tmp_path / "missing", summary)
