@@ -212,6 +212,13 @@ def test_experiment_report(tmp_path: Path) -> None:
     assert "](images/results_full_pareto.png)" in second.read_text()
     assert (tmp_path / "docs" / "images" / "results_full_curves.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "images" / "results_pareto.png").read_bytes() == before
+    # a hand-written page without the marker is kept whole, the figures below it
+    second.write_text("# Full schedule\n\nMy reading of it.\n")
+    write_experiment_report([bad], second, "python w.py")
+    text = second.read_text()
+    assert text.startswith("# Full schedule\n\nMy reading of it.\n\n<!-- generated -->")
+    write_experiment_report([bad], second, "python w.py")  # and once marked, not doubled
+    assert second.read_text() == text
 
 
 def test_gap_to_the_truth_is_read_and_tabled(tmp_path: Path) -> None:

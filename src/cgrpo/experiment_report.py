@@ -75,7 +75,8 @@ def write_experiment_report(
     (``docs/results.md``: ``results_pareto.png``), so two reports in one folder keep their
     own. The text states facts read from the runs (counts, means, which arms beat base on
     both); interpretation is written by hand in the page's preamble, which is kept from an
-    existing file (everything above the ``<!-- generated -->`` marker). ``evaluation`` says
+    existing file (everything above the ``<!-- generated -->`` marker; all of a file
+    without one). ``evaluation`` says
     how the final figures were measured (default: the runs' own held-out evaluation);
     ``extra`` (markdown) follows the end-of-training table.
     """
@@ -200,7 +201,11 @@ def write_experiment_report(
     preamble = "# Results: competitive degradation on the embedded world\n\n"
     if doc.is_file():
         old = doc.read_text()
-        if "<!-- generated -->" in old:
-            preamble = old.split("<!-- generated -->")[0]
+        # a page without the marker is all hand-written: kept whole, the figures follow it
+        preamble = (
+            old.split("<!-- generated -->")[0]
+            if "<!-- generated -->" in old
+            else (old.rstrip() + "\n\n")
+        )
     text = preamble + generated
     atomic_write(doc, lambda tmp: tmp.write_text(text))
