@@ -558,18 +558,25 @@ def check_against(other: Path, base: dict) -> None:
         )
 
 
+def finished_steps(out: Path) -> dict[Path, int | None]:
+    """Every run folder of a sweep (``out/<arm>/seed<k>``) and the step its final
+    evaluation is of (None: not evaluated)."""
+    return {d: _evaluated_step(d / "eval_final") for d in sorted(out.glob("*/seed*"))}
+
+
+def runs_at(finished: dict[Path, int | None], arm: str, steps: int) -> dict[int, Path]:
+    """Seed -> run folder of ``arm``'s runs finished at ``steps`` (of :func:`finished_steps`)."""
+    return {
+        int(d.name[4:]): d for d, step in finished.items() if d.parent.name == arm and step == steps
+    }
+
+
 def against_finals(
     other: Path, arms: list[str], steps: int
 ) -> dict[str, dict[int, dict[str, np.ndarray]]]:
     """The other sweep's final per-image rewards of ``arms``, its runs finished at ``steps``."""
-    return {
-        a: {
-            int(d.name[4:]): per_image(d)
-            for d in sorted((other / a).glob("seed*"))
-            if _evaluated_step(d / "eval_final") == steps
-        }
-        for a in arms
-    }
+    finished = finished_steps(other)
+    return {a: {k: per_image(d) for k, d in runs_at(finished, a, steps).items()} for a in arms}
 
 
 def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
@@ -660,9 +667,9 @@ def main() -> None:
         arm, seed = args.one[0], int(args.one[1])
         train_and_eval(args.out / arm / f"seed{seed}", arm, seed, args)
         return
-    base_path = base_eval(args)
+    base = json.loads(base_eval(args).read_text())
     if args.against:
-        check_against(args.against, json.loads(base_path.read_text()))
+        check_against(args.against, base)
     failed: SystemExit | None = None
     if not args.report_only:
         runs = schedule(args.arms, list(range(args.seeds)))
@@ -673,9 +680,8 @@ def main() -> None:
             failed = e
     from cgrpo.experiment_report import ArmResult, write_experiment_report
 
-    base = json.loads(base_path.read_text())
     arms, finals, curves, conflict = [], {}, {}, {}
-    finished = {d: _evaluated_step(d / "eval_final") for d in sorted(args.out.glob("*/seed*"))}
+    finished = finished_steps(args.out)
     elsewhere = [  # finished at another budget: not this report's
         f"{d.parent.name} {d.name} (step {step})"
         for d, step in finished.items()
@@ -684,11 +690,7 @@ def main() -> None:
     if elsewhere:
         print(f"not in this --steps {args.steps} report: " + ", ".join(elsewhere), flush=True)
     for arm in ARMS:
-        dirs = {
-            int(d.name[4:]): d
-            for d, step in finished.items()
-            if d.parent.name == arm and step == args.steps
-        }
+        dirs = runs_at(finished, arm, args.steps)
         if not dirs:
             continue
         runs = [final_result(d, base) for d in dirs.values()]

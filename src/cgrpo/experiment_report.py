@@ -76,9 +76,8 @@ def write_experiment_report(
     own. The text states facts read from the runs (counts, means, which arms beat base on
     both); interpretation is written by hand in the page's preamble, which is kept from an
     existing file (everything above the ``<!-- generated -->`` marker; all of a file
-    without one). ``evaluation`` says
-    how the final figures were measured (default: the runs' own held-out evaluation);
-    ``extra`` (markdown) follows the end-of-training table.
+    without one). ``evaluation`` says how the final figures were measured (default: the
+    runs' own held-out evaluation); ``extra`` (markdown) follows the end-of-training table.
     """
     images = doc.parent / "images"
     x, y = same_axes([r for a in arms for r in a.runs])
