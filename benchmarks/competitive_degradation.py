@@ -121,7 +121,10 @@ def train_and_eval(run_dir: Path, arm: str, seed: int, args: argparse.Namespace)
         resume = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
         GRPOTrainer(run_config(run_dir, arm, seed, args)).train(resume=resume, quiet=True)
     set_aside(run_dir / "eval_final", args.steps)
-    cfg = EvalConfig(out_dir=str(run_dir / "eval_final"), images_per_pair=args.eval_images)
+    cfg = EvalConfig(
+        out_dir=str(run_dir / "eval_final"), images_per_pair=args.eval_images,
+        prompts_per_subject=args.eval_prompts,
+    )  # fmt: skip
     eval_command(cfg, run_dir, None, True)
 
 
@@ -131,13 +134,33 @@ def base_eval(args: argparse.Namespace) -> Path:
     from cgrpo.evaluation import EvalConfig, eval_command
 
     base_dir = args.out / "base_eval"
+    model = run_config(base_dir, DEFAULT_ARM, 0, args)  # (a bad override stops here)
+    pairs = final_pairs(model, args)
     if not (base_dir / "metrics.json").is_file():
-        model = run_config(base_dir, DEFAULT_ARM, 0, args)  # (a bad override stops here)
         base_dir.mkdir(parents=True, exist_ok=True)
         save_config(model, base_dir / "model.yaml")
-        cfg = EvalConfig(out_dir=str(base_dir), images_per_pair=args.eval_images)
+        cfg = EvalConfig(
+            out_dir=str(base_dir), images_per_pair=args.eval_images,
+            prompts_per_subject=args.eval_prompts,
+        )  # fmt: skip
         eval_command(cfg, None, base_dir / "model.yaml", True)
+    made = json.loads((base_dir / "metrics.json").read_text())
+    if (made["pairs"], made["images_per_pair"]) != (pairs, args.eval_images):
+        raise SystemExit(
+            f"{base_dir} evaluated {made['pairs']} pairs x {made['images_per_pair']} noises, "
+            f"this command asks for {pairs} x {args.eval_images} (--eval-prompts, "
+            "--eval-images): use another --out, or the options the sweep was run with"
+        )
     return base_dir / "metrics.json"
+
+
+def final_pairs(cfg, args: argparse.Namespace | None) -> int:
+    """The held-out pairs of the final evaluation: every held-out subject x ``--eval-prompts``
+    (0, or ``args`` None: the runs' own ``data.eval_prompts_per_subject``, the curves')."""
+    from cgrpo.data import EmbeddedData
+
+    subjects = len(EmbeddedData().eval_subjects)
+    return subjects * ((args and args.eval_prompts) or cfg.data.eval_prompts_per_subject)
 
 
 def _trained(run_dir: Path, steps: int) -> bool:
@@ -208,7 +231,8 @@ def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None
     cmd = [
         sys.executable, __file__, "--one", arm, str(seed), "--steps", str(args.steps),
         "--eval-every", str(args.eval_every), "--out", str(args.out),
-        "--eval-images", str(args.eval_images), *args.overrides,
+        "--eval-images", str(args.eval_images), "--eval-prompts", str(args.eval_prompts),
+        *args.overrides,
     ]  # fmt: skip
     run_logged(cmd, run_dir, f"{arm} seed {seed}")
 
@@ -596,7 +620,10 @@ def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / "source.json", out / "source.json")
             shutil.copytree(src / "images", out / "images", copy_function=os.link)
-        cfg = EvalConfig(out_dir=str(out), images_per_pair=args.budget_images)
+        cfg = EvalConfig(
+            out_dir=str(out), images_per_pair=args.budget_images,
+            prompts_per_subject=args.eval_prompts,
+        )  # fmt: skip
         if run_dir:
             eval_command(cfg, run_dir, None, True)
         else:
@@ -645,6 +672,11 @@ def main() -> None:
     ap.add_argument(
         "--eval-images", type=int, default=4, help="noises per held-out pair in the final eval"
     )
+    ap.add_argument(
+        "--eval-prompts", type=int, default=0,
+        help="prompts per held-out subject in the final (and base, budget) evaluation; 0: the "
+        "runs' data.eval_prompts_per_subject (32: 256 pairs), which the curves always use",
+    )  # fmt: skip
     ap.add_argument(
         "--budget-images",
         type=int,
@@ -728,11 +760,12 @@ def main() -> None:
         + "."
     )
     command = "python benchmarks/competitive_degradation.py " + shlex.join(sys.argv[1:])
+    curve_pairs = final_pairs(run_config(args.out / "base_eval", DEFAULT_ARM, 0, args), None)
     evaluation = (
         f"Final figures: `cgrpo eval` of each run's last checkpoint on the {base['pairs']} "
         f"held-out pairs x {args.eval_images} noises = {base['images']} images (ODE sampling, "
         "seeded noise per image), paired with one evaluation of the base on the same noise. "
-        f"Curves: the runs' own held-out evaluations ({base['pairs']} pairs, one noise "
+        f"Curves: the runs' own held-out evaluations ({curve_pairs} pairs, one noise "
         "each; step 0 = base)."
     )
     if args.against:
