@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from cgrpo.compare import RunResult, load_run
+from cgrpo.records import restore_record, save_record
 from cgrpo.summary import pair_means, paired_changes, paired_difference
 from cgrpo.sweep import run_all, run_logged
 
@@ -87,6 +88,17 @@ LABELS = {
     "naive_2_1": "naive GRPO 2:1",
 }
 DEFAULT_ARM = "sars_tdw"
+
+#: what --records keeps of a run: what the report reads, the "done" marker last
+RUN_RECORD = [
+    "config.yaml", "metrics.csv", "eval.json", "eval_budget/source.json",
+    "eval_budget/metrics.json", "eval_final/source.json", "eval_final/metrics.json",
+]  # fmt: skip
+#: ... and of the shared base evaluation
+BASE_RECORD = [
+    "model.yaml", "copy.json", "budget/source.json", "budget/metrics.json", "source.json",
+    "metrics.json",
+]  # fmt: skip
 
 
 def run_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace):
@@ -211,6 +223,7 @@ def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -
         for sec in set(old) | set(new)
         for k in set(old.get(sec) or {}) | set(new.get(sec) or {})
         if (old.get(sec) or {}).get(k) != (new.get(sec) or {}).get(k)
+        and f"{sec}.{k}" != "run.out_dir"  # (where the folder is: moved, or a record's)
     )
     # a shorter run is continued: lr is constant and the checkpoint holds every RNG state,
     # so steps beyond it are the ones a run started with the longer budget trains
@@ -223,11 +236,19 @@ def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -
 
 
 def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
-    """Train and evaluate one run in a subprocess (one thread), logging to ``train.log``."""
+    """Train and evaluate one run in a subprocess (one thread), logging to ``train.log``;
+    with ``--records``, keep the finished run's record."""
+    from cgrpo.checkpoint import latest_checkpoint
+
     check_config(run_dir, arm, seed, args)
     if _done(run_dir, args.steps):
         print(f"[skip] {arm} seed {seed} (finished)", flush=True)
         return
+    if (run_dir / "eval.json").is_file() and latest_checkpoint(run_dir / "checkpoints") is None:
+        raise SystemExit(  # a record restored on this machine: its figures, no checkpoint
+            f"{run_dir} holds a finished run's record without checkpoints, so it cannot be "
+            "continued to more steps: use another --out for the longer budget"
+        )
     cmd = [
         sys.executable, __file__, "--one", arm, str(seed), "--steps", str(args.steps),
         "--eval-every", str(args.eval_every), "--out", str(args.out),
@@ -235,6 +256,7 @@ def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None
         *args.overrides,
     ]  # fmt: skip
     run_logged(cmd, run_dir, f"{arm} seed {seed}")
+    keep_records(args)
 
 
 def schedule(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -653,6 +675,36 @@ def copy_scores(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def _record_dirs(root: Path) -> list[Path]:
+    """The run folders (``<arm>/seed<k>``) under ``root``."""
+    return sorted(d for a in ARMS for d in (root / a).glob("seed*") if d.is_dir())
+
+
+def restore_records(args: argparse.Namespace) -> None:
+    """Every run (and the base evaluation) recorded under ``--records`` and absent from
+    ``--out``, copied in: the sweep skips them and the report reads them."""
+    if not args.records:
+        return
+    n = sum(
+        bool(restore_record(d, args.out / d.relative_to(args.records), RUN_RECORD))
+        for d in _record_dirs(args.records)
+    )
+    base = restore_record(args.records / "base_eval", args.out / "base_eval", BASE_RECORD)
+    if n or base:
+        print(f"restored from {args.records}: {n} runs" + (", the base" if base else ""))
+
+
+def keep_records(args: argparse.Namespace) -> None:
+    """The record of every run finished at ``--steps`` and of the base evaluation, saved
+    under ``--records`` (nothing without it)."""
+    if not args.records:
+        return
+    for d in _record_dirs(args.out):
+        if _done(d, args.steps):
+            save_record(d, args.records / d.relative_to(args.out), RUN_RECORD)
+    save_record(args.out / "base_eval", args.records / "base_eval", BASE_RECORD)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
@@ -692,6 +744,12 @@ def main() -> None:
         help="another sweep's --out (e.g. the other schedule): the report adds each arm and "
         "seed's paired difference, this run minus that one",
     )  # fmt: skip
+    ap.add_argument(
+        "--records", type=Path, default=None,
+        help="a folder that outlives the machine (e.g. committed): each finished run's "
+        "figures (config, curve, evaluation summaries; no checkpoint or image) are saved "
+        "there, and runs recorded there are copied into --out and not trained again",
+    )  # fmt: skip
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
@@ -699,6 +757,7 @@ def main() -> None:
         arm, seed = args.one[0], int(args.one[1])
         train_and_eval(args.out / arm / f"seed{seed}", arm, seed, args)
         return
+    restore_records(args)
     base = json.loads(base_eval(args).read_text())
     if args.against:
         check_against(args.against, base)
@@ -775,6 +834,7 @@ def main() -> None:
     write_experiment_report(
         arms, args.doc, command.strip(), evaluation, "\n\n".join([reference, claims, notes])
     )
+    keep_records(args)
     print("verdicts: " + "; ".join(f"{k}: {v}" for k, v in verdict.items()))
     print(f"wrote {args.doc}")
     if failed is not None:

@@ -364,3 +364,49 @@ def test_against_pairs_the_same_arm_and_seed_of_another_sweep(tmp_path: Path) ->
         cd.check_against(tmp_path / "o", moved)
     with pytest.raises(SystemExit, match="point it at another sweep's --out"):
         cd.check_against(tmp_path / "missing", summary)
+
+
+def test_competitive_degradation_records_outlive_the_run_folders(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """--records keeps each finished run's figures (no checkpoint, no image); on a machine
+    without the run folders they are copied back and not trained again, and the report
+    reads them as it read the runs. --eval-prompts sizes the final evaluation."""
+
+    def sweep(out: str, *extra: str, steps: int = 2, check: bool = True) -> str:
+        return _run(
+            "benchmarks/competitive_degradation.py", "--seeds", "1", "--steps", str(steps),
+            "--eval-every", "1", "--arms", "sars_tdw", "naive_1_1", "--out", str(tmp_path / out),
+            "--doc", str(tmp_path / f"{out}.md"), "--eval-images", "1", "--eval-prompts", "2",
+            "--budget-images", "0", "--records", str(tmp_path / "rec"), *extra,
+            f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
+            check=check,
+        )  # fmt: skip
+
+    first = sweep("a")
+    final = tmp_path / "a" / "sars_tdw" / "seed0" / "eval_final" / "metrics.json"
+    assert json.loads(final.read_text())["pairs"] == 16  # 8 held-out subjects x 2 prompts
+    rec = tmp_path / "rec"
+    kept = {p.relative_to(rec).as_posix() for p in rec.rglob("*") if p.is_file()}
+    assert "sars_tdw/seed0/eval_final/metrics.json" in kept and "base_eval/metrics.json" in kept
+    assert not any("checkpoints" in k or k.endswith(".png") for k in kept)
+    second = sweep("b")  # a new machine: no run folder, only the records
+    assert "restored from" in second and second.count("[skip]") == 2 and "[done]" not in second
+    verdicts = [line for line in first.splitlines() if line.startswith("verdicts:")]
+    assert verdicts == [line for line in second.splitlines() if line.startswith("verdicts:")]
+    tables = [
+        (tmp_path / f"{d}.md").read_text().split("### At the end of training")[1].split("![")[0]
+        for d in "ab"
+    ]  # (each page names its own figures)
+    assert tables[0] == tables[1] and "SARS + TDW" in tables[0]
+    # a record has no checkpoint to continue from
+    out = sweep("b", steps=3, check=False)
+    assert "cannot be continued to more steps" in out and "use another --out" in out
+    # a base evaluation of another size is refused before anything is trained
+    out = _run(
+        "benchmarks/competitive_degradation.py", "--seeds", "1", "--steps", "2",
+        "--arms", "sars_tdw", "--out", str(tmp_path / "a"), "--eval-images", "1",
+        "--eval-prompts", "3", f"model.weights={tiny_weights}",
+        "data.eval_prompts_per_subject=1", *TINY, check=False,
+    )  # fmt: skip
+    assert "evaluated 16 pairs x 1 noises, this command asks for 24 x 1" in out
