@@ -494,3 +494,25 @@ def test_colour_reward_from_the_registry() -> None:
     torch.testing.assert_close(red, torch.tensor([0.0, 1.0, -1.0]))
     with pytest.raises(ValueError, match="brightness or redness"):
         make_reward("colour", measure="green")
+
+
+def test_an_image_scores_the_same_in_any_batch(
+    identity: EmbeddedIdentityReward,
+    prompt_reward: EmbeddedPromptReward,
+    random_rows: list[tuple[Subject, Prompt]],
+) -> None:
+    """A reward is per image: scoring one alone, or beside others (other sizes, so other
+    'brightest quarter' counts), gives the same value. 8-bit images, as the evaluation reads
+    them back, have many pixels of equal brightness, where a batch-wide top-k broke ties
+    differently from one batch to the next."""
+    rows = random_rows[:: len(random_rows) // 48][:48]
+    noise = torch.Generator().manual_seed(0)
+    images = batch(rows) + 0.05 * torch.randn(len(rows), 3, 32, 32, generator=noise)
+    images = (images.clamp(0, 1) * 255).round() / 255  # 8-bit, as a saved PNG
+    prompts = [p.text for _, p in rows]
+    references = refs([s for s, _ in rows])
+    for reward in (identity, prompt_reward):
+        together = reward(images, prompts, references)
+        alone = torch.cat([reward(images[i : i + 1], prompts[i : i + 1], references[i : i + 1])
+                           for i in range(len(rows))])  # fmt: skip
+        assert torch.allclose(together, alone, atol=1e-5, rtol=0), (together - alone).abs().max()

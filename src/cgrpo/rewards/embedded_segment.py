@@ -86,14 +86,18 @@ def _distance_to(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
 
 
 def _base_colour(images: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
-    """Mean colour (B, 3) of the brightest quarter of each image's ``core`` pixels (B, H, W)."""
+    """Mean colour (B, 3) of the brightest quarter of each image's ``core`` pixels (B, H, W).
+
+    Pixels of equal brightness are taken in raster order (a stable sort), so an image's
+    colour does not depend on the other images of its batch: ``topk`` to the batch's largest
+    quarter broke ties differently for different batches (8-bit images have many ties)."""
     flat = images.flatten(2)  # (B, 3, HW)
     core_flat = core.flatten(1)
     bright = flat.sum(dim=1).masked_fill(~core_flat, -1.0)
     n_core = core_flat.sum(dim=1)
     k = ((n_core + 3) // 4).clamp_min(1)
     kmax = int(k.max())
-    top = bright.topk(kmax, dim=1).indices  # (B, kmax)
+    top = bright.sort(dim=1, descending=True, stable=True).indices[:, :kmax]  # (B, kmax)
     take = (torch.arange(kmax, device=images.device)[None] < k[:, None]).float()
     picked = torch.gather(flat, 2, top[:, None, :].expand(-1, 3, -1))
     return (picked * take[:, None]).sum(dim=2) / take.sum(dim=1, keepdim=True)
