@@ -22,11 +22,15 @@ A seed fixes the training pairs and every noise, so the arms of one seed are com
 image by image. Each run is a ``cgrpo train`` run folder ``--out/<arm>/seed<k>``
 (metrics.csv with the held-out curve every ``--eval-every`` steps on one noise per pair,
 eval.json, images), trained in its own process with one thread (``--jobs 2`` on a 2-core
-machine: two runs at a time), then evaluated by ``cgrpo eval`` on the 256 held-out pairs x
-``--eval-images`` noises (``eval_final/``), paired with one shared evaluation of the base on
-the same noise (``base_eval/``). Finished runs are skipped and stopped ones resume from
-their last checkpoint, so the command continues where it stopped. The report
-(``--doc``) is written from whatever has finished.
+machine: two runs at a time), then evaluated by ``cgrpo eval`` on the held-out pairs (256,
+or 8 subjects x ``--eval-prompts``) x ``--eval-images`` noises (``eval_final/``), paired with
+one shared evaluation of the base on the same noise (``base_eval/``). Finished runs are
+skipped and stopped ones resume from their last checkpoint, so the command continues where
+it stopped. The report (``--doc``) is written from whatever has finished.
+
+An experiment longer than a machine's life: ``--records DIR`` (a committed folder) keeps
+each finished run's figures, a few hundred kB without checkpoints or images; on a new
+machine the same command copies them into ``--out`` and trains only what is not recorded.
 
     python benchmarks/competitive_degradation.py --jobs 2 [--seeds 5] [--steps 80]
     python benchmarks/competitive_degradation.py --arms naive_2_1 --seeds 2   # the extra arm
@@ -36,6 +40,11 @@ their last checkpoint, so the command continues where it stopped. The report
         sampler.schedule.kind=full grpo.timestep_fraction=0.6
     python benchmarks/competitive_degradation.py --report-only --out runs/cd_full \
         --against runs/competitive_degradation --doc docs/results_full.md ...
+    # the full-schedule sweep of docs/results_full.md: 1024 held-out pairs, records kept
+    python benchmarks/competitive_degradation.py --jobs 2 --steps 200 --eval-prompts 128 \
+        --budget-images 0 --out runs/cd_full --doc docs/results_full.md \
+        --records benchmarks/records/cd_full_200 sampler.schedule.kind=full \
+        grpo.timestep_fraction=0.6
 """
 
 from __future__ import annotations
