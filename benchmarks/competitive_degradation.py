@@ -568,6 +568,49 @@ def claims_section(
     return "\n".join(out), verdict
 
 
+#: the paper's ablation as paired contrasts: (arm, minus arm, what the difference isolates)
+COMPONENTS = [
+    ("sars", "naive_1_1", "SARS, on static 1:1 weights"),
+    ("tdw", "naive_1_1", "TDW, with linear shaping"),
+    ("sars_tdw", "tdw", "SARS, on TDW weights"),
+    ("sars_tdw", "sars", "TDW, with SARS shaping"),
+    ("naive_0.5_0.5", "naive_1_1", "nothing: the same update under Adam (run-to-run drift)"),
+]
+
+
+def components_section(finals: dict[str, dict[int, dict[str, np.ndarray]]], per_pair: int) -> str:
+    """What each part of Customized-GRPO adds, as paired contrasts between arms (the
+    paper's ablation): for each row of :data:`COMPONENTS` with both arms finished, ``a - b``
+    image by image on the seeds both ran, per seed (* at >= 2 SE over the pairs) and pooled
+    (:func:`pooled`, * at the t quantile). The 0.5:0.5 - 1:1 row is the yardstick: Adam
+    makes the two the same algorithm, so its size is the drift between runs alone."""
+    rows = []
+    for a, b, what in COMPONENTS:
+        if a not in finals or b not in finals:
+            continue
+        diff = differences(finals[a], finals[b], per_pair)
+        pool = [_fmt(pooled(diff[r])) for r in REWARDS]
+        cells = [_seed_cells(diff[r]) for r in REWARDS]
+        rows.append(
+            f"| {LABELS[a]} minus {LABELS[b]} | {what} | {len(diff['identity'])} | "
+            + " | ".join(pool + cells)
+            + " |"
+        )
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "### What each part adds (paired contrasts between arms)",
+            "",
+            "| contrast | isolates | seeds | Δ identity pooled | Δ prompt pooled | "
+            "per seed identity | per seed prompt |",
+            "|---|---|---:|---:|---:|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
 def against_section(
     finals: dict[str, dict[int, dict[str, np.ndarray]]],
     other: dict[str, dict[int, dict[str, np.ndarray]]],
@@ -836,6 +879,9 @@ def main() -> None:
         f"Curves: the runs' own held-out evaluations ({curve_pairs} pairs, one noise "
         "each; step 0 = base)."
     )
+    components = components_section(finals, args.eval_images)
+    if components:
+        claims += "\n\n" + components
     if args.against:
         other = against_finals(args.against, list(finals), args.steps)
         claims += "\n\n" + against_section(finals, other, args.eval_images, str(args.against))

@@ -311,6 +311,31 @@ def test_claims_verdicts_follow_the_figures() -> None:
     assert v["2"] == "**does not hold**"  # SARS + TDW alone has all its seeds
 
 
+def test_components_are_paired_contrasts_of_the_arms_that_finished() -> None:
+    """Each row is one arm minus another image by image: a planted SARS effect shows in the
+    rows that contain SARS only, and a contrast with an arm not run is left out."""
+    import numpy as np
+
+    cd = _claims_module()
+    rng = np.random.default_rng(2)
+    base = {"identity": rng.uniform(0.3, 0.7, 400), "prompt": rng.uniform(0.6, 0.9, 400)}
+    finals = {
+        "naive_1_1": _arm(base, 0.02, 0.01, 3, rng),
+        "sars": _arm(base, 0.03, 0.01, 3, rng),  # SARS adds +0.01 identity
+        "sars_tdw": _arm(base, 0.03, 0.01, 3, rng),
+    }
+    text = cd.components_section(finals, 2)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()[4:] if line}
+    assert list(rows) == ["SARS only minus naive GRPO 1:1", "SARS + TDW minus SARS only"]
+    sars = rows["SARS only minus naive GRPO 1:1"].split(" | ")
+    assert sars[2] == "3" and sars[3].endswith("*")
+    assert float(sars[3].split(" ± ")[0]) == pytest.approx(0.01, abs=0.002)
+    assert not sars[4].endswith("*")  # no planted prompt effect
+    tdw = rows["SARS + TDW minus SARS only"].split(" | ")
+    assert not tdw[3].endswith("*") and not tdw[4].endswith("*")
+    assert cd.components_section({"naive_1_1": finals["naive_1_1"]}, 2) == ""
+
+
 def test_pooled_se_holds_the_seed_spread_and_the_pairs() -> None:
     import numpy as np
 
