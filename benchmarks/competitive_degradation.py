@@ -165,6 +165,12 @@ def base_eval(args: argparse.Namespace) -> Path:
             prompts_per_subject=args.eval_prompts,
         )  # fmt: skip
         eval_command(cfg, None, base_dir / "model.yaml", True)
+    keys = config_changes(base_dir / "model.yaml", model, ("run.",))  # (budget, seed: runs')
+    if keys:
+        raise SystemExit(
+            f"{base_dir} evaluated a base of other settings ({', '.join(keys)} differ): use "
+            "another --out, or the overrides the sweep was run with"
+        )
     made = json.loads((base_dir / "metrics.json").read_text())
     if (made["pairs"], made["images_per_pair"]) != (pairs, args.eval_images):
         raise SystemExit(
@@ -217,31 +223,46 @@ def set_aside(out: Path, steps: int) -> None:
         out.rename(kept)
 
 
-def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
-    """Refuse to skip or resume a run folder trained with other settings (another
-    ``--steps``, ``--eval-every`` or override): its figures would not be this command's."""
+def config_changes(path: Path, cfg, ignore: tuple[str, ...] = ("run.out_dir",)) -> list[str]:
+    """The keys (``section.key``) where the config saved at ``path`` differs from ``cfg``,
+    leaving out ``ignore`` (a key, or a section ending in ``.``; ``run.out_dir`` by default:
+    where the folder is, moved or a record's)."""
     from cgrpo.config import config_to_dict, load_config
     from cgrpo.train_config import TrainConfig
 
-    if not (run_dir / "config.yaml").is_file():
-        return
-    old = config_to_dict(load_config(TrainConfig, run_dir / "config.yaml"))
-    new = config_to_dict(run_config(run_dir, arm, seed, args))
-    keys = sorted(
+    old = config_to_dict(load_config(TrainConfig, path))
+    new = config_to_dict(cfg)
+    return sorted(
         f"{sec}.{k}"
         for sec in set(old) | set(new)
         for k in set(old.get(sec) or {}) | set(new.get(sec) or {})
         if (old.get(sec) or {}).get(k) != (new.get(sec) or {}).get(k)
-        and f"{sec}.{k}" != "run.out_dir"  # (where the folder is: moved, or a record's)
+        and f"{sec}.{k}" not in ignore
+        and f"{sec}." not in ignore
     )
+
+
+def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
+    """Refuse to skip, resume or report a run folder trained with other settings (another
+    ``--steps``, ``--eval-every`` or override): its figures would not be this command's."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    keys = config_changes(run_dir / "config.yaml", run_config(run_dir, arm, seed, args))
     # a shorter run is continued: lr is constant and the checkpoint holds every RNG state,
     # so steps beyond it are the ones a run started with the longer budget trains
-    longer = old["run"]["steps"] < args.steps and set(keys) <= {"run.steps", "run.image_every"}
+    longer = set(keys) <= {"run.steps", "run.image_every"} and _steps_of(run_dir) < args.steps
     if keys and not longer:
         raise SystemExit(
             f"{run_dir} was trained with other settings ({', '.join(keys)} differ): use "
             "another --out, or the options it was run with (a larger --steps continues it)"
         )
+
+
+def _steps_of(run_dir: Path) -> int:
+    from cgrpo.config import load_config
+    from cgrpo.train_config import TrainConfig
+
+    return load_config(TrainConfig, run_dir / "config.yaml").run.steps
 
 
 def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -691,6 +712,12 @@ def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
         set_aside(out, args.steps)
     if not (out / "metrics.json").is_file():
         if not (out / "images").exists():  # the draws' source (model, checkpoint) goes first
+            if not (src / "images").is_dir():  # (a record keeps no image)
+                raise SystemExit(
+                    f"{src} has no images to extend to --budget-images {args.budget_images} "
+                    "(a run restored from --records): pass --budget-images 0, the budget "
+                    "test then reads the final evaluation"
+                )
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / "source.json", out / "source.json")
             shutil.copytree(src / "images", out / "images", copy_function=os.link)
@@ -747,14 +774,48 @@ def restore_records(args: argparse.Namespace) -> None:
 
 
 def keep_records(args: argparse.Namespace) -> None:
-    """The record of every run finished at ``--steps`` and of the base evaluation, saved
-    under ``--records`` (nothing without it)."""
+    """The record of every run finished at ``--steps`` with this command's settings, and of
+    the base evaluation, saved under ``--records`` (nothing without it). A run of other
+    settings is not recorded; a record of other settings is not replaced (refused)."""
     if not args.records:
         return
     for d in _record_dirs(args.out):
-        if _done(d, args.steps):
-            save_record(d, args.records / d.relative_to(args.out), RUN_RECORD)
-    save_record(args.out / "base_eval", args.records / "base_eval", BASE_RECORD)
+        if not _done(d, args.steps):
+            continue
+        cfg = run_config(d, d.parent.name, int(d.name.removeprefix("seed")), args)
+        if config_changes(d / "config.yaml", cfg):
+            print(f"not recorded: {d} (trained with other settings)", flush=True)
+            continue
+        _keep(d, args.records / d.relative_to(args.out), RUN_RECORD, "config.yaml", cfg)
+    base = args.out / "base_eval"
+    if (base / "metrics.json").is_file():
+        cfg = run_config(base, DEFAULT_ARM, 0, args)
+        _keep(base, args.records / "base_eval", BASE_RECORD, "model.yaml", cfg, ("run.",))
+
+
+def _keep(run_dir: Path, record: Path, files: list[str], config: str, cfg, ignore=()) -> None:
+    """``save_record``, refused where ``record`` holds a config other than ``cfg`` or, for
+    the base, an evaluation of another size."""
+    keys = (
+        config_changes(record / config, cfg, ("run.out_dir", *ignore))
+        if (record / config).is_file()
+        else []
+    )
+    sizes = [
+        json.loads((d / "metrics.json").read_text())
+        for d in (run_dir, record)
+        if config == "model.yaml" and (d / "metrics.json").is_file()
+    ]
+    if len(sizes) == 2 and sizes[0]["pairs"] != sizes[1]["pairs"]:
+        keys.append("pairs")
+    if len(sizes) == 2 and sizes[0]["images_per_pair"] != sizes[1]["images_per_pair"]:
+        keys.append("images_per_pair")
+    if keys:
+        raise SystemExit(
+            f"{record} records a run of other settings ({', '.join(keys)} differ) than "
+            f"{run_dir}: use another --records folder for this sweep"
+        )
+    save_record(run_dir, record, files)
 
 
 def main() -> None:
@@ -805,6 +866,8 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args()
+    if args.eval_images < 1 or args.eval_prompts < 0 or args.budget_images < 0:
+        ap.error("--eval-images must be >= 1, --eval-prompts and --budget-images >= 0")
     if args.one:
         arm, seed = args.one[0], int(args.one[1])
         train_and_eval(args.out / arm / f"seed{seed}", arm, seed, args)
@@ -836,6 +899,8 @@ def main() -> None:
         dirs = runs_at(finished, arm, args.steps)
         if not dirs:
             continue
+        for k, d in dirs.items():  # (restored, or of arms and seeds this command did not run)
+            check_config(d, arm, k, args)
         runs = [final_result(d, base) for d in dirs.values()]
         arms.append(ArmResult(arm, LABELS[arm], runs))
         finals[arm] = {k: per_image(d) for k, d in dirs.items()}

@@ -424,6 +424,18 @@ def test_competitive_degradation_records_outlive_the_run_folders(
         for d in "ab"
     ]  # (each page names its own figures)
     assert tables[0] == tables[1] and "SARS + TDW" in tables[0]
+    # a record of other settings is never replaced by a run of this command's
+    cfg = rec / "sars_tdw" / "seed0" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("  lr: ", "  lr: 1", 1))
+    out = sweep("a", "--report-only", check=False)
+    assert "records a run of other settings (optim.lr differ)" in out
+    assert "use another --records folder" in out and "  lr: 1" in cfg.read_text()
+    # the report reads no run of other settings: the base's here (the schedule) refuses it
+    out = sweep("c", "--report-only", "sampler.schedule.kind=full", check=False)
+    assert "evaluated a base of other settings (sampler.schedule differ)" in out
+    # nor asks the records for images they do not keep
+    out = sweep("b", "--report-only", "--budget-images", "2", check=False)
+    assert "has no images to extend to --budget-images 2" in out
     # a record has no checkpoint to continue from
     out = sweep("b", steps=3, check=False)
     assert "cannot be continued to more steps" in out and "use another --out" in out
