@@ -165,7 +165,7 @@ def base_eval(args: argparse.Namespace) -> Path:
             prompts_per_subject=args.eval_prompts,
         )  # fmt: skip
         eval_command(cfg, None, base_dir / "model.yaml", True)
-    keys = config_changes(base_dir / "model.yaml", model, ("run.",))  # (budget, seed: runs')
+    keys = config_changes(saved_config(base_dir / "model.yaml"), model, ("run.",))  # (runs')
     if keys:
         raise SystemExit(
             f"{base_dir} evaluated a base of other settings ({', '.join(keys)} differ): use "
@@ -223,15 +223,21 @@ def set_aside(out: Path, steps: int) -> None:
         out.rename(kept)
 
 
-def config_changes(path: Path, cfg, ignore: tuple[str, ...] = ("run.out_dir",)) -> list[str]:
-    """The keys (``section.key``) where the config saved at ``path`` differs from ``cfg``,
-    leaving out ``ignore`` (a key, or a section ending in ``.``; ``run.out_dir`` by default:
-    where the folder is, moved or a record's)."""
-    from cgrpo.config import config_to_dict, load_config
+def saved_config(path: Path):
+    """The config saved at ``path`` (a run's ``config.yaml``, the base's ``model.yaml``)."""
+    from cgrpo.config import load_config
     from cgrpo.train_config import TrainConfig
 
-    old = config_to_dict(load_config(TrainConfig, path))
-    new = config_to_dict(cfg)
+    return load_config(TrainConfig, path)
+
+
+def config_changes(old, new, ignore: tuple[str, ...] = ("run.out_dir",)) -> list[str]:
+    """The keys (``section.key``) where config ``old`` differs from ``new``, leaving out
+    ``ignore`` (a key, or a section ending in ``.``; ``run.out_dir`` by default: where the
+    folder is, moved or a record's)."""
+    from cgrpo.config import config_to_dict
+
+    old, new = config_to_dict(old), config_to_dict(new)
     return sorted(
         f"{sec}.{k}"
         for sec in set(old) | set(new)
@@ -247,22 +253,16 @@ def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -
     ``--steps``, ``--eval-every`` or override): its figures would not be this command's."""
     if not (run_dir / "config.yaml").is_file():
         return
-    keys = config_changes(run_dir / "config.yaml", run_config(run_dir, arm, seed, args))
+    old = saved_config(run_dir / "config.yaml")
+    keys = config_changes(old, run_config(run_dir, arm, seed, args))
     # a shorter run is continued: lr is constant and the checkpoint holds every RNG state,
     # so steps beyond it are the ones a run started with the longer budget trains
-    longer = set(keys) <= {"run.steps", "run.image_every"} and _steps_of(run_dir) < args.steps
+    longer = old.run.steps < args.steps and set(keys) <= {"run.steps", "run.image_every"}
     if keys and not longer:
         raise SystemExit(
             f"{run_dir} was trained with other settings ({', '.join(keys)} differ): use "
             "another --out, or the options it was run with (a larger --steps continues it)"
         )
-
-
-def _steps_of(run_dir: Path) -> int:
-    from cgrpo.config import load_config
-    from cgrpo.train_config import TrainConfig
-
-    return load_config(TrainConfig, run_dir / "config.yaml").run.steps
 
 
 def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -783,33 +783,28 @@ def keep_records(args: argparse.Namespace) -> None:
         if not _done(d, args.steps):
             continue
         cfg = run_config(d, d.parent.name, int(d.name.removeprefix("seed")), args)
-        if config_changes(d / "config.yaml", cfg):
+        if config_changes(saved_config(d / "config.yaml"), cfg):
             print(f"not recorded: {d} (trained with other settings)", flush=True)
             continue
         _keep(d, args.records / d.relative_to(args.out), RUN_RECORD, "config.yaml", cfg)
-    base = args.out / "base_eval"
+    base, record = args.out / "base_eval", args.records / "base_eval"
     if (base / "metrics.json").is_file():
+        made = json.loads((base / "metrics.json").read_text())
+        kept = json.loads(m.read_text()) if (m := record / "metrics.json").is_file() else made
+        # (the record's evaluation against --out's, which base_eval checked against args)
+        sizes = [k for k in ("pairs", "images_per_pair") if kept[k] != made[k]]
         cfg = run_config(base, DEFAULT_ARM, 0, args)
-        _keep(base, args.records / "base_eval", BASE_RECORD, "model.yaml", cfg, ("run.",))
+        _keep(base, record, BASE_RECORD, "model.yaml", cfg, ("run.",), sizes)
 
 
-def _keep(run_dir: Path, record: Path, files: list[str], config: str, cfg, ignore=()) -> None:
-    """``save_record``, refused where ``record`` holds a config other than ``cfg`` or, for
-    the base, an evaluation of another size."""
-    keys = (
-        config_changes(record / config, cfg, ("run.out_dir", *ignore))
-        if (record / config).is_file()
-        else []
-    )
-    sizes = [
-        json.loads((d / "metrics.json").read_text())
-        for d in (run_dir, record)
-        if config == "model.yaml" and (d / "metrics.json").is_file()
-    ]
-    if len(sizes) == 2 and sizes[0]["pairs"] != sizes[1]["pairs"]:
-        keys.append("pairs")
-    if len(sizes) == 2 and sizes[0]["images_per_pair"] != sizes[1]["images_per_pair"]:
-        keys.append("images_per_pair")
+def _keep(
+    run_dir: Path, record: Path, files: list[str], config: str, cfg, ignore=(), differ=()
+) -> None:
+    """``save_record``, refused where ``record`` holds a config other than ``cfg`` (or
+    ``differ`` names other differences)."""
+    keys = [*differ]
+    if (record / config).is_file():
+        keys += config_changes(saved_config(record / config), cfg, ("run.out_dir", *ignore))
     if keys:
         raise SystemExit(
             f"{record} records a run of other settings ({', '.join(keys)} differ) than "

@@ -25,16 +25,12 @@ from pathlib import Path
 __all__ = ["save_record", "restore_record"]
 
 
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)  # (unique per call)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _fill(src: Path, dst: Path, names: Sequence[str]) -> None:
+    """Copy ``names`` (paths relative to ``src``) into ``dst``, a temp folder that is then
+    renamed into place whole (so no file needs its own temp name)."""
+    for name in names:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / name, dst / name)
 
 
 def _same(a: Path, b: Path, names: Sequence[str]) -> bool:
@@ -60,9 +56,7 @@ def save_record(run_dir: Path, record_dir: Path, files: Sequence[str]) -> list[s
     tmp = Path(tempfile.mkdtemp(prefix=f".{record_dir.name}.saving.", dir=record_dir.parent))
     old = None
     try:
-        for name in copied:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / name, tmp / name)
+        _fill(run_dir, tmp, copied)
         if record_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{record_dir.name}.old.", dir=record_dir.parent))
             os.replace(record_dir, old / "record")
@@ -86,8 +80,6 @@ def restore_record(record_dir: Path, run_dir: Path, files: Sequence[str]) -> lis
     tmp = run_dir.with_name(f".{run_dir.name}.restoring")
     shutil.rmtree(tmp, ignore_errors=True)  # (left by a restore that was killed)
     copied = [n for n in files if (record_dir / n).is_file()]
-    for name in copied:
-        _copy(record_dir / name, tmp / name)
-    if copied:
-        os.replace(tmp, run_dir)
+    _fill(record_dir, tmp, copied)
+    os.replace(tmp, run_dir)  # (copied holds files[-1] at least)
     return copied
