@@ -60,10 +60,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cgrpo.compare import RunResult, load_run
-from cgrpo.records import restore_record, save_record
-from cgrpo.summary import pair_means, paired_changes, paired_difference
-from cgrpo.sweep import run_all, run_logged
+from cgrpo.eval.compare import RunResult, load_run
+from cgrpo.eval.summary import pair_means, paired_changes, paired_difference
+from cgrpo.experiments.records import restore_record, save_record
+from cgrpo.experiments.sweep import run_all, run_logged
 
 PRIMARY = ["naive_1_1", "naive_0.5_0.5", "naive_1_1.5", "sars", "tdw", "sars_tdw"]
 TRAIN_ORDER = ["sars_tdw", "naive_1_1", "naive_1_1.5", "sars", "tdw", "naive_0.5_0.5"]
@@ -112,8 +112,8 @@ BASE_RECORD = [
 
 def run_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace):
     """The run's config: the embedded default, the experiment's budget, the arm."""
-    from cgrpo.config import load_config
-    from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+    from cgrpo.config.core import load_config
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 
     overrides = [
         f"run.out_dir={run_dir}", f"run.seed={seed}", f"run.steps={args.steps}",
@@ -134,9 +134,9 @@ def run_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace):
 def train_and_eval(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
     """One run, in its own process: train (resuming from its last checkpoint), then the
     precise end point (``cgrpo eval``, ``eval_final/``)."""
-    from cgrpo import checkpoint as ckpt
-    from cgrpo.evaluation import EvalConfig, eval_command
-    from cgrpo.trainer import GRPOTrainer
+    from cgrpo.eval.protocol import EvalConfig, eval_command
+    from cgrpo.io import checkpoint as ckpt
+    from cgrpo.train.trainer import GRPOTrainer
 
     if not _trained(run_dir, args.steps):
         resume = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
@@ -151,8 +151,8 @@ def train_and_eval(run_dir: Path, arm: str, seed: int, args: argparse.Namespace)
 
 def base_eval(args: argparse.Namespace) -> Path:
     """One evaluation of the starting model (and the ground truth) shared by every run."""
-    from cgrpo.config import save_config
-    from cgrpo.evaluation import EvalConfig, eval_command
+    from cgrpo.config.core import save_config
+    from cgrpo.eval.protocol import EvalConfig, eval_command
 
     base_dir = args.out / "base_eval"
     model = run_config(base_dir, DEFAULT_ARM, 0, args)  # (a bad override stops here)
@@ -184,7 +184,7 @@ def base_eval(args: argparse.Namespace) -> Path:
 def final_pairs(cfg, args: argparse.Namespace | None) -> int:
     """The held-out pairs of the final evaluation: every held-out subject x ``--eval-prompts``
     (0, or ``args`` None: the runs' own ``data.eval_prompts_per_subject``, the curves')."""
-    from cgrpo.data import EmbeddedData
+    from cgrpo.data.base import EmbeddedData
 
     subjects = len(EmbeddedData().eval_subjects)
     return subjects * ((args and args.eval_prompts) or cfg.data.eval_prompts_per_subject)
@@ -200,7 +200,7 @@ def _evaluated_step(out: Path, record: str = "metrics.json") -> int | None:
     """The training step of the checkpoint ``out`` (an evaluation folder) evaluated, as its
     ``record`` names it (``source.json`` is written before the first image, metrics.json
     last); None when there is none."""
-    from cgrpo.checkpoint import checkpoint_step
+    from cgrpo.io.checkpoint import checkpoint_step
 
     path = out / record
     if not path.is_file():
@@ -225,8 +225,8 @@ def set_aside(out: Path, steps: int) -> None:
 
 def saved_config(path: Path):
     """The config saved at ``path`` (a run's ``config.yaml``, the base's ``model.yaml``)."""
-    from cgrpo.config import load_config
-    from cgrpo.train_config import TrainConfig
+    from cgrpo.config.core import load_config
+    from cgrpo.run.config import TrainConfig
 
     return load_config(TrainConfig, path)
 
@@ -235,7 +235,7 @@ def config_changes(old, new, ignore: tuple[str, ...] = ("run.out_dir",)) -> list
     """The keys (``section.key``) where config ``old`` differs from ``new``, leaving out
     ``ignore`` (a key, or a section ending in ``.``; ``run.out_dir`` by default: where the
     folder is, moved or a record's)."""
-    from cgrpo.config import config_to_dict
+    from cgrpo.config.core import config_to_dict
 
     old, new = config_to_dict(old), config_to_dict(new)
     return sorted(
@@ -268,7 +268,7 @@ def check_config(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -
 def launch(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
     """Train and evaluate one run in a subprocess (one thread), logging to ``train.log``;
     with ``--records``, keep the finished run's record."""
-    from cgrpo.checkpoint import latest_checkpoint
+    from cgrpo.io.checkpoint import latest_checkpoint
 
     check_config(run_dir, arm, seed, args)
     if _done(run_dir, args.steps):
@@ -704,7 +704,7 @@ def budget_eval(run_dir: Path | None, args: argparse.Namespace) -> Path:
     4-noise evaluation made (the same seeds) are linked, not drawn again."""
     import shutil
 
-    from cgrpo.evaluation import EvalConfig, eval_command
+    from cgrpo.eval.protocol import EvalConfig, eval_command
 
     src = (run_dir / "eval_final") if run_dir else (args.out / "base_eval")
     out = (run_dir / "eval_budget") if run_dir else (args.out / "base_eval" / "budget")
@@ -737,7 +737,8 @@ def copy_scores(args: argparse.Namespace) -> dict[str, float]:
     generated image, scored by the run's rewards (the paper: DINO 1.0, prompt 0.50)."""
     import torch
 
-    from cgrpo.build import build_data, build_rewards, eval_pairs_of
+    from cgrpo.eval.evaluator import eval_pairs_of
+    from cgrpo.run.build import build_data, build_rewards
 
     path = args.out / "base_eval" / "copy.json"
     if path.is_file():
@@ -879,7 +880,7 @@ def main() -> None:
                     args.jobs)  # fmt: skip
         except SystemExit as e:
             failed = e
-    from cgrpo.experiment_report import ArmResult, write_experiment_report
+    from cgrpo.experiments.report import ArmResult, write_experiment_report
 
     arms, finals, curves, conflict = [], {}, {}, {}
     finished = finished_steps(args.out)

@@ -44,12 +44,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cgrpo.config import load_config
-from cgrpo.distributed import Dist, launched_world_size
+from cgrpo.config.core import load_config
 from cgrpo.policies.flux import FluxPolicy
 from cgrpo.policies.random_flux import random_flux
-from cgrpo.train_config import TrainConfig
-from cgrpo.trainer import GRPOTrainer
+from cgrpo.run.config import TrainConfig
+from cgrpo.run.distributed import Dist, launched_world_size
+from cgrpo.train.trainer import GRPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "gray"]

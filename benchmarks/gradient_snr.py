@@ -75,9 +75,9 @@ def supervised_gradients(
     random training pairs (the default's samples per step; no copy bias)."""
     import random
 
-    from cgrpo.build import build_policy
-    from cgrpo.config import load_config
-    from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+    from cgrpo.config.core import load_config
+    from cgrpo.run.build import build_policy
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
     from cgrpo.world import scene
     from cgrpo.world.pretrain import PretrainConfig, flow_matching_loss, make_batch
 
@@ -106,9 +106,9 @@ def gradients(overrides: list[str], draws: int, seed: int) -> tuple[list, float]
     policy, and seconds per step."""
     import tempfile
 
-    from cgrpo.config import load_config
-    from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
-    from cgrpo.trainer import GRPOTrainer
+    from cgrpo.config.core import load_config
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+    from cgrpo.train.trainer import GRPOTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cgrpo.sweep import run_all, run_logged
-from cgrpo.trainer import PHASES  # the timed phases of a step: metrics sec_<phase>
+from cgrpo.experiments.sweep import run_all, run_logged
+from cgrpo.train.trainer import PHASES  # the timed phases of a step: metrics sec_<phase>
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,8 +123,8 @@ TITLE = "Learning efficiency: schedule x objective at one wall-clock budget"
 
 
 def run_config(run_dir: Path, arm: str, seed: int, budget: float, extra: list[str]):
-    from cgrpo.config import load_config
-    from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+    from cgrpo.config.core import load_config
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 
     overrides = [
         f"run.out_dir={run_dir}", f"run.seed={seed}", "run.steps=100000",
@@ -137,8 +137,8 @@ def run_config(run_dir: Path, arm: str, seed: int, budget: float, extra: list[st
 
 def train_one(run_dir: Path, arm: str, seed: int, budget: float, extra: list[str]) -> None:
     """One run (in its own process): resumes when it has a checkpoint."""
-    from cgrpo import checkpoint as ckpt
-    from cgrpo.trainer import GRPOTrainer
+    from cgrpo.io import checkpoint as ckpt
+    from cgrpo.train.trainer import GRPOTrainer
 
     cfg = run_config(run_dir, arm, seed, budget, extra)
     if arm == "supervised":
@@ -154,9 +154,9 @@ def supervised(cfg, budget: float) -> None:
     as a run folder (config, checkpoint, metrics.csv with sec_update) for ``cgrpo eval``."""
     import torch
 
-    from cgrpo import checkpoint as ckpt
-    from cgrpo.build import build_policy
-    from cgrpo.config import config_to_dict, save_config
+    from cgrpo.config.core import config_to_dict, save_config
+    from cgrpo.io import checkpoint as ckpt
+    from cgrpo.run.build import build_policy
     from cgrpo.world import scene
     from cgrpo.world.pretrain import PretrainConfig, flow_matching_loss, make_batch
 
@@ -200,7 +200,7 @@ def supervised(cfg, budget: float) -> None:
 
 def final_eval(run_dir: Path, eval_images: int) -> Path:
     """``cgrpo eval`` of the run's last checkpoint (cached in ``eval_final/``)."""
-    from cgrpo.evaluation import EvalConfig, eval_command
+    from cgrpo.eval.protocol import EvalConfig, eval_command
 
     out = run_dir / "eval_final"
     if not (out / "metrics.json").is_file():
@@ -211,8 +211,8 @@ def final_eval(run_dir: Path, eval_images: int) -> Path:
 
 def base_eval(out: Path, eval_images: int, extra: list[str]) -> Path:
     """One evaluation of the starting model (with the ground truth), shared by every run."""
-    from cgrpo.config import save_config
-    from cgrpo.evaluation import EvalConfig, eval_command
+    from cgrpo.config.core import save_config
+    from cgrpo.eval.protocol import EvalConfig, eval_command
 
     base_dir = out / "base_eval"
     if not (base_dir / "metrics.json").is_file():
@@ -253,7 +253,7 @@ def _rows(run_dir: Path) -> list[dict[str, float]]:
 
 
 def arm_figures(arm: str, dirs: list[Path], base: dict, truth: dict) -> dict:
-    from cgrpo.summary import gap_closed, paired_changes
+    from cgrpo.eval.summary import gap_closed, paired_changes
 
     seeds = []
     for d in dirs:
@@ -280,7 +280,7 @@ def _curve(rows: list[dict[str, float]], key: str, grid: np.ndarray, window: int
 
 
 def plot(figs: list[dict], path: Path, budget: float) -> None:
-    from cgrpo.compare import pyplot, save_figure
+    from cgrpo.eval.compare import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from cgrpo.io.images import load_images
 from cgrpo.rewards import RewardModel, make_reward
-from cgrpo.rewards.images import load_images
 
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambench"
 

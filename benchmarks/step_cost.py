@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from cgrpo.config import load_config
-from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
-from cgrpo.trainer import GRPOTrainer
+from cgrpo.config.core import load_config
+from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+from cgrpo.train.trainer import GRPOTrainer
 
 
 def bare_passes(trainer: GRPOTrainer) -> float:

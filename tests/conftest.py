@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgrpo.config import load_config
-from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+from cgrpo.config.core import load_config
+from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 from cgrpo.world.generator import GeneratorConfig, TinyKontext
 from cgrpo.world.pretrain import save_generator
 
@@ -53,7 +53,7 @@ def fast_config(out_dir: Path, weights: Path, *overrides: str) -> TrainConfig:
 def straight_and_resumed(tmp_path: Path, weights: Path, args: list[str]):
     """Two trainers of :func:`fast_config` + ``args``: one run straight to step 4, one run
     to step 2, then resumed from its checkpoint to step 4 (compare them after)."""
-    from cgrpo.trainer import GRPOTrainer
+    from cgrpo.train.trainer import GRPOTrainer
 
     straight = GRPOTrainer(fast_config(tmp_path / "a", weights, "run.steps=4", *args))
     straight.train(quiet=True)

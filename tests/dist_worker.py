@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under ``accelerate launch``: one training step, saved.
+"""Run by tests/run/test_distributed.py under ``accelerate launch``: one training step, saved.
 
 Each process writes ``rank<k>.pt``: the step's gathered rewards, group ids and advantages,
 its own shard, and the gradient the update applied. Not a test module itself.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cgrpo.trainer import GRPOTrainer
+from cgrpo.train.trainer import GRPOTrainer
 
 
 def one_step(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from cgrpo.config import undocumented_keys
+from cgrpo.config.core import undocumented_keys
 from cgrpo.docs import configuration_markdown
-from cgrpo.evaluation import EvalConfig
-from cgrpo.train_config import TrainConfig
+from cgrpo.eval.protocol import EvalConfig
+from cgrpo.run.config import TrainConfig
 from cgrpo.world.pretrain import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cgrpo.records import restore_record, save_record
+from cgrpo.experiments.records import restore_record, save_record
 
 FILES = ["config.yaml", "eval/source.json", "eval/metrics.json"]
 

@@ -1,17 +1,20 @@
 """cgrpo: Customized-GRPO for subject-driven image generation.
 
-One paper concept per module:
+Packages by layer, imports pointing down only (``tests/test_layout.py`` checks it):
 
-- :mod:`cgrpo.sde`         SDE sampler step and its Gaussian log-prob
-- :mod:`cgrpo.advantages`  group-normalised advantages
-- :mod:`cgrpo.shaping`     linear and SARS reward shaping
-- :mod:`cgrpo.weighting`   static and time-aware (TDW) reward weights
-- :mod:`cgrpo.loss`        PPO clipped GRPO loss and KL penalty
-- :mod:`cgrpo.rollout`     group sampling with recorded log-probs
-- :mod:`cgrpo.schedule`    rollout schedules: which steps are SDE (trained) or ODE
-- :mod:`cgrpo.reward_set`  named, weighted rewards
-- :mod:`cgrpo.trainer`     the one training loop (components: :mod:`cgrpo.build`)
-- :mod:`cgrpo.evaluator`   the one held-out evaluator (training and ``cgrpo eval``)
+==============  ================================================================
+floor           packages
+==============  ================================================================
+entry           ``cli``, ``docs``, :mod:`cgrpo.experiments`
+train           :mod:`cgrpo.train` (the loop, train state, EMA, preemption)
+eval            :mod:`cgrpo.eval` (the one held-out evaluator, ``cgrpo eval``)
+run             :mod:`cgrpo.run` (TrainConfig, build, distributed)
+method          :mod:`cgrpo.method` (advantages, shaping, weighting, loss, objectives)
+sampling        :mod:`cgrpo.sampling` (SDE step, schedules, rollout)
+components      :mod:`cgrpo.policies`, :mod:`cgrpo.rewards`, :mod:`cgrpo.data`,
+                :mod:`cgrpo.world`
+foundation      :mod:`cgrpo.config`, :mod:`cgrpo.io`
+==============  ================================================================
 """
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cgrpo.config import ConfigError, describe_config, load_config
+from cgrpo.config.core import ConfigError, describe_config, load_config
 
 
 def _parser(name: str, help_text: str, config_cls: type, sub: argparse._SubParsersAction):
@@ -26,8 +26,8 @@ def _parser(name: str, help_text: str, config_cls: type, sub: argparse._SubParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cgrpo.evaluation import EvalConfig
-    from cgrpo.train_config import EMBEDDED_CONFIG, TrainConfig
+    from cgrpo.eval.protocol import EvalConfig
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
     from cgrpo.world.pretrain import PretrainConfig
 
     ap = argparse.ArgumentParser(
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         if args.command == "train":
-            from cgrpo.preemption import PREEMPTED_EXIT_CODE, Preempted
-            from cgrpo.summary import summary_table
-            from cgrpo.trainer import GRPOTrainer
+            from cgrpo.eval.summary import summary_table
+            from cgrpo.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+            from cgrpo.train.trainer import GRPOTrainer
 
             path = args.config if args.config is not None else EMBEDDED_CONFIG
             cfg = load_config(TrainConfig, path, args.overrides)
@@ -128,17 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(PretrainConfig, None, args.overrides)
             print(f"wrote {pretrain(cfg)}")
         elif args.command == "sample":
-            from cgrpo.sample import sample_command
+            from cgrpo.eval.sample import sample_command
 
             sample_command(args)
         elif args.command == "eval":
-            from cgrpo.evaluation import eval_command
+            from cgrpo.eval.protocol import eval_command
 
             cfg = load_config(EvalConfig, args.config, args.overrides)
             print(eval_command(cfg, args.run, args.model_config, args.quiet))
             print(f"wrote {cfg.out_dir}")
         elif args.command == "compare":
-            from cgrpo.compare import compare_command
+            from cgrpo.eval.compare import compare_command
 
             print(compare_command(args.runs, args.out))
             print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")

@@ -3,7 +3,7 @@
 The trainer, the rollout and the evaluator see a generator only through this
 protocol, so the embedded tiny transformer (:mod:`cgrpo.policies.embedded`) and the
 FLUX adapters are interchangeable. The latent convention is the one of
-:mod:`cgrpo.sde`: ``x_sigma = (1 - sigma) * x0 + sigma * noise``, velocity
+:mod:`cgrpo.sampling.sde`: ``x_sigma = (1 - sigma) * x0 + sigma * noise``, velocity
 ``v = noise - x0``, sampling runs from sigma = 1 (noise) to sigma = 0.
 """
 
@@ -81,7 +81,7 @@ class Policy(Protocol):
 
 @runtime_checkable
 class Shardable(Protocol):
-    """Optional: a policy that ``run.fsdp=true`` can shard (:mod:`cgrpo.distributed`)."""
+    """Optional: a policy that ``run.fsdp=true`` can shard (:mod:`cgrpo.run.distributed`)."""
 
     def shard_modules(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
         """(root module, its repeated blocks): FSDP2 makes a unit of each block, then of the
@@ -92,7 +92,7 @@ class Shardable(Protocol):
 @runtime_checkable
 class HasOldPolicy(Protocol):
     """Optional: a policy that keeps an *old policy*, a soft-updated copy of its trainable
-    weights (``method.objective.kind=nft``, :mod:`cgrpo.objective`). It never holds a
+    weights (``method.objective.kind=nft``, :mod:`cgrpo.method.objective`). It never holds a
     second copy of a large model: FLUX keeps it as a second LoRA adapter."""
 
     def enable_old_policy(self) -> None:

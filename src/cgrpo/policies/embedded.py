@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cgrpo.policies.base import Condition
+from cgrpo.policies.sharding import full_tensor
 from cgrpo.world.generator import TinyKontext, Tokenizer
 from cgrpo.world.pretrain import load_generator
 
@@ -124,11 +125,9 @@ class EmbeddedPolicy:
     def soft_update_old(self, decay: float) -> None:
         """``old <- decay old + (1 - decay) current``; under FSDP the current weights are
         gathered (the old copy is a plain, replicated module: the model is tiny)."""
-        from cgrpo.distributed import Dist
-
         old = dict(self._old().named_parameters())
         for name, p in self.model.named_parameters():
-            cur = Dist.full(p).to(old[name].device, old[name].dtype)
+            cur = full_tensor(p).to(old[name].device, old[name].dtype)
             old[name].mul_(decay).add_(cur, alpha=1.0 - decay)
 
     def old_state_dict(self) -> dict[str, torch.Tensor]:

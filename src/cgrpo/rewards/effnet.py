@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cgrpo.io.images import resize_center_crop
 from cgrpo.rewards.files import find_model_file
-from cgrpo.rewards.images import normalize, resize_center_crop
+from cgrpo.rewards.images import normalize
 from cgrpo.rewards.segment import EmbeddingIdentityReward
 
 __all__ = ["EfficientNetLite0", "EffNetIdentityReward", "find_effnet_weights"]

@@ -26,12 +26,8 @@ from typing import Any
 
 import torch
 
-from cgrpo.rewards.images import (
-    EmbeddingCache,
-    check_batch,
-    normalize,
-    resize_center_crop,
-)
+from cgrpo.io.images import resize_center_crop
+from cgrpo.rewards.images import EmbeddingCache, check_batch, normalize
 from cgrpo.rewards.segment import EmbeddingIdentityReward
 
 __all__ = [

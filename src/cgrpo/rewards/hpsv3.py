@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgrpo.rewards.images import check_batch, resolve_device, to_uint8
+from cgrpo.io.images import to_uint8
+from cgrpo.rewards.images import check_batch, resolve_device
 
 __all__ = ["HPSv3Reward"]
 

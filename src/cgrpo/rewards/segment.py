@@ -33,13 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cgrpo.rewards.files import find_model_file
-from cgrpo.rewards.images import (
-    EmbeddingCache,
-    check_batch,
-    image_key,
-    normalize,
-    resolve_device,
-)
+from cgrpo.rewards.images import EmbeddingCache, check_batch, image_key, normalize, resolve_device
 
 __all__ = [
     "EmbeddingIdentityReward",

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgrpo.rewards.images import to_uint8
+from cgrpo.io.images import to_uint8
 
 __all__ = ["RUBRICS", "VLMJudgeError", "VLMJudgeReward", "parse_score"]
 

@@ -8,7 +8,7 @@ attention blocks (FLUX's "single blocks", DiT adaLN-Zero modulation by the noise
 level) processes them all. A small convolutional head refines the image tokens'
 output at full resolution, so that shapes and stripes stay crisp at 32 px.
 
-Convention (shared with :mod:`cgrpo.sde`): ``x_sigma = (1 - sigma) * x0 + sigma * noise``
+Convention (shared with :mod:`cgrpo.sampling.sde`): ``x_sigma = (1 - sigma) * x0 + sigma * noise``
 and the model predicts the velocity ``v = noise - x0``. Images live in [-1, 1].
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cgrpo.config import option
+from cgrpo.config.core import option
 from cgrpo.world import scene
 
 PAD = "<pad>"

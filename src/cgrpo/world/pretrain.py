@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cgrpo.checkpoint import atomic_write
-from cgrpo.config import option
+from cgrpo.config.core import option
+from cgrpo.io.atomic import atomic_write
 from cgrpo.world import scene
 from cgrpo.world.generator import GeneratorConfig, TinyKontext, Tokenizer
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cgrpo.config import option
+from cgrpo.config.core import option
 
 __all__ = ["DEFAULT_LORA_TARGETS", "FluxConfig", "FluxWeightsError"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cgrpo.checkpoint import atomic_write
+from cgrpo.io.atomic import atomic_write
 from cgrpo.policies.flux.config import FluxConfig, FluxWeightsError
 
 __all__ = [

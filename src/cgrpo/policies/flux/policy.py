@@ -21,7 +21,7 @@ Sign conventions (checked against diffusers' ``FluxPipeline`` and
 and steps ``x_next = x + (s_next - s) * model_output``; the pipeline passes the timestep
 ``t = 1000 s`` divided by 1000, i.e. ``s`` itself, and the transformer multiplies it by
 1000 internally. So calling the transformer with ``timestep = sigma`` returns exactly the
-velocity ``v = noise - x0`` of :mod:`cgrpo.sde`, no sign flip or rescale. The guidance
+velocity ``v = noise - x0`` of :mod:`cgrpo.sampling.sde`, no sign flip or rescale. The guidance
 embedding (FLUX.1-dev / Kontext are guidance-distilled) gets ``FluxConfig.guidance``
 (3.5, the pipelines' default), again un-multiplied (the transformer does the x1000).
 
@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from cgrpo.data.references import References, count
 from cgrpo.policies.base import Condition
 from cgrpo.policies.flux.config import FluxConfig, _check_component
 from cgrpo.policies.flux.latents import pack_latents, position_ids, unpack_latents
@@ -56,7 +57,6 @@ from cgrpo.policies.flux.lora import (
 )
 from cgrpo.policies.flux.prompt_cache import PromptCache
 from cgrpo.policies.flux.reference import prepare_reference
-from cgrpo.references import References, count
 
 __all__ = ["FluxPolicy"]
 
@@ -68,7 +68,7 @@ class FluxPolicy:
     built modules (tests, notebooks): any module given is used as is, the others are
     loaded from ``config.path``. ``transformer_device`` (default: ``device``) is where the
     transformer is placed at construction: ``"cpu"`` when FSDP will shard it onto the GPUs
-    (:meth:`cgrpo.distributed.Dist.shard_policy` moves each shard to the process's device).
+    (:meth:`cgrpo.run.distributed.Dist.shard_policy` moves each shard to the process's device).
     The text encoders are loaded lazily, on the first prompt
     that is not in ``config.prompt_cache_dir``, so a run with precomputed prompt
     embeddings never holds T5 in memory (their files are still checked up front).
@@ -250,7 +250,7 @@ class FluxPolicy:
                 raise ValueError(
                     f"flux.reference_preprocess={mode} needs each reference whole, but the "
                     "data gave centre-cropped squares: build the data with "
-                    "cgrpo.build.build_data (it keeps the aspect ratio for kontext and uno)"
+                    "cgrpo.run.build.build_data (it keeps the aspect ratio for kontext and uno)"
                 )
             pairs = [[r] for r in references]
         elif mode == "square":  # the dataset's square view of every reference

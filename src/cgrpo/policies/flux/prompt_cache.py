@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cgrpo.checkpoint import atomic_write
+from cgrpo.io.atomic import atomic_write
 
 __all__ = ["PromptCache"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from cgrpo.rewards.images import from_pil, to_pil
+from cgrpo.io.images import from_pil, to_pil
 
 __all__ = [
     "PREFERRED_KONTEXT_RESOLUTIONS",

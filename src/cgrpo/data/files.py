@@ -1,0 +1,376 @@
+"""(reference image, prompt) pairs from files on disk, for the real-model (FLUX) tier.
+
+All sources implement :class:`cgrpo.data.base.PairSource`:
+
+- ``sample(n, rng) -> (references (n,3,S,S) float32 in [0,1], prompts)``
+- ``eval_pairs() -> (references, prompts, names)``
+
+Images are read with :func:`cgrpo.io.images.load_image` (``crop=True``): RGB, resized
+so that the *shorter* side is ``image_size`` (bicubic) and centre-cropped to ``image_size`` x
+``image_size``; subject photos (DreamBench) are roughly centred. With ``keep_aspect``
+(``flux.reference_preprocess`` kontext or uno: the policy prepares each reference as its
+model's pipeline does) and for pairs with several references, the batch is a
+:class:`~cgrpo.data.references.ReferenceBatch`: the whole images, and the same square crops as
+its view for the rewards.
+
+* :class:`JsonlPairs`: a JSONL file (one object per line) or a JSON list of objects
+  ``{"reference": path, "prompt": str, "target": path (optional)}`` (or
+  ``"references": [path, ...]``: several subjects in one image, UNO; ``"image_paths"`` as
+  in UNO's ``dreambench_multiip.json`` reads the same), the shape of what
+  subject datasets such as SynCD provide once flattened; relative paths are resolved
+  against the file's folder. ``target`` is checked and kept (``.entries``) but GRPO does
+  not use it (it is online RL: the policy's own samples are scored).
+* :class:`DreamBenchPairs`: the DreamBench folder (``../shared/data/dreambench``): 30
+  subjects, one reference each from ``single_reference.json``, 25 prompts per subject
+  from ``prompts_and_classes.txt`` with the class word in place of
+  ``"{unique_token} {class}"`` (object prompts, or live-subject prompts for cats and dogs).
+* :class:`PairsWithEval`: train on one source, evaluate on another (SynCD -> DreamBench).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cgrpo.data.base import PairSource
+from cgrpo.data.references import ReferenceBatch, References
+from cgrpo.io.images import check_image, load_image, square_crop
+
+__all__ = [
+    "DatasetError",
+    "DreamBenchPairs",
+    "check_files",
+    "JsonlPairs",
+    "PairEntry",
+    "PairsWithEval",
+]
+
+
+class DatasetError(ValueError):
+    """A data file is missing, empty, malformed or names an unreadable image."""
+
+
+def _load_reference(path: Path, image_size: int | None) -> torch.Tensor:
+    """(3, S, S) float32 in [0, 1]: RGB, shorter side resized to S, centre crop, stored
+    orientation (no EXIF rotation); ``image_size=None``: the whole image at its stored size.
+    An unreadable file raises :class:`DatasetError`."""
+    try:
+        if image_size is None:
+            return load_image(path, exif_transpose=False)
+        return load_image(path, image_size, crop=True, exif_transpose=False)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class PairEntry:
+    """One pair: its reference image(s) (several for UNO's multi-subject generation)."""
+
+    references: tuple[Path, ...]
+    prompt: str
+    target: Path | None = None
+    name: str = ""
+
+    @property
+    def reference(self) -> Path:
+        return self.references[0]
+
+
+def _references(
+    groups: list[tuple[Path, ...]],
+    load: Callable[[Path, int | None], torch.Tensor],
+    image_size: int,
+    keep_aspect: bool,
+) -> References:
+    """The batch of the pairs whose reference files are ``groups``: a (B, 3, S, S) tensor of
+    square crops when every pair has one reference and the aspect is not kept, else a
+    :class:`~cgrpo.data.references.ReferenceBatch` (whole images when ``keep_aspect``; their
+    square views are cropped from them in memory, each file is read once)."""
+    if not keep_aspect:
+        views = [[load(p, image_size) for p in g] for g in groups]
+        if all(len(g) == 1 for g in groups):
+            return torch.stack([v[0] for v in views])
+        return ReferenceBatch.from_pairs(views, views)
+    images = [[load(p, None) for p in g] for g in groups]
+    views = [[square_crop(x, image_size) for x in g] for g in images]
+    return ReferenceBatch.from_pairs(images, views)
+
+
+def _read_records(path: Path) -> list[tuple[str, Any]]:
+    """``(where, record)`` per pair: ``where`` is ``line N`` (1-based file line) in JSONL,
+    ``item N`` (1-based) in a JSON list."""
+    if not path.is_file():
+        raise DatasetError(f"pair file not found: '{path}'")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DatasetError(f"pair file '{path}' is empty: expected JSONL or a JSON list of pairs")
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"'{path}' is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DatasetError(f"'{path}' must hold a JSON list of pair objects")
+        return [(f"item {i}", rec) for i, rec in enumerate(data, 1)]
+    records = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {i}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"'{path}' line {i} is not valid JSON: {exc}") from None
+    return records
+
+
+def check_files(items: list[tuple[str, Path]], source: str, skip_bad: bool, fix: str) -> set[str]:
+    """Open every image once (:func:`~cgrpo.io.images.check_image`) before any compute:
+    returns the ``where`` labels of the bad ones when ``skip_bad`` (and says how many were
+    skipped), else raises one :class:`DatasetError` listing them all (up to 20) with ``fix``."""
+    bad, seen = [], {}
+    for where, path in items:
+        if path not in seen:
+            seen[path] = check_image(path)
+        if seen[path] is not None:
+            bad.append((where, path, seen[path]))
+    if not bad:
+        return set()
+    if skip_bad:
+        print(f"{source}: skipping {len(bad)} of {len(items)} entries with unreadable images "
+              f"(first: {bad[0][0]}: '{bad[0][1]}')", flush=True)  # fmt: skip
+        return {w for w, _, _ in bad}
+    shown = "; ".join(f"{w}: '{p}' {why}" for w, p, why in bad[:20])
+    more = f"; ... {len(bad) - 20} more" if len(bad) > 20 else ""
+    raise DatasetError(
+        f"{source}: {len(bad)} of {len(items)} entries name unreadable images: {shown}{more}. {fix}"
+    )
+
+
+class JsonlPairs:
+    """Pairs listed in a JSONL / JSON file (see the module docstring for the schema).
+
+    ``eval_pairs`` returns the first ``eval_count`` entries (use :class:`PairsWithEval` to
+    evaluate on a separate benchmark instead). Every referenced file must exist at
+    construction; an unreadable image fails when it is loaded, naming the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_size: int = 512,
+        eval_count: int = 16,
+        skip_bad: bool = False,
+        keep_aspect: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.image_size = image_size
+        self.eval_count = eval_count
+        self.keep_aspect = keep_aspect
+        root = self.path.parent
+
+        def resolve(name: str) -> Path:
+            p = Path(name)
+            return p if p.is_absolute() else root / p
+
+        entries, images = [], []
+        for line, rec in _read_records(self.path):
+            where = f"'{self.path}' {line}"
+            if not isinstance(rec, dict):
+                raise DatasetError(f"{where} is not an object")
+            refs = _reference_field(rec, where)
+            if not isinstance(rec.get("prompt"), str):
+                raise DatasetError(f"{where} needs a string field 'prompt'")
+            if not rec["prompt"].strip():
+                raise DatasetError(f"{where} has an empty prompt")
+            files = tuple(resolve(r) for r in refs)
+            target = resolve(rec["target"]) if rec.get("target") is not None else None
+            images += [(line, f) for f in files] + ([(line, target)] if target else [])
+            name = str(rec.get("name") or files[0].stem)
+            entries.append((line, PairEntry(files, rec["prompt"], target, name)))
+        if not entries:
+            raise DatasetError(f"pair file '{self.path}' holds no pairs")
+        bad = check_files(
+            images, f"pair file '{self.path}'", skip_bad,
+            "Fix or remove those lines, or set data.skip_bad=true to train without them.",
+        )  # fmt: skip
+        self.skipped = len({w for w, _ in entries if w in bad})
+        self.entries: list[PairEntry] = [e for w, e in entries if w not in bad]
+        if not self.entries:
+            raise DatasetError(f"pair file '{self.path}': no entry with readable images is left")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _batch(self, entries: list[PairEntry]) -> tuple[References, list[str]]:
+        groups = [e.references for e in entries]
+        refs = _references(groups, _load_reference, self.image_size, self.keep_aspect)
+        return refs, [e.prompt for e in entries]
+
+    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
+        return self._batch([rng.choice(self.entries) for _ in range(n)])
+
+    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
+        chosen = self.entries[: self.eval_count]
+        refs, prompts = self._batch(chosen)
+        return refs, prompts, [e.name for e in chosen]
+
+
+def _reference_field(rec: dict[str, Any], where: str) -> list[str]:
+    """A record's reference paths: ``"reference": path`` or ``"references": [path, ...]``
+    (several subjects, UNO's multi-reference generation; ``"image_paths"``, the key of UNO's
+    own lists such as ``datasets/dreambench_multiip.json``, is read the same), exactly one."""
+    one = rec.get("reference")
+    lists = [k for k in ("references", "image_paths") if rec.get(k) is not None]
+    many = rec[lists[0]] if len(lists) == 1 else None
+    if (one is None) == (not lists) or len(lists) > 1:
+        raise DatasetError(
+            f"{where} needs exactly one of 'reference' (a path) and 'references' (a list of "
+            "paths, several subjects; 'image_paths' as in UNO's lists)"
+        )
+    if one is not None:
+        if not isinstance(one, str):
+            raise DatasetError(f"{where}: 'reference' must be a string path")
+        return [one]
+    if not isinstance(many, list) or not many or not all(isinstance(r, str) for r in many):
+        raise DatasetError(f"{where}: 'references' must be a non-empty list of string paths")
+    return many
+
+
+LIVE_CLASSES = frozenset({"cat", "dog"})
+_PROMPT_LINE = re.compile(r"""^\s*['"](.*)['"]\s*\.format\(""")
+
+
+def _parse_prompts_and_classes(path: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """(subject -> class, object templates, live-subject templates) with ``{0} {1}`` kept."""
+    if not path.is_file():
+        raise DatasetError(f"DreamBench prompt file not found: '{path}'")
+    classes: dict[str, str] = {}
+    lists: dict[str, list[str]] = {"object": [], "live": []}
+    current: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if s.startswith("Object Prompts"):
+            current = "object"
+        elif s.startswith("Live Subject Prompts"):
+            current = "live"
+        elif current is None and "," in s and s != "subject_name,class":
+            subject, cls = s.split(",", 1)
+            classes[subject.strip()] = cls.strip()
+        elif current is not None:
+            m = _PROMPT_LINE.match(s)
+            if m:
+                lists[current].append(m.group(1))
+    if not classes or not lists["object"] or not lists["live"]:
+        raise DatasetError(
+            f"'{path}' does not look like DreamBench's prompts_and_classes.txt "
+            "(class table, 'Object Prompts' and 'Live Subject Prompts' lists)"
+        )
+    return classes, lists["object"], lists["live"]
+
+
+class DreamBenchPairs:
+    """DreamBench, single-reference protocol (UNO / Customized-GRPO): 30 x 25 pairs.
+
+    ``sample`` draws a random subject and one of its 25 prompts; ``eval_pairs`` gives
+    ``prompts_per_subject`` prompts per subject (25: the full 750-pair protocol; fewer:
+    evenly spaced over the list, so background, outfit and property prompts all appear).
+    Reference images are loaded once and kept (30 images).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 512,
+        prompts_per_subject: int = 25,
+        keep_aspect: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.image_size = image_size
+        self.keep_aspect = keep_aspect
+        if not self.root.is_dir():
+            raise DatasetError(f"DreamBench folder not found: '{self.root}'")
+        ref_file = self.root / "single_reference.json"
+        if not ref_file.is_file():
+            raise DatasetError(f"DreamBench reference list not found: '{ref_file}'")
+        try:
+            refs = json.loads(ref_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"'{ref_file}' is not valid JSON: {exc}") from None
+        classes, obj, live = _parse_prompts_and_classes(self.root / "prompts_and_classes.txt")
+        self.subjects: list[str] = sorted(refs)
+        self.classes: dict[str, str] = {}
+        self.references: dict[str, Path] = {}
+        self.prompts: dict[str, list[str]] = {}
+        for s in self.subjects:
+            if s not in classes:
+                raise DatasetError(f"subject '{s}' of '{ref_file}' has no class in the table")
+            path = self.root / s / refs[s]
+            cls = classes[s]
+            templates = live if cls in LIVE_CLASSES else obj
+            self.classes[s] = cls
+            self.references[s] = path
+            self.prompts[s] = [t.replace("{0} {1}", cls) for t in templates]
+        n = len(obj)
+        if not 1 <= prompts_per_subject <= n:
+            raise DatasetError(
+                f"prompts_per_subject must be in [1, {n}], got {prompts_per_subject}"
+            )
+        self.prompts_per_subject = prompts_per_subject
+        check_files(
+            [(f"subject '{s}'", self.references[s]) for s in self.subjects],
+            f"DreamBench folder '{self.root}'", False,
+            "Restore those files (see the folder's SOURCE.md) or remove the subjects from "
+            "single_reference.json.",
+        )  # fmt: skip
+        self._images: dict[tuple[Path, int | None], torch.Tensor] = {}
+
+    def _load(self, path: Path, size: int | None) -> torch.Tensor:
+        if (path, size) not in self._images:  # 30 references: each loaded once per size
+            self._images[path, size] = _load_reference(path, size)
+        return self._images[path, size]
+
+    def image(self, subject: str) -> torch.Tensor:
+        """The subject's square reference (3, S, S)."""
+        return self._load(self.references[subject], self.image_size)
+
+    def _refs(self, subjects: list[str]) -> References:
+        groups = [(self.references[s],) for s in subjects]
+        return _references(groups, self._load, self.image_size, self.keep_aspect)
+
+    def eval_indices(self) -> list[int]:
+        n, k = len(self.prompts[self.subjects[0]]), self.prompts_per_subject
+        return [i * n // k for i in range(k)]
+
+    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
+        subjects = [rng.choice(self.subjects) for _ in range(n)]
+        prompts = [rng.choice(self.prompts[s]) for s in subjects]
+        return self._refs(subjects), prompts
+
+    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
+        idx = self.eval_indices()
+        names = [s for s in self.subjects for _ in idx]
+        prompts = [self.prompts[s][i] for s in self.subjects for i in idx]
+        return self._refs(names), prompts, names
+
+
+class PairsWithEval:
+    """Training pairs from ``train``, evaluation pairs from ``evaluation``."""
+
+    def __init__(self, train: PairSource, evaluation: PairSource) -> None:
+        self.train = train
+        self.evaluation = evaluation
+
+    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
+        return self.train.sample(n, rng)
+
+    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
+        return self.evaluation.eval_pairs()

@@ -1,0 +1,450 @@
+"""Atomic, safe checkpoint IO.
+
+Every file is written through :func:`atomic_write`: into a hidden temp file in the target's
+directory, fsynced, then moved into place with :func:`os.replace`. A crash at any point leaves
+either the old file or the new one, never a torn one.
+
+Layout written by :func:`save_checkpoint`::
+
+    <dir>/
+      latest.json                 {"step": N, "path": "step_00000N"}   (updated last)
+      step_00000N/
+        model.safetensors         model tensors (safetensors, no pickle)
+        ema.safetensors           optional: their EMA (what :func:`load_weights` prefers)
+        state.pt                  optimizer/scheduler/RNG state (loaded with weights_only=True)
+        meta.json                 written LAST: marks the folder complete, records file sizes
+
+Nothing here unpickles arbitrary objects: tensors go through safetensors and ``state.pt`` is
+read with ``torch.load(..., weights_only=True)``. :func:`save_state` refuses up front any
+object that such a load could not read back (numpy arrays, custom classes, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as _st_load_file
+from safetensors.torch import save_file as _st_save_file
+
+# Re-exported for now: callers (the trainer) use ckpt.get_rng_state / ckpt.set_rng_state;
+# new code should import them from cgrpo.io.rng_state, where they live.
+from cgrpo.io.atomic import CheckpointError, _fsync_dir, atomic_write
+from cgrpo.io.rng_state import get_rng_state, set_rng_state
+
+__all__ = [
+    "CheckpointError",
+    "EMA_FILE",
+    "MODEL_FILE",
+    "STATE_FILE",
+    "META_FILE",
+    "LATEST_FILE",
+    "atomic_write",
+    "get_rng_state",
+    "is_complete_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_state",
+    "load_tensors",
+    "load_weights",
+    "save_checkpoint",
+    "save_state",
+    "save_tensors",
+    "set_rng_state",
+]
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+LATEST_FILE = "latest.json"
+CHECKPOINT_FORMAT = 1
+
+_STEP_DIR_RE = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The training step of a checkpoint folder name ``step_N`` (None for any other name)."""
+    m = _STEP_DIR_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _missing_file_error(path: Path, what: str) -> FileNotFoundError:
+    hint = "check the path; checkpoints are folders like <run>/checkpoints/step_000100"
+    if path.parent.is_dir():
+        siblings = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
+        hint += f"; '{path.parent}' contains: {', '.join(siblings[:10]) or 'nothing'}"
+    else:
+        hint += f"; the folder '{path.parent}' does not exist"
+    return FileNotFoundError(f"{what} not found: '{path}' ({hint})")
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors (safetensors)
+# --------------------------------------------------------------------------------------------
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Atomically save a flat ``name -> tensor`` mapping as a safetensors file.
+
+    Tensors are detached, moved to CPU and made contiguous; tensors sharing storage with an
+    earlier entry (tied weights, views) are cloned, since safetensors refuses shared storage.
+    ``metadata`` must map strings to strings.
+    """
+    prepared: dict[str, torch.Tensor] = {}
+    seen_storages: set[int] = set()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be strings, got {name!r}")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"'{name}' is a {type(tensor).__name__}, not a torch.Tensor")
+        if tensor.layout != torch.strided:
+            raise TypeError(f"'{name}' has layout {tensor.layout}; only dense tensors are saved")
+        t = tensor.detach().cpu()
+        if t.numel() > 0:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen_storages:
+                t = t.clone()
+                ptr = t.untyped_storage().data_ptr()
+            seen_storages.add(ptr)
+        prepared[name] = t.contiguous()
+    meta: dict[str, str] | None = None
+    if metadata is not None:
+        meta = {}
+        for k, v in metadata.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"safetensors metadata must be str -> str, got {k!r}: {v!r}")
+            meta[k] = v
+    return atomic_write(path, lambda tmp: _st_save_file(prepared, str(tmp), metadata=meta))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file onto the CPU.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it and gives a hint).
+        CheckpointError: the file is corrupt or truncated (the message names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise _missing_file_error(p, "tensor file")
+    try:
+        return _st_load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"cannot read safetensors file '{p}': {exc} (corrupt or truncated?)"
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Plain state (torch.save / weights_only load)
+# --------------------------------------------------------------------------------------------
+
+_PLAIN_LEAVES = (bool, int, float, complex, str, bytes, bytearray, type(None))
+_SAFE_LEAVES = (torch.Tensor, torch.Size, torch.device, torch.dtype, *_PLAIN_LEAVES)
+
+
+def _check_weights_only_safe(obj: Any, where: str) -> None:
+    """Raise TypeError if ``obj`` holds anything ``torch.load(weights_only=True)`` rejects."""
+    if isinstance(obj, _SAFE_LEAVES):
+        return
+    if isinstance(obj, dict):  # includes OrderedDict
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}: {k!r}")
+            _check_weights_only_safe(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple, set)):
+        if isinstance(obj, tuple) and type(obj) is not tuple:
+            raise TypeError(f"{where} is a {type(obj).__name__} (named tuples are not allowed)")
+        for i, v in enumerate(obj):
+            _check_weights_only_safe(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which cannot be loaded "
+        "with torch.load(weights_only=True); store tensors, numbers, strings, lists and dicts only"
+    )
+
+
+def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Atomically ``torch.save`` a state dict made of tensors, numbers, strings, lists, dicts.
+
+    Raises:
+        TypeError: ``state`` contains an object :func:`load_state` would refuse (checked before
+            anything is written, so a bad state never replaces a good file).
+    """
+    _check_weights_only_safe(dict(state), "state")
+    return atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a file written by :func:`save_state` with ``weights_only=True`` onto the CPU.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is corrupt, or holds objects other than tensors and plain
+            containers (they are never unpickled).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise _missing_file_error(p, "state file")
+    try:
+        # mmap: processes resuming from one file share its pages; writes stay private
+        state = torch.load(p, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
+            match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            culprit = f"found {match.group(1)}" if match else text.strip().splitlines()[0]
+            raise CheckpointError(
+                f"refusing to load '{p}': it contains objects other than tensors and plain "
+                f"containers, which are never unpickled ({culprit})"
+            ) from exc
+        raise CheckpointError(
+            f"cannot read state file '{p}': {exc} (corrupt or truncated?)"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"state file '{p}' holds a {type(state).__name__}, not a dict")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint folders
+# --------------------------------------------------------------------------------------------
+
+
+def _step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+_FILES = (MODEL_FILE, STATE_FILE)
+_FILES_WITH_EMA = (MODEL_FILE, EMA_FILE, STATE_FILE)
+
+
+def _checkpoint_files(meta: Any) -> tuple[str, ...]:
+    """The files besides ``meta.json`` that a step folder's meta says it holds: the EMA
+    file only when meta lists it (checkpoints from before EMA was saved have none)."""
+    sizes = meta.get("file_sizes") if isinstance(meta, dict) else None
+    return _FILES_WITH_EMA if isinstance(sizes, dict) and EMA_FILE in sizes else _FILES
+
+
+def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a step folder whose files (model, state and the EMA file when
+    ``meta.json`` lists it) exist and match the sizes in ``meta.json``."""
+    folder = Path(path)
+    meta = _read_json(folder / META_FILE)
+    if not isinstance(meta, dict):
+        return False
+    sizes = meta.get("file_sizes", {})
+    for name in _checkpoint_files(meta):
+        f = folder / name
+        if not f.is_file():
+            return False
+        expected = sizes.get(name) if isinstance(sizes, dict) else None
+        if expected is not None and f.stat().st_size != expected:
+            return False
+    return True
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Complete step folders directly under ``directory``, as ``(step, path)`` sorted by step."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    found: list[tuple[int, Path]] = []
+    for child in root.iterdir():
+        step = checkpoint_step(child.name)
+        if step is not None and child.is_dir() and is_complete_checkpoint(child):
+            found.append((step, child))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+    """The step folder named by ``latest.json`` if it is complete, else the newest complete one.
+
+    Returns ``None`` when ``directory`` holds no complete checkpoint (or does not exist).
+    """
+    root = Path(directory)
+    latest = _read_json(root / LATEST_FILE)
+    if isinstance(latest, dict) and isinstance(latest.get("path"), str):
+        candidate = Path(latest["path"])
+        if not candidate.is_absolute():
+            candidate = root / candidate
+        if candidate.is_dir() and is_complete_checkpoint(candidate):
+            return candidate
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def _remove_step_dir(folder: Path) -> None:
+    """Delete a step folder: first rename it out of the way so no half-deleted one remains."""
+    trash = folder.with_name(f".deleting-{folder.name}-{secrets.token_hex(4)}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    step: int,
+    model_tensors: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any],
+    meta: Mapping[str, Any] | None = None,
+    keep_last: int | None = None,
+    *,
+    ema_tensors: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save a complete checkpoint for ``step`` and point ``latest.json`` at it.
+
+    Writes ``model.safetensors``, ``ema.safetensors`` (with ``ema_tensors``) and ``state.pt``
+    (each atomically), then ``meta.json`` LAST (it marks the folder complete and records the
+    file sizes), then atomically updates ``latest.json``. Re-saving an existing step first
+    removes its ``meta.json`` so a crash mid-way never leaves a folder that looks complete
+    but mixes two saves.
+
+    Args:
+        directory: Checkpoint root (created if needed).
+        step: Training step; the folder is ``step_{step:06d}``.
+        model_tensors: Flat ``name -> tensor`` mapping (e.g. trainable/LoRA weights).
+        state: Weights-only-loadable state (optimizer state dict, RNG state, counters, ...).
+        meta: Extra JSON-serialisable entries for ``meta.json`` (e.g. the config as a dict);
+            the keys ``step``, ``format`` and ``file_sizes`` are reserved.
+        keep_last: If set (>= 1), after a successful save delete older complete step folders
+            so that at most ``keep_last`` remain counting the new one. Newer folders are kept.
+        ema_tensors: The EMA of ``model_tensors`` (the same names, else ValueError before
+            anything is written), which :func:`load_weights` returns by default.
+
+    Returns:
+        The step folder.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+        raise ValueError(f"keep_last must be None or an int >= 1, got {keep_last!r}")
+    extra = dict(meta or {})
+    reserved = {"step", "format", "file_sizes", "saved_at"} & extra.keys()
+    if reserved:
+        raise ValueError(f"meta keys {sorted(reserved)} are reserved by save_checkpoint")
+    json.dumps(extra)  # fail early (TypeError) on non-JSON meta, before touching the disk
+    if ema_tensors is not None and set(ema_tensors) != set(model_tensors):
+        odd = sorted(set(ema_tensors) ^ set(model_tensors))
+        raise ValueError(f"ema_tensors must have the names of model_tensors; differing: {odd[:4]}")
+
+    root = Path(directory)
+    folder = root / _step_dir_name(step)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).unlink(missing_ok=True)  # incomplete until meta.json is rewritten
+    if ema_tensors is None:
+        (folder / EMA_FILE).unlink(missing_ok=True)  # an earlier save's EMA is not this one's
+    _fsync_dir(folder)
+
+    save_tensors(folder / MODEL_FILE, model_tensors)
+    if ema_tensors is not None:
+        save_tensors(folder / EMA_FILE, ema_tensors)
+    save_state(folder / STATE_FILE, state)
+    written = _FILES if ema_tensors is None else _FILES_WITH_EMA
+    meta_obj = {
+        **extra,
+        "step": step,
+        "format": CHECKPOINT_FORMAT,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "file_sizes": {name: (folder / name).stat().st_size for name in written},
+    }
+    _write_json(folder / META_FILE, meta_obj)
+    _write_json(root / LATEST_FILE, {"step": step, "path": folder.name})
+
+    if keep_last is not None:
+        older = [(s, p) for s, p in list_checkpoints(root) if s < step]
+        doomed = older[: max(0, len(older) - (keep_last - 1))]
+        for _, path in doomed:
+            _remove_step_dir(path)
+    return folder
+
+
+def _complete_folder(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The step folder ``path`` names (for a checkpoint root: its latest) and its meta;
+    FileNotFoundError if there is none, CheckpointError if it is incomplete."""
+    p = Path(path)
+    if not p.is_dir():
+        raise _missing_file_error(p, "checkpoint folder")
+    folder = p
+    if not (p / META_FILE).exists() and not _STEP_DIR_RE.match(p.name):
+        found = latest_checkpoint(p)
+        if found is None:
+            raise FileNotFoundError(f"no complete checkpoint found in '{p}'")
+        folder = found
+    if not is_complete_checkpoint(folder):
+        names = (*_checkpoint_files(_read_json(folder / META_FILE)), META_FILE)
+        missing = [n for n in names if not (folder / n).is_file()]
+        detail = f"missing {', '.join(missing)}" if missing else "file sizes do not match meta"
+        raise CheckpointError(f"checkpoint '{folder}' is incomplete ({detail})")
+    meta = _read_json(folder / META_FILE)
+    assert isinstance(meta, dict)
+    return folder, meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Load ``(model_tensors, state, meta)`` from a step folder (raw weights: the EMA ones
+    come from :func:`load_weights`).
+
+    ``path`` may also be a checkpoint root, in which case :func:`latest_checkpoint` picks the
+    folder.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: the folder is incomplete or a file is corrupt/unsafe.
+    """
+    folder, meta = _complete_folder(path)
+    tensors = load_tensors(folder / MODEL_FILE)
+    state = load_state(folder / STATE_FILE)
+    return tensors, state, meta
+
+
+def load_weights(
+    path: str | os.PathLike[str], ema: bool = True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The weights to evaluate or sample with, and whether they are the EMA ones: with
+    ``ema`` (the default, as training evaluates) the EMA weights when the checkpoint has
+    them, else the raw model weights. ``path`` is as for :func:`load_checkpoint`.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: the folder is incomplete or the weights file is corrupt.
+    """
+    folder, meta = _complete_folder(path)
+    use_ema = ema and EMA_FILE in _checkpoint_files(meta)
+    return load_tensors(folder / (EMA_FILE if use_ema else MODEL_FILE)), use_ema

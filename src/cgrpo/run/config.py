@@ -1,0 +1,277 @@
+"""The training configuration of ``cgrpo train``: one typed dataclass, sections per concern.
+
+Defaults are the paper's released setting (Customized-GRPO on UNO: 25 steps, shift 3,
+eta 0.4, G = 12, clip 1e-4, advantage clip 5, timestep fraction 0.6, gamma 0.4, TDW,
+AdamW lr 2e-5 ...). The embedded CPU world needs a few other values (fewer steps, a
+higher learning rate, smaller groups); they live in ``cgrpo/configs/embedded.yaml``,
+which ``cgrpo train`` loads when no ``--config`` is given, and which says why.
+
+Load with :func:`cgrpo.config.core.load_config` (YAML file + ``section.key=value`` overrides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cgrpo.config.core import option
+from cgrpo.method.objective import GRPOObjective, Objective
+from cgrpo.method.shaping import SARSShaping, Shaping
+from cgrpo.method.weighting import StaticWeights, TimeAwareWeights, Weighting
+from cgrpo.policies.flux import FluxConfig
+from cgrpo.rewards.set import canonical_rewards
+from cgrpo.sampling.schedule import FullSchedule, Schedule
+
+EMBEDDED_CONFIG = Path(__file__).parents[1] / "configs" / "embedded.yaml"
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["embedded", "flux"] = option(
+        "embedded", "generator: the embedded tiny in-context transformer, or a FLUX-family model"
+    )
+    weights: str | None = option(
+        None, "embedded: generator safetensors (null: the base model shipped in the package)"
+    )
+    device: str = option("cpu", "torch device of the policy and rewards")
+    lora_rank: int = option(
+        0, "embedded: train a LoRA of this rank on lora_targets instead of every weight (0: off)"
+    )
+    lora_alpha: float | None = option(
+        None, "embedded: LoRA alpha; the update is scaled by alpha / rank (null: alpha = rank)"
+    )
+    lora_targets: list[str] = option(
+        ["qkv", "proj", "mlp.0", "mlp.2"],
+        "embedded: LoRA target modules of every block (attention and MLP projections)",
+    )
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["embedded", "dreambench", "jsonl"] = option(
+        "embedded", "training pairs: the embedded world, a DreamBench folder, or a JSONL file"
+    )
+    root: str = option("../shared/data/dreambench", "dreambench: the DreamBench folder")
+    path: str | None = option(None, "jsonl: pairs file (JSONL or JSON list of reference/prompt)")
+    prompts_per_subject: int = option(
+        25, "dreambench: evaluation prompts per subject (25: the 750-pair protocol)"
+    )
+    eval_root: str | None = option(None, "jsonl: evaluate on this DreamBench folder instead")
+    skip_bad: bool = option(
+        False,
+        "jsonl: entries whose images cannot be read are skipped (and counted) instead of "
+        "stopping the run at start (every image is checked before training)",
+    )
+    prompts_per_step: int = option(
+        4,
+        "(reference, prompt) pairs per training step, all processes together; each gets a "
+        "group of G samples, and the step's pairs x G samples are split evenly over the "
+        "processes",
+    )
+    attribute_prob: float = option(
+        0.45,
+        "embedded: probability that a prompt mentions each attribute (bg, place, size, colour)",
+    )
+    eval_prompts_per_subject: int = option(
+        32, "embedded: evaluation prompts per held-out subject", unit="prompts"
+    )
+    eval_seed: int = option(3407, "seed of the evaluation prompts and noise (the paper's)")
+    eval_noises: int = option(
+        1,
+        "initial noises per held-out pair in the base and final evaluation (the mid-run "
+        "evaluations use the first); more noises shrink the paired standard error",
+        unit="images",
+    )
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = option(25, "denoising steps T", unit="steps")
+    shift: float = option(3.0, "FLUX time shift of the sigma schedule")
+    eta: float = option(0.4, "SDE noise level of rollouts (0 would be the deterministic ODE)")
+    kind: Literal["dance", "flow"] = option(
+        "dance", "diffusion coefficient: dance g = eta (the paper's); flow g = eta*sqrt(s/(1-s))"
+    )
+    same_noise: bool = option(True, "one initial noise shared by each group's G samples")
+    ode_tail: int = option(
+        0,
+        "last N steps taken with the deterministic Euler step: no SDE noise left in the final "
+        "sample, no log-prob, never trained (0: all steps SDE, the paper's setting)",
+        unit="steps",
+    )
+    schedule: Schedule = option(
+        FullSchedule(),
+        "rollout schedule: which steps are SDE (trained) and which ODE: full (the paper's: "
+        "all but ode_tail), window (MixGRPO), branch (Flow-GRPO-Fast; docs/schedules.md)",
+    )
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = option(12, "G: samples per (reference, prompt) pair", unit="samples")
+    clip_range: float = option(1e-4, "PPO ratio clip epsilon")
+    adv_clip: float = option(5.0, "advantages clamped to +- this")
+    adv_eps: float = option(1e-8, "epsilon of the group normalisation (r - mean) / (std + eps)")
+    std: Literal["population", "unbiased"] = option(
+        "population",
+        "std of the group normalisation: population (1/G) or unbiased (1/(G-1), torch's "
+        "default, which the paper's code uses)",
+    )
+    timestep_fraction: float = option(
+        0.6, "share of the denoising steps trained per rollout (random subset, true indices)"
+    )
+    updates_per_rollout: int = option(
+        1, "optimizer steps per rollout: samples are shuffled and split into this many chunks"
+    )
+    micro_batch_size: int = option(
+        0, "samples per forward/backward pass (0: the whole chunk); gradients accumulate"
+    )
+    kl_coef: float = option(0.0, "weight of the KL penalty to the starting policy (paper: 0)")
+
+
+@dataclass
+class MethodConfig:
+    shaping: Shaping = option(
+        SARSShaping(),
+        "how the rewards' advantages combine into one: linear (naive GRPO, the weighted "
+        "sum) or sars (the weighted sum + the SARS bonus of the pair)",
+    )
+    weighting: Weighting = option(
+        TimeAwareWeights(),
+        "reward weights per denoising step: static (each reward's weight) or tdw (the "
+        "pair's weights follow the time-aware schedule, other rewards static)",
+    )
+    objective: Objective = option(
+        GRPOObjective(),
+        "the training loss: grpo (the paper's PPO-clipped loss on the SDE transitions' "
+        "log-probs; constants grpo.*) or nft (DiffusionNFT's forward-process loss with a "
+        "soft-updated old policy; docs/objectives.md)",
+    )
+    pair: tuple[str, str] = option(
+        ("identity", "prompt"),
+        "the two competing rewards as (identity role, prompt role): SARS's bonus pair, "
+        "TDW's roles and the synergy / conflict / joint-failure diagnostics",
+    )
+
+
+#: The embedded world's rewards; a FLUX config names the paper's (dino_seg, hpsv3).
+DEFAULT_REWARDS: dict[str, Any] = {
+    "identity": {"kind": "embedded_identity", "weight": 1.0},
+    "prompt": {"kind": "embedded_prompt", "weight": 1.0},
+}
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(2e-5, "AdamW learning rate (constant)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    weight_decay: float = option(1.1e-4, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient-norm clip (0: off)")
+    ema_decay: float = option(0.0, "EMA of the trained weights used for evaluation (0: off)")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = option("runs/cgrpo", "run folder: config, logs, images, plots, checkpoints")
+    steps: int = option(200, "training steps (rollout + update each)", unit="steps")
+    seed: int = option(0, "seed of data, noise and step subsets")
+    time_budget: float = option(
+        0.0,
+        "stop training once the steps taken have spent this long on rollout, rewards and "
+        "update (evaluation and checkpoints not counted; kept across resume; 0: off): runs "
+        "of different methods at one wall-clock budget",
+        unit="s",
+    )
+    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    log_every: int = option(1, "CSV/tensorboard row every N steps", unit="steps")
+    image_every: int = option(25, "image grid every N steps (0: off)", unit="steps")
+    checkpoint_every: int = option(
+        25, "checkpoint every N steps (0: only at the end)", unit="steps"
+    )
+    keep_last: int = option(2, "checkpoints kept (older ones are deleted)")
+    max_skips: int = option(
+        5, "consecutive steps skipped for NaN/inf rewards or loss before the run stops"
+    )
+    fsdp: bool = option(
+        False,
+        "with several processes (accelerate launch): shard the policy's weights, gradients "
+        "and optimizer state over them (torch FSDP2, a unit per transformer block) instead "
+        "of replicating them (DDP)",
+    )
+    eval: bool = option(True, "evaluate base and trained policy on held-out pairs and print both")
+    eval_steps: int = option(0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps")
+    eval_every: int = option(
+        0,
+        "also evaluate on the held-out pairs every N steps, logged as eval/<reward> (0: off)",
+        unit="steps",
+    )
+    eval_batch_size: int = option(
+        64,
+        "images drawn and scored per batch in evaluation (cgrpo eval uses the same)",
+        unit="images",
+    )
+    log_with: list[str] = option(
+        ["tensorboard"],
+        "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow, aim, ... "
+        "(each needs its package; W&B offline: WANDB_MODE=offline); [] for the CSV only",
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``cgrpo train`` needs, section by section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flux: FluxConfig = field(default_factory=FluxConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    rewards: dict[str, Any] = option(
+        DEFAULT_REWARDS,
+        "named rewards: name -> {kind: registry name, weight: static weight (1), "
+        "...options of the reward}; null removes one (see docs/rewards.md)",
+    )
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.grpo.group_size < 2:
+            raise ValueError("grpo.group_size must be >= 2: advantages compare samples in a group")
+        if self.data.prompts_per_step < 1:
+            raise ValueError("data.prompts_per_step must be >= 1")
+        if self.sampler.num_steps < 1:
+            raise ValueError("sampler.num_steps must be >= 1")
+        if self.sampler.eta <= 0:
+            raise ValueError("sampler.eta must be > 0: GRPO needs a stochastic sampler")
+        if not 0 <= self.sampler.ode_tail < self.sampler.num_steps:
+            raise ValueError("sampler.ode_tail must be in [0, sampler.num_steps - 1]")
+        self.sampler.schedule.validate(self.sampler.num_steps)
+        if not 0 < self.grpo.timestep_fraction <= 1:
+            raise ValueError("grpo.timestep_fraction must be in (0, 1]")
+        if self.model.lora_rank < 0:
+            raise ValueError(f"model.lora_rank must be >= 0, got {self.model.lora_rank}")
+        if self.model.lora_rank and self.model.kind != "embedded":
+            raise ValueError(
+                "model.lora_rank is the embedded model's LoRA; a FLUX policy always trains a "
+                "LoRA: set flux.lora_rank instead"
+            )
+        if self.grpo.updates_per_rollout < 1:
+            raise ValueError("grpo.updates_per_rollout must be >= 1")
+        self.rewards = canonical_rewards(self.rewards)
+        m = self.method
+        if isinstance(m.weighting, StaticWeights):
+            m.weighting.check_names(self.rewards)
+        if m.pair[0] == m.pair[1]:
+            raise ValueError(f"method.pair must name two different rewards, got {m.pair}")
+        for what in (m.shaping, m.weighting):
+            missing = [n for n in m.pair if n not in self.rewards]
+            if what.uses_pair() and missing:
+                raise ValueError(
+                    f"method.{what.registry.family}={what.kind} needs the rewards of "
+                    f"method.pair {list(m.pair)}; {missing} missing from rewards "
+                    f"{list(self.rewards)}"
+                )

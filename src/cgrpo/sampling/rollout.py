@@ -1,0 +1,209 @@
+"""Rollouts: sample groups of G images per (reference, prompt) and record each step.
+
+For every condition the policy draws ``group_size`` samples with the SDE sampler of
+:mod:`cgrpo.sampling.sde`, from sigma = 1 to 0, optionally from one shared initial noise per
+group (the paper's setting: the group differs only by the SDE's noise, so the
+advantages compare like with like). Each step's latent and Gaussian log-prob are
+recorded so the update can re-score exactly the transition that was sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cgrpo.policies.base import Condition, Policy
+from cgrpo.sampling.sde import compute_dtype, draw_noise, euler_step, sde_step
+
+
+@dataclass
+class Rollout:
+    """What a group rollout records (N = number of conditions x group size).
+
+    Attributes:
+        latents: (T+1, N, *latent) the trajectory; ``latents[t]`` is the input of step t,
+            ``latents[t+1]`` its sampled output; ``latents[-1]`` is the final sample.
+        log_probs: (T, N) log-prob of each sampled transition under the sampling policy
+            (NaN for the deterministic (ODE) steps, which are not trainable).
+        sigmas: (T+1,) the noise levels; step t goes from ``sigmas[t]`` to ``sigmas[t+1]``.
+        condition: the N samples' condition (each pair's condition repeated G times).
+        group_ids: (N,) which (reference, prompt) pair each sample belongs to.
+        sde_steps: the steps sampled with the SDE, which can be trained (true indices,
+            ascending; carried explicitly: a NaN in a log-prob must not change them).
+    """
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    sigmas: torch.Tensor
+    condition: Condition
+    group_ids: torch.Tensor
+    sde_steps: tuple[int, ...]
+
+    @property
+    def num_steps(self) -> int:
+        return self.log_probs.shape[0]
+
+    @property
+    def num_sde_steps(self) -> int:
+        return len(self.sde_steps)
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.latents[-1]
+
+
+def initial_noise(
+    policy: Policy,
+    num_groups: int,
+    group_size: int,
+    same_noise: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """(num_groups * group_size, *latent) standard normal noise, shared within a group if asked."""
+    shape = policy.latent_shape()
+    n = num_groups if same_noise else num_groups * group_size
+    noise = draw_noise((n, *shape), torch.float32, generator, policy.device)
+    return noise.repeat_interleave(group_size, dim=0) if same_noise else noise
+
+
+@torch.no_grad()
+def sample_groups(
+    policy: Policy,
+    condition: Condition,
+    group_size: int,
+    sigmas: torch.Tensor,
+    eta: float,
+    kind: str = "dance",
+    same_noise: bool = True,
+    generator: torch.Generator | None = None,
+    micro_batch_size: int | None = None,
+    ode_tail: int = 0,
+    shard: slice | None = None,
+    sde_mask: Sequence[bool] | None = None,
+) -> Rollout:
+    """Sample ``group_size`` trajectories for each of the B conditions.
+
+    ``sde_mask`` (one bool per step; default: SDE on all but the last ``ode_tail`` steps)
+    says which steps are SDE steps (noise, log-prob, trainable); the others are
+    deterministic Euler steps (log-prob NaN). With ``same_noise`` the group's samples are
+    identical up to the first SDE step, so that ODE prefix is computed once per group and
+    shared (Flow-GRPO-Fast's branching). ``eta > 0`` is required.
+
+    ``micro_batch_size`` bounds how many samples go through the model at once.
+    ``shard``: this process draws only ``samples[shard]`` of the ``B * group_size`` samples
+    (data parallelism; a group may straddle processes). The noise of every SDE step is drawn
+    for all samples at once from ``generator`` and sliced, so a sample is the same whatever
+    the number of processes or the micro-batch size; ``group_ids`` stay global.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if eta <= 0:
+        raise ValueError(
+            "GRPO rollouts need eta > 0: with eta = 0 the step is deterministic (Euler)"
+        )
+    num_groups = condition.batch_size
+    if num_groups == 0:
+        raise ValueError("empty batch: a rollout needs at least one (reference, prompt) pair")
+    steps = len(sigmas) - 1
+    if sde_mask is None:
+        if not 0 <= ode_tail < steps:
+            raise ValueError(f"ode_tail={ode_tail} must be in [0, {steps - 1}] for {steps} steps")
+        sde_mask = [t < steps - ode_tail for t in range(steps)]
+    mask = [bool(m) for m in sde_mask]
+    if len(mask) != steps or not any(mask):
+        raise ValueError(f"sde_mask needs {steps} entries with at least one SDE step: {mask}")
+    shard = shard or slice(0, num_groups * group_size)
+    cond = condition.repeat_interleave(group_size).index(shard)
+    x = initial_noise(policy, num_groups, group_size, same_noise, generator)
+    total = x.shape[0]
+    x = x[shard]
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"shard {shard} of {total} samples is empty")
+    mb = micro_batch_size or n
+    group_ids = torch.arange(num_groups, device=x.device).repeat_interleave(group_size)[shard]
+    latents = torch.empty((steps + 1, *x.shape), dtype=x.dtype, device=x.device)
+    log_probs = torch.full((steps, n), float("nan"), dtype=torch.float32, device=x.device)
+    latents[0] = x
+    prefix = mask.index(True) if same_noise else 0
+    if prefix:  # the group's shared ODE prefix, once per group of this shard
+        groups, inverse = torch.unique(group_ids, return_inverse=True)
+        first = torch.searchsorted(group_ids, groups)  # a sample of each group
+        # as many groups on every process (equal shards of n samples overlap at most
+        # ceil(n / G) + 1 groups; the last is repeated), so that a sharded (FSDP) policy
+        # makes the same forward passes everywhere
+        pad = -(-n // group_size) + 1 - len(groups)
+        groups = torch.cat([groups, groups[-1:].repeat(pad)])
+        first = torch.cat([first, first[-1:].repeat(pad)])
+        xg = _ode(policy, condition.index(groups), sigmas, x[first], mb, prefix, latents, inverse)
+        latents[prefix] = xg[inverse]
+    for t in range(prefix, steps):
+        s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+        noise = None
+        if mask[t]:  # one draw for the whole step, all processes' samples
+            full = (total, *x.shape[1:])
+            noise = draw_noise(full, compute_dtype(x), generator, x.device)[shard]
+        for lo in range(0, n, mb):
+            sl = slice(lo, lo + mb)
+            xb = latents[t, sl]
+            v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
+            if not mask[t]:
+                latents[t + 1, sl] = euler_step(xb, v, s, s_next)
+                continue
+            nxt, logp, _, _ = sde_step(xb, v, s, s_next, eta, kind=kind, noise=noise[sl])
+            latents[t + 1, sl] = nxt
+            log_probs[t, sl] = logp
+    sde_steps = tuple(t for t in range(steps) if mask[t])
+    return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids, sde_steps)
+
+
+def _ode(
+    policy: Policy,
+    condition: Condition,
+    sigmas: torch.Tensor,
+    x: torch.Tensor,
+    mb: int,
+    steps: int,
+    latents: torch.Tensor,
+    inverse: torch.Tensor,
+) -> torch.Tensor:
+    """The first ``steps`` Euler steps of ``x`` (one latent per group); each step's result
+    is recorded for every sample (``latents[t + 1] = x[inverse]``). Returns the last."""
+    for t in range(steps):
+        s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+        out = torch.empty_like(x)
+        for lo in range(0, x.shape[0], mb):
+            sl = slice(lo, lo + mb)
+            v = policy.velocity(x[sl], torch.full((len(x[sl]),), s, device=x.device),
+                                condition.index(sl))  # fmt: skip
+            out[sl] = euler_step(x[sl], v, s, s_next)
+        x = out
+        if t + 1 < steps:
+            latents[t + 1] = x[inverse]
+    return x
+
+
+@torch.no_grad()
+def sample_ode(
+    policy: Policy,
+    condition: Condition,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    micro_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Deterministic Euler sampling (eta = 0) from given noise (evaluation, ``cgrpo sample``)."""
+    x = noise.to(policy.device)
+    n = x.shape[0]
+    mb = micro_batch_size or n
+    out = torch.empty_like(x)
+    for lo in range(0, n, mb):
+        sl = slice(lo, lo + mb)
+        xb, cb = x[sl], condition.index(sl)
+        for t in range(len(sigmas) - 1):
+            s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+            v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cb)
+            xb = euler_step(xb, v, s, s_next)
+        out[sl] = xb
+    return out

@@ -1,0 +1,1 @@
+"""Floor 9: the training loop and what it keeps: train state (checkpoints), EMA, preemption."""

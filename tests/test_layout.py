@@ -1,0 +1,121 @@
+"""The package layout: imports point down the floors, and no module imports itself back.
+
+Every ``import`` of every module under ``src/cgrpo`` is read with :mod:`ast` (lazy imports
+inside functions included), so a new arrow that runs up a floor fails here, naming it.
+The floors are the table in README.md ("Where things are") and docs/trainer.md.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "cgrpo"
+
+#: package (or top-level module) -> floor; a module may import its own package and any
+#: package on a lower floor, nothing on its own floor or above.
+FLOORS = {
+    "io": 0,
+    "config": 1,
+    "world": 2,
+    "data": 3,
+    "policies": 4,
+    "rewards": 4,
+    "sampling": 5,
+    "method": 6,
+    "run": 7,
+    "eval": 8,
+    "train": 9,
+    "experiments": 10,
+    "cli": 10,
+    "docs": 10,
+    "__main__": 11,
+    "__init__": 0,
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    """The cgrpo modules ``path`` imports (``from cgrpo.x import y`` counts ``cgrpo.x.y``
+    when that is a module, else ``cgrpo.x``)."""
+    mods = _modules()
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "cgrpo"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            if base.split(".")[0] != "cgrpo":
+                continue
+            for a in node.names:
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base)
+    return {m for m in found if m in mods}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+GRAPH = {name: _imports(path, name) for name, path in _modules().items()}
+
+
+def test_every_package_has_a_floor():
+    unknown = sorted({_package(m) for m in GRAPH} - set(FLOORS))
+    assert not unknown, f"packages without a floor in tests/test_layout.py: {unknown}"
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_point_down(module: str):
+    here = _package(module)
+    up = [
+        m
+        for m in sorted(GRAPH[module])
+        if _package(m) != here and FLOORS[_package(m)] >= FLOORS[here]
+    ]
+    assert not up, f"{module} (floor {FLOORS[here]}) imports {up}: a floor at or above its own"
+
+
+def test_no_import_circle():
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(GRAPH[m]):
+            if n == m or (m == "cgrpo" or n == "cgrpo"):
+                continue
+            if state.get(n) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(n) :] + [n]))
+            if n not in state:
+                visit(n)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+def test_the_checker_sees_lazy_and_upward_imports(tmp_path: Path):
+    """The reader itself: a lazy import inside a function is seen, and an arrow from a
+    lower floor to a higher one is one the test above would name."""
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from cgrpo.train.trainer import GRPOTrainer\n")
+    assert _imports(f, "cgrpo.io.m") == {"cgrpo.train.trainer"}
+    assert FLOORS[_package("cgrpo.train.trainer")] > FLOORS[_package("cgrpo.io.m")]
