@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from cgrpo.config.core import load_config
-from cgrpo.policies.flux import FluxPolicy
+from cgrpo.policies.flux.policy import FluxPolicy
 from cgrpo.policies.random_flux import random_flux
 from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist, launched_world_size

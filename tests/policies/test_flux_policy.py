@@ -22,14 +22,9 @@ from cgrpo.method.loss import grpo_loss  # noqa: E402
 from cgrpo.method.shaping import sars  # noqa: E402
 from cgrpo.method.weighting import make_weighting  # noqa: E402
 from cgrpo.policies.base import Policy  # noqa: E402
-from cgrpo.policies.flux import (  # noqa: E402
-    FluxConfig,
-    FluxPolicy,
-    FluxWeightsError,
-    pack_latents,
-    position_ids,
-    unpack_latents,
-)
+from cgrpo.policies.flux.config import FluxConfig, FluxWeightsError  # noqa: E402
+from cgrpo.policies.flux.latents import pack_latents, position_ids, unpack_latents  # noqa: E402
+from cgrpo.policies.flux.policy import FluxPolicy  # noqa: E402
 from cgrpo.sampling.rollout import sample_groups  # noqa: E402
 from cgrpo.sampling.sde import sde_step, sigma_schedule  # noqa: E402
 from tests.conftest import PROMPTS  # noqa: E402

@@ -1,5 +1,5 @@
-"""Policies: the one protocol through which a generator enters the trainer."""
+"""Policies: the one protocol through which a generator enters the trainer
+(:mod:`cgrpo.policies.base`), the embedded tiny generator, and the FLUX family.
 
-from cgrpo.policies.base import Condition, Policy
-
-__all__ = ["Condition", "Policy"]
+Importing this package imports nothing: import the names from their modules.
+"""

@@ -107,7 +107,7 @@ def random_flux(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Components for :class:`~cgrpo.policies.flux.FluxPolicy` (its keyword arguments
+    """Components for :class:`~cgrpo.policies.flux.policy.FluxPolicy` (its keyword arguments
     ``transformer, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2``), created
     directly in ``dtype`` on ``device`` (the full transformer is 23.8 GB in bf16)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel

@@ -42,7 +42,9 @@ def build_policy(
         return EmbeddedPolicy(
             weights=m.weights, device=device, keep_reference=keep_reference, lora=lora
         )
-    from cgrpo.policies.flux import FluxPolicy  # KL reference = the same model, LoRA disabled
+    from cgrpo.policies.flux.policy import (
+        FluxPolicy,  # KL reference = the same model, LoRA disabled
+    )
 
     return FluxPolicy(cfg.flux, device=device, transformer_device="cpu" if shard_later else None)
 

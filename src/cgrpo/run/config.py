@@ -19,7 +19,7 @@ from cgrpo.config.core import option
 from cgrpo.method.objective import GRPOObjective, Objective
 from cgrpo.method.shaping import SARSShaping, Shaping
 from cgrpo.method.weighting import StaticWeights, TimeAwareWeights, Weighting
-from cgrpo.policies.flux import FluxConfig
+from cgrpo.policies.flux.config import FluxConfig
 from cgrpo.rewards.set import canonical_rewards
 from cgrpo.sampling.schedule import FullSchedule, Schedule
 

@@ -19,23 +19,6 @@ Modules, each documenting its part:
   context, sign conventions (``timestep = sigma`` gives ``v = noise - x0``), guidance and
   the reference policy (the same transformer with the LoRA disabled).
 
-Importing this package is cheap: diffusers, transformers and peft are imported only
-where a policy is built or a LoRA file is merged.
+Importing this package imports nothing (no torch): the config reads :class:`FluxConfig`
+without loading a model library; import the names from their modules.
 """
-
-from cgrpo.policies.flux.config import DEFAULT_LORA_TARGETS, FluxConfig, FluxWeightsError
-from cgrpo.policies.flux.latents import pack_latents, position_ids, unpack_latents
-from cgrpo.policies.flux.lora import load_lora, save_lora
-from cgrpo.policies.flux.policy import FluxPolicy
-
-__all__ = [
-    "DEFAULT_LORA_TARGETS",
-    "FluxConfig",
-    "FluxPolicy",
-    "FluxWeightsError",
-    "load_lora",
-    "pack_latents",
-    "position_ids",
-    "save_lora",
-    "unpack_latents",
-]

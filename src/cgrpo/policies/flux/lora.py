@@ -197,7 +197,7 @@ def merge_lora(transformer: torch.nn.Module, path: str | Path) -> int:
     ``FluxLoraLoaderMixin.lora_state_dict`` converts (diffusers/peft, kohya, XLabs:
     UNO's ``dit_lora.safetensors`` uses XLabs-style ``processor.qkv_lora`` keys).
     Returns how many linear layers were changed. Must run before the trainable LoRA
-    is injected (:class:`~cgrpo.policies.flux.FluxPolicy` does so for ``start_lora``).
+    is injected (:class:`~cgrpo.policies.flux.policy.FluxPolicy` does so for ``start_lora``).
     """
     from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
     from safetensors.torch import load_file

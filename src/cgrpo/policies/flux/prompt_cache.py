@@ -4,7 +4,7 @@ One safetensors file per prompt in ``FluxConfig.prompt_cache_dir``, named by
 ``sha256(max_sequence_length, prompt)``, holding ``prompt_embeds`` (L, D) and
 ``pooled_prompt_embeds`` (P,); the prompt itself is in the metadata. The key does not
 name the text encoders: use one folder per text-encoder pair. A run whose prompts are
-all cached never loads T5 at all (:class:`~cgrpo.policies.flux.FluxPolicy` loads the
+all cached never loads T5 at all (:class:`~cgrpo.policies.flux.policy.FluxPolicy` loads the
 text encoders on the first miss).
 """
 
