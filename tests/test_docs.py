@@ -4,7 +4,7 @@ from pathlib import Path
 
 from cgrpo.config.core import undocumented_keys
 from cgrpo.docs import configuration_markdown
-from cgrpo.eval.protocol import EvalConfig
+from cgrpo.eval.config import EvalConfig
 from cgrpo.run.config import TrainConfig
 from cgrpo.world.pretrain import PretrainConfig
 

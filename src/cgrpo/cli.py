@@ -2,59 +2,91 @@
 
 Every command takes ``key=value`` overrides of its typed config (``section.key=value``
 for nested keys); ``--help`` lists every key with its default, unit and meaning.
+
+A command's config is read and checked before anything heavy loads: the config classes of
+``train`` and ``eval`` import no torch (:mod:`cgrpo.config.lazy`), and each command's
+modules are imported only when it runs, so a bad key is answered at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cgrpo.config.core import ConfigError, describe_config, load_config
 
+__all__ = ["main"]
 
-def _parser(name: str, help_text: str, config_cls: type, sub: argparse._SubParsersAction):
+#: The config class of each command that has one, as "module:name" (imported on use).
+CONFIG_CLASSES = {
+    "train": "cgrpo.run.config:TrainConfig",
+    "pretrain": "cgrpo.world.pretrain:PretrainConfig",
+    "eval": "cgrpo.eval.config:EvalConfig",
+}
+
+#: What a command may raise for a bad input: one line, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
+
+
+def _config_class(command: str) -> type:
+    module, name = CONFIG_CLASSES[command].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser whose epilog (every config key) is built only for ``--help``,
+    so that parsing a command never imports another command's config."""
+
+    def __init__(self, *args: Any, config_of: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config_of = config_of
+
+    def format_help(self) -> str:
+        if self.config_of is not None and self.epilog is None:
+            keys = describe_config(_config_class(self.config_of))
+            self.epilog = "config keys (override with key=value):\n" + keys
+        return super().format_help()
+
+
+def _command(sub: argparse._SubParsersAction, name: str, help_text: str, **kw: Any) -> Any:
     p = sub.add_parser(
         name,
-        help=help_text,
+        help=kw.pop("summary", help_text),
         description=help_text,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (override with key=value):\n" + describe_config(config_cls),
+        config_of=name if name in CONFIG_CLASSES else None,
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    if name in CONFIG_CLASSES:
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from cgrpo.eval.protocol import EvalConfig
-    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
-    from cgrpo.world.pretrain import PretrainConfig
-
-    ap = argparse.ArgumentParser(
-        prog="cgrpo",
-        description="Customized-GRPO: RL fine-tuning of subject-driven image generators.",
-    )
-    sub = ap.add_subparsers(dest="command", required=True)
-    tp = _parser(
+def _add_train_and_pretrain(sub: argparse._SubParsersAction) -> None:
+    tp = _command(
+        sub,
         "train",
         "Train with Customized-GRPO (GRPO + SARS + TDW). With no --config: the embedded "
         "CPU world (cgrpo/configs/embedded.yaml).",
-        TrainConfig,
-        sub,
     )
     tp.add_argument("--config", type=Path, default=None, help="YAML config file")
     tp.add_argument("--resume", action="store_true", help="continue the run in run.out_dir")
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
-    _parser(
-        "pretrain", "Pretrain the embedded base generator (flow matching).", PretrainConfig, sub
-    )
-    sp = sub.add_parser(
+    _command(sub, "pretrain", "Pretrain the embedded base generator (flow matching).")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    sp = _command(
+        sub,
         "sample",
-        help="Images for given references + prompts from a run or the base model.",
-        description="Generate images with the embedded generator (base weights or a run's "
-        "latest checkpoint: its EMA weights when it has them, sampled with the run's sampler "
+        "Generate images with the embedded generator (base weights or a run's latest "
+        "checkpoint: its EMA weights when it has them, sampled with the run's sampler "
         "settings). A reference is an embedded subject name (colour-pattern-shape, e.g. "
         "red-hstripes-circle) or an image file.",
+        summary="Images for given references + prompts from a run or the base model.",
     )
     sp.add_argument("--run", type=Path, default=None, help="run folder (its latest checkpoint)")
     sp.add_argument("--weights", type=Path, default=None, help="generator safetensors")
@@ -73,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     sp.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid")
 
-    ep = _parser(
+
+def _add_eval_and_compare(sub: argparse._SubParsersAction) -> None:
+    ep = _command(
+        sub,
         "eval",
         "Evaluate a run (its latest checkpoint) or a base model on a benchmark protocol: "
         "DreamBench (30 subjects x 25 prompts) or the embedded held-out subjects. Resumable; "
         "writes images, metrics.csv/json, per_subject.md and grid.png into out_dir.",
-        EvalConfig,
-        sub,
     )
     ep.add_argument("--run", type=Path, default=None, help="cgrpo train run folder")
     ep.add_argument("--config", type=Path, default=None, help="eval config YAML (keys below)")
@@ -91,15 +124,95 @@ def main(argv: list[str] | None = None) -> int:
         "default: the embedded world)",
     )
     ep.add_argument("--quiet", action="store_true", help="no progress bar")
-    cp = sub.add_parser(
+    cp = _command(
+        sub,
         "compare",
-        help="Table and identity-vs-prompt scatter of several runs.",
-        description="Compare cgrpo train run folders and/or cgrpo eval folders: a table and "
-        "the paper's scatter (identity x, prompt following y, base marked).",
+        "Compare cgrpo train run folders and/or cgrpo eval folders: a table and the paper's "
+        "scatter (identity x, prompt following y, base marked).",
+        summary="Table and identity-vs-prompt scatter of several runs.",
     )
     cp.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run or eval folders")
     cp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cgrpo`` parser: one sub-command each for train, pretrain, sample, eval, compare."""
+    ap = argparse.ArgumentParser(
+        prog="cgrpo",
+        description="Customized-GRPO: RL fine-tuning of subject-driven image generators.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    _add_train_and_pretrain(sub)
+    _add_sample(sub)
+    _add_eval_and_compare(sub)
+    return ap
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+
+    path = args.config if args.config is not None else EMBEDDED_CONFIG
+    cfg = load_config(TrainConfig, path, args.overrides)  # checked before torch loads
+    from cgrpo.eval.summary import summary_table
+    from cgrpo.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from cgrpo.train.trainer import GRPOTrainer
+
+    try:
+        summary = GRPOTrainer(cfg).train(resume=args.resume, quiet=args.quiet)
+    except Preempted as e:
+        print(f"cgrpo train: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    base, trained, truth = (summary.get(k) for k in ("base", "trained", "truth"))
+    print(summary_table(base, trained, "trained", truth))
+    print(f"run folder: {cfg.run.out_dir}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from cgrpo.world.pretrain import PretrainConfig, pretrain
+
+    print(f"wrote {pretrain(load_config(PretrainConfig, None, args.overrides))}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from cgrpo.eval.sample import sample_command
+
+    sample_command(args)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from cgrpo.eval.config import EvalConfig
+
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    from cgrpo.eval.protocol import eval_command
+
+    print(eval_command(cfg, args.run, args.model_config, args.quiet))
+    print(f"wrote {cfg.out_dir}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cgrpo.eval.compare import compare_command
+
+    print(compare_command(args.runs, args.out))
+    print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _train,
+    "pretrain": _pretrain,
+    "sample": _sample,
+    "eval": _eval,
+    "compare": _compare,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a bad input is one line on stderr and exit code 2."""
+    ap = build_parser()
     # key=value overrides may come before and after flags (`run.steps=5 --quiet run.seed=2`)
     args, extra = ap.parse_known_args(argv)
     if extra:
@@ -107,45 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     try:
-        if args.command == "train":
-            from cgrpo.eval.summary import summary_table
-            from cgrpo.train.preemption import PREEMPTED_EXIT_CODE, Preempted
-            from cgrpo.train.trainer import GRPOTrainer
-
-            path = args.config if args.config is not None else EMBEDDED_CONFIG
-            cfg = load_config(TrainConfig, path, args.overrides)
-            try:
-                summary = GRPOTrainer(cfg).train(resume=args.resume, quiet=args.quiet)
-            except Preempted as e:
-                print(f"cgrpo train: {e}", file=sys.stderr)
-                return PREEMPTED_EXIT_CODE
-            print(summary_table(summary.get("base"), summary.get("trained"), "trained",
-                                summary.get("truth")))  # fmt: skip
-            print(f"run folder: {cfg.run.out_dir}")
-        elif args.command == "pretrain":
-            from cgrpo.world.pretrain import pretrain
-
-            cfg = load_config(PretrainConfig, None, args.overrides)
-            print(f"wrote {pretrain(cfg)}")
-        elif args.command == "sample":
-            from cgrpo.eval.sample import sample_command
-
-            sample_command(args)
-        elif args.command == "eval":
-            from cgrpo.eval.protocol import eval_command
-
-            cfg = load_config(EvalConfig, args.config, args.overrides)
-            print(eval_command(cfg, args.run, args.model_config, args.quiet))
-            print(f"wrote {cfg.out_dir}")
-        elif args.command == "compare":
-            from cgrpo.eval.compare import compare_command
-
-            print(compare_command(args.runs, args.out))
-            print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as e:
         print(f"cgrpo {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from cgrpo.config.core import config_markdown_table
-from cgrpo.eval.protocol import EvalConfig
+from cgrpo.eval.config import EvalConfig
 from cgrpo.run.config import TrainConfig
 from cgrpo.world.pretrain import PretrainConfig
 
@@ -24,7 +24,7 @@ def configuration_markdown() -> str:
         + config_markdown_table(TrainConfig)
         + "\n\n## `cgrpo pretrain` (`cgrpo.world.pretrain.PretrainConfig`)\n\n"
         + config_markdown_table(PretrainConfig)
-        + "\n\n## `cgrpo eval` (`cgrpo.eval.protocol.EvalConfig`)\n\n"
+        + "\n\n## `cgrpo eval` (`cgrpo.eval.config.EvalConfig`)\n\n"
         "The model comes from `--run` (a train run folder: its config and latest checkpoint)\n"
         "or `--config` (a train config: the base model). See [evaluation.md](evaluation.md).\n\n"
         + config_markdown_table(EvalConfig)

@@ -475,7 +475,8 @@ def test_one_default_of_held_out_prompts_per_subject() -> None:
     """Defect: the defaults disagreed (8 in data.py, 16 in DataConfig, 32 in the YAML)."""
     from cgrpo.config.core import load_config
     from cgrpo.data.base import EmbeddedData
-    from cgrpo.eval.protocol import EvalConfig, protocol_pairs
+    from cgrpo.eval.config import EvalConfig
+    from cgrpo.eval.protocol import protocol_pairs
     from cgrpo.run.config import EMBEDDED_CONFIG, DataConfig, TrainConfig
 
     shipped = load_config(TrainConfig, EMBEDDED_CONFIG, [])

@@ -37,15 +37,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from cgrpo.config.core import load_config, option
+from cgrpo.config.core import load_config
 from cgrpo.data.references import reward_view
+from cgrpo.eval.config import EvalConfig
 from cgrpo.eval.evaluator import (
     EvalError,
     EvalPairs,
@@ -65,43 +65,7 @@ from cgrpo.rewards.set import RewardSet, parse_rewards
 from cgrpo.run.build import build_policy, keeps_aspect
 from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 
-__all__ = ["EvalConfig", "EvalError", "build_metrics", "evaluate_protocol", "eval_command"]
-
-
-@dataclass
-class EvalConfig:
-    protocol: Literal["embedded", "dreambench"] = option(
-        "embedded", "pairs: 'embedded' held-out subjects or 'dreambench' (30 x 25)"
-    )
-    root: str = option("../shared/data/dreambench", "dreambench: the DreamBench folder")
-    prompts_per_subject: int = option(
-        0,
-        "prompts per subject (0: the run's data.eval_prompts_per_subject on the embedded "
-        "world, all 25 on DreamBench)",
-    )
-    images_per_pair: int = option(
-        0,
-        "images drawn per pair, each from its own noise (0: the run's data.eval_noises)",
-        unit="images",
-    )
-    seed: int | None = option(None, "seed of the per-image noise (null: the run's data.eval_seed)")
-    steps: int = option(
-        0, "sampler steps (0: the run's run.eval_steps, else sampler.num_steps)", unit="steps"
-    )
-    batch_size: int = option(
-        0, "images drawn and scored per batch (0: the run's run.eval_batch_size)", unit="images"
-    )
-    out_dir: str = option("runs/eval", "output folder (images, metrics, grid)")
-    base: bool = option(False, "also evaluate the starting policy, under out_dir/base")
-    ema: bool = option(True, "evaluate the checkpoint's EMA weights when it has them")
-    metrics: dict[str, Any] = option(
-        {},
-        "columns: name -> {kind: reward registry name, ...its options}; empty: the "
-        "protocol's defaults (embedded: the run's rewards; DreamBench: offline identity "
-        "'effnet')",
-    )
-    identity_column: str = option("", "the identity column cgrpo compare plots (x)")
-    prompt_column: str = option("", "the prompt-following column cgrpo compare plots (y)")
+__all__ = ["EvalError", "build_metrics", "evaluate_protocol", "eval_command"]
 
 
 FIXED_COLUMNS = ("subject", "prompt_index", "prompt_text", "sample", "file")  # metrics.csv

@@ -5,8 +5,15 @@ optional KL penalty to a frozen reference policy, and DiffusionNFT's forward-pro
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+from cgrpo.config.lazy import lazy_import
+
+torch = lazy_import("torch")
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
 
 __all__ = ["grpo_loss", "kl_penalty", "nft_loss", "optimality"]
 

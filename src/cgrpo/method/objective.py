@@ -30,24 +30,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cgrpo.config.core import option
+from cgrpo.config.lazy import lazy_import
 from cgrpo.config.registry import Registry
 from cgrpo.method.loss import grpo_loss, kl_penalty, nft_loss, optimality
-from cgrpo.policies.base import Condition
-from cgrpo.sampling.rollout import Rollout
 from cgrpo.sampling.sde import sde_step
+
+torch = lazy_import("torch")
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cgrpo.policies.base import Condition
+    from cgrpo.sampling.rollout import Rollout
 
 __all__ = ["OBJECTIVES", "Objective", "GRPOObjective", "NFTObjective", "LossContext"]
 
 #: The objective family: kind name -> class.
 OBJECTIVES = Registry("objective")
 
-Velocity = Callable[[Tensor, Tensor, Condition], Tensor]
+#: The trained velocity ``v(x, sigma, condition)`` (through DDP when several processes).
+Velocity = Callable[["Tensor", "Tensor", "Condition"], "Tensor"]
 
 
 @dataclass

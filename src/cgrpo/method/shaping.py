@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar
 
 from cgrpo.config.core import option
+from cgrpo.config.lazy import lazy_import
 from cgrpo.config.registry import Registry
+
+torch = lazy_import("torch")
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "SYNERGY",

@@ -21,13 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cgrpo.config.core import option
+from cgrpo.config.lazy import lazy_import
 from cgrpo.config.registry import Registry
+
+torch = lazy_import("torch")
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "Weighting",

@@ -22,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from cgrpo.config.core import option
+from cgrpo.config.lazy import lazy_import
 from cgrpo.config.registry import Registry
+
+torch = lazy_import("torch")
 
 __all__ = [
     "SCHEDULES",

@@ -17,9 +17,15 @@ All functions are pure: no global state, randomness only through an explicit
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from cgrpo.config.lazy import lazy_import
+
+torch = lazy_import("torch")
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
 
 __all__ = ["SDE_KINDS", "sigma_schedule", "euler_step", "sde_step"]
 
