@@ -179,7 +179,7 @@ def test_three_rewards_linear_and_sars_on_the_pair() -> None:
     # another pair: the bonus moves with it
     other = SARSShaping()(adv, w, ("identity", "colour"))
     torch.testing.assert_close(other, expected_lin + sars_bonus(a, adv["colour"], 0.4))
-    with pytest.raises(ValueError, match="pair reward 'hps'"):
+    with pytest.raises(ValueError, match=r"method.shaping=sars needs .*\['hps'\] missing"):
         SARSShaping()(adv, w, ("identity", "hps"))
     with pytest.raises(ValueError, match="no weight"):
         weighted_sum(adv, {"identity": 1.0})

@@ -118,7 +118,7 @@ def test_tdw_sets_the_pair_and_leaves_other_rewards_static() -> None:
     # the roles follow the pair's order: (identity role, prompt role)
     w = tdw.step_weights(0, 25, base, ("colour", "identity"))
     assert (w["colour"], w["identity"], w["prompt"]) == (*tdw.weights(0, 25), 1.0)
-    with pytest.raises(ValueError, match="TDW role reward 'hps'"):
+    with pytest.raises(ValueError, match=r"method.weighting=tdw needs .*\['hps'\] missing"):
         tdw.step_weights(0, 25, base, ("identity", "hps"))
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 from cgrpo.config.core import option
 from cgrpo.config.lazy import lazy_import
 from cgrpo.config.registry import Registry
+from cgrpo.method.pair import DEFAULT_PAIR, check_pair
 
 torch = lazy_import("torch")
 
@@ -181,7 +182,7 @@ class LinearShaping(Shaping):
         self,
         advantages: Mapping[str, Tensor],
         weights: Mapping[str, float | Tensor],
-        pair: tuple[str, str] = ("identity", "prompt"),
+        pair: tuple[str, str] = DEFAULT_PAIR,
     ) -> Tensor:
         return weighted_sum(advantages, weights)
 
@@ -202,15 +203,10 @@ class SARSShaping(Shaping):
         self,
         advantages: Mapping[str, Tensor],
         weights: Mapping[str, float | Tensor],
-        pair: tuple[str, str] = ("identity", "prompt"),
+        pair: tuple[str, str] = DEFAULT_PAIR,
     ) -> Tensor:
+        check_pair(pair, advantages, needed_by="method.shaping=sars")
         a, b = pair
-        for name in pair:
-            if name not in advantages:
-                raise ValueError(
-                    f"SARS pair reward {name!r} is not among the rewards {list(advantages)}; "
-                    "set method.pair to two of them"
-                )
         return weighted_sum(advantages, weights) + sars_bonus(
             advantages[a], advantages[b], self.gamma
         )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cgrpo.config.core import option
 from cgrpo.config.lazy import lazy_import
 from cgrpo.config.registry import Registry
+from cgrpo.method.pair import DEFAULT_PAIR, check_pair
 
 torch = lazy_import("torch")
 
@@ -105,7 +106,7 @@ class StaticWeights(Weighting):
         step_index: int,
         num_steps: int,
         base: Mapping[str, float],
-        pair: tuple[str, str] = ("identity", "prompt"),
+        pair: tuple[str, str] = DEFAULT_PAIR,
     ) -> dict[str, float]:
         """``{name: weight}``; ``step_index`` is only validated (``0 <= t < num_steps``)."""
         _check_step(step_index, num_steps)
@@ -196,16 +197,11 @@ class TimeAwareWeights(Weighting):
         step_index: int,
         num_steps: int,
         base: Mapping[str, float],
-        pair: tuple[str, str] = ("identity", "prompt"),
+        pair: tuple[str, str] = DEFAULT_PAIR,
     ) -> dict[str, float]:
         """``base`` with the pair's weights replaced by :meth:`weights` at step ``t``:
         ``pair[0]`` (identity) gets ``w_id``, ``pair[1]`` (prompt) gets ``w_prompt``."""
-        for name in pair:
-            if name not in base:
-                raise ValueError(
-                    f"TDW role reward {name!r} is not among the rewards {list(base)}; "
-                    "set method.pair to the (identity, prompt) rewards"
-                )
+        check_pair(pair, base, needed_by="method.weighting=tdw")
         w_id, w_prompt = self.weights(step_index, num_steps)
         return {**dict(base), pair[0]: w_id, pair[1]: w_prompt}
 

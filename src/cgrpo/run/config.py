@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from cgrpo.config.core import option
 from cgrpo.method.objective import GRPOObjective, Objective
+from cgrpo.method.pair import DEFAULT_PAIR, check_pair
 from cgrpo.method.shaping import SARSShaping, Shaping
 from cgrpo.method.weighting import StaticWeights, TimeAwareWeights, Weighting
 from cgrpo.policies.flux.config import FluxConfig
@@ -149,7 +150,7 @@ class MethodConfig:
         "soft-updated old policy; docs/objectives.md)",
     )
     pair: tuple[str, str] = option(
-        ("identity", "prompt"),
+        DEFAULT_PAIR,
         "the two competing rewards as (identity role, prompt role): SARS's bonus pair, "
         "TDW's roles and the synergy / conflict / joint-failure diagnostics",
     )
@@ -263,15 +264,11 @@ class TrainConfig:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
         self.rewards = canonical_rewards(self.rewards)
         m = self.method
+        if m.pair[0] == m.pair[1]:
+            raise ValueError(f"method.pair must name two different rewards, got {list(m.pair)}")
         if isinstance(m.weighting, StaticWeights):
             m.weighting.check_names(self.rewards)
-        if m.pair[0] == m.pair[1]:
-            raise ValueError(f"method.pair must name two different rewards, got {m.pair}")
         for what in (m.shaping, m.weighting):
-            missing = [n for n in m.pair if n not in self.rewards]
-            if what.uses_pair() and missing:
-                raise ValueError(
-                    f"method.{what.registry.family}={what.kind} needs the rewards of "
-                    f"method.pair {list(m.pair)}; {missing} missing from rewards "
-                    f"{list(self.rewards)}"
-                )
+            if what.uses_pair():
+                strategy = f"method.{what.registry.family}={what.kind}"
+                check_pair(m.pair, self.rewards, needed_by=strategy)
