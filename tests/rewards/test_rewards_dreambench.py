@@ -107,7 +107,7 @@ def test_effnet_identity_auc_without_segmentation(photos: tuple) -> None:
 @pytest.fixture(scope="module")
 def masks(photos: tuple) -> torch.Tensor:
     """U2-Net-p soft masks (60, SIZE, SIZE) of the photos, computed once."""
-    from cgrpo.rewards.segment import U2NetPSegmenter
+    from cgrpo.rewards.u2netp import U2NetPSegmenter
 
     seg = U2NetPSegmenter()
     m = seg(photos[0])
@@ -156,7 +156,7 @@ def test_effnet_u2netp_identity_auc_and_call_path(photos: tuple, masks: torch.Te
 
 def test_missing_offline_weights_messages(tmp_path: Path) -> None:
     from cgrpo.rewards.effnet import find_effnet_weights
-    from cgrpo.rewards.segment import find_u2netp
+    from cgrpo.rewards.u2netp import find_u2netp
 
     with pytest.raises(FileNotFoundError) as e:
         find_effnet_weights(tmp_path)

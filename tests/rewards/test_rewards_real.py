@@ -19,13 +19,7 @@ from cgrpo.io.images import load_image, resize_center_crop
 from cgrpo.rewards import REWARDS, make_reward
 from cgrpo.rewards.hf import check_hf_folder, pooled
 from cgrpo.rewards.images import EmbeddingCache
-from cgrpo.rewards.segment import (
-    SEGMENTERS,
-    crop_to_mask,
-    make_segmenter,
-    mask_boxes,
-    register_segmenter,
-)
+from cgrpo.rewards.segment import SEGMENTERS, crop_to_mask, make_segmenter, mask_boxes
 
 transformers = pytest.importorskip("transformers")
 
@@ -430,7 +424,7 @@ def test_pluggable_segmenters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     x = torch.rand(2, 3, 8, 10)
 
     # a registered name
-    @register_segmenter("test_centre_box")
+    @SEGMENTERS.register("test_centre_box")
     def _factory(side: int = 4) -> object:
         def seg(images: torch.Tensor) -> torch.Tensor:
             m = torch.zeros(images.shape[0], *images.shape[2:])
@@ -443,7 +437,7 @@ def test_pluggable_segmenters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         s = make_segmenter("test_centre_box", side=2)
         assert s is not None and s(x).sum().item() == 2 * 4
     finally:
-        SEGMENTERS.pop("test_centre_box")
+        del SEGMENTERS.kinds["test_centre_box"]
 
     # an import string "module:attribute" (class or factory)
     mod = types.ModuleType("my_local_segmenter")
@@ -461,7 +455,7 @@ def test_pluggable_segmenters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert bad is not None
     with pytest.raises(ValueError, match="expected"):
         bad(x)
-    with pytest.raises(ValueError, match="unknown segmenter"):
+    with pytest.raises(ValueError, match="unknown segmenter kind 'sam-huge'; valid kinds: none"):
         make_segmenter("sam-huge")
     with pytest.raises(ValueError, match="cannot import"):
         make_segmenter("no_such_module_xyz:seg")
@@ -570,7 +564,7 @@ def test_hpsv3_in_process_and_isolated_worker(
 def test_model_files_found_from_path_or_installed_package(tmp_path: Path) -> None:
     from cgrpo.rewards.effnet import WEIGHTS_FILE
     from cgrpo.rewards.effnet import find_effnet_weights as find_weights
-    from cgrpo.rewards.segment import find_u2netp
+    from cgrpo.rewards.u2netp import find_u2netp
 
     packaged = find_weights(None)  # the pip package's copy
     assert packaged.name == WEIGHTS_FILE and packaged.is_file()
@@ -592,5 +586,5 @@ def test_rewards_follow_the_policy_device_unless_told() -> None:
     assert str(make_reward_on("effnet", "cpu:0", device="cpu").device) == "cpu"
     # the embedded rewards take no device (they work where the images are)
     assert make_reward_on("embedded_identity", "cpu").name == "embedded_identity"
-    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+    with pytest.raises(ValueError, match="unknown reward kind 'nope'"):
         make_reward_on("nope", "cpu")

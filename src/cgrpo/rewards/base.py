@@ -9,36 +9,39 @@ A reward model is called on a batch and returns one float per image::
 - ``references``: float tensor (B, 3, H', W') in [0, 1], each image's reference.
 
 Rewards run under ``torch.no_grad``; they never see the generator's hidden state. A
-reward that ignores ``references`` may say so with ``uses_references = False`` (HPS-v3,
-CLIP-T, the VLM judge's prompt rubric): with several references per image, the reward set
-then calls it once instead of once per reference.
-A config names a reward by its registry string plus keyword options.
+reward that ignores ``references`` says so with ``uses_references = False`` (HPS-v3,
+CLIP-T, the VLM judge's prompt rubric; the :class:`ReferenceUse` capability): with several
+references per image, the reward set then calls it once instead of once per reference.
+A config names a reward by its registry name plus keyword options.
 
-The registry depends on no backend: it knows the built-in kinds as ``"module:factory"``
-entries (:data:`BUILTIN_REWARDS`) and imports a backend only when its kind is first looked
-up (:func:`reward_factory`, :func:`make_reward`, ``REWARDS[name]``). The backends do not
-import this module. Other code adds a kind at run time with
-``register_reward("mine")(factory)`` or as a decorator.
+:data:`REWARDS` is a :class:`cgrpo.config.registry.Registry` (the one registry mechanism of
+the project). It knows the built-in kinds as ``"module:factory"`` entries
+(:data:`BUILTIN_REWARDS`) and imports a backend only when its kind is first looked up
+(``REWARDS.get(name)``, :func:`make_reward`). The backends do not import this module. Other
+code adds a kind at run time with ``REWARDS.register("mine")(factory)`` or as a decorator.
+
+This module imports no torch (``torch`` appears in type hints only).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+from cgrpo.config.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "BUILTIN_REWARDS",
     "REWARDS",
+    "ReferenceUse",
     "RewardModel",
     "make_reward",
     "make_reward_on",
-    "register_reward",
-    "reward_factory",
-    "reward_kinds",
+    "reads_references",
 ]
 
 
@@ -51,6 +54,19 @@ class RewardModel(Protocol):
     def __call__(
         self, images: torch.Tensor, prompts: list[str], references: torch.Tensor
     ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ReferenceUse(Protocol):
+    """The optional capability of a reward that says whether it reads ``references``."""
+
+    uses_references: bool
+
+
+def reads_references(model: object) -> bool:
+    """Whether ``model`` reads its references: its ``uses_references`` where it declares one
+    (:class:`ReferenceUse`), else true."""
+    return model.uses_references if isinstance(model, ReferenceUse) else True
 
 
 RewardFactory = Callable[..., RewardModel]
@@ -68,89 +84,22 @@ BUILTIN_REWARDS: dict[str, str] = {
     "vlm_judge": "cgrpo.rewards.vlm_judge:VLMJudgeReward",
 }
 
-
-class RewardRegistry(MutableMapping[str, RewardFactory]):
-    """Name -> reward factory; a lazy entry (a ``"module:attribute"`` string) is imported
-    on its first lookup. Membership, iteration and ``len`` never import anything."""
-
-    def __init__(self, lazy: dict[str, str]) -> None:
-        self._lazy = dict(lazy)
-        self._factories: dict[str, RewardFactory] = {}
-
-    def __getitem__(self, name: str) -> RewardFactory:
-        if name not in self._factories:
-            spec = self._lazy[name]  # KeyError for an unknown name, as a dict
-            module, _, attr = spec.partition(":")
-            self._factories[name] = getattr(importlib.import_module(module), attr)
-            del self._lazy[name]
-        return self._factories[name]
-
-    def __setitem__(self, name: str, factory: RewardFactory) -> None:
-        self._lazy.pop(name, None)
-        self._factories[name] = factory
-
-    def __delitem__(self, name: str) -> None:
-        if name in self._factories:
-            del self._factories[name]
-        else:
-            del self._lazy[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._factories or name in self._lazy
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([*self._factories, *self._lazy])
-
-    def __len__(self) -> int:
-        return len(self._factories) + len(self._lazy)
-
-    def __repr__(self) -> str:
-        return f"RewardRegistry({sorted(self)})"
-
-
-#: Every registered reward kind, the built-ins included (looked up lazily).
-REWARDS: RewardRegistry = RewardRegistry(BUILTIN_REWARDS)
-
-
-def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
-    """Make a reward factory available to configs under ``name``: ``register_reward(name)
-    (factory)`` or ``@register_reward(name)``. A name that is taken raises ``ValueError``."""
-
-    def deco(factory: RewardFactory) -> RewardFactory:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is registered twice")
-        REWARDS[name] = factory
-        return factory
-
-    return deco
-
-
-def reward_kinds() -> list[str]:
-    """The registered reward names, sorted (the built-ins included, none imported)."""
-    return sorted(REWARDS)
-
-
-def reward_factory(name: str) -> RewardFactory:
-    """The factory registered as ``name`` (importing its backend if needed), to check a
-    config against its signature before building it. Unknown names raise ``ValueError``
-    listing the registered ones."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; registered rewards: {reward_kinds()}")
-    return REWARDS[name]
+#: Every registered reward kind, the built-ins included (imported on first lookup).
+REWARDS: Registry[RewardFactory] = Registry("reward", tag=False, lazy=BUILTIN_REWARDS)
 
 
 def make_reward(name: str, **options: Any) -> RewardModel:
     """Build the reward registered as ``name`` with ``options``.
 
-    Unknown names raise ``ValueError`` listing the registered ones.
+    Unknown names raise ``ValueError`` naming the registered ones.
     """
-    return reward_factory(name)(**options)
+    return REWARDS.get(name)(**options)
 
 
 def make_reward_on(name: str, device: str, /, **options: Any) -> RewardModel:
     """:func:`make_reward`, placed on ``device`` unless ``options`` name one, for the
     backends that take a device (the embedded rewards run on the images' own device)."""
-    factory = reward_factory(name)
+    factory = REWARDS.get(name)
     if "device" not in options:
         params = inspect.signature(factory).parameters.values()
         if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):

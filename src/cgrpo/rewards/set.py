@@ -1,120 +1,31 @@
-"""The run's named, weighted rewards (TRL's ``reward_funcs`` + ``reward_weights``).
+"""The run's named, weighted rewards scored together (TRL's ``reward_funcs`` +
+``reward_weights``).
 
-A config names any number of rewards, each ``{kind, weight, ...options}``::
-
-    rewards:
-      identity: {kind: dino_seg, weight: 1.0, path: /weights/dinov2-base}
-      prompt:   {kind: hpsv3,    weight: 1.0, python: /venvs/hpsv3/bin/python}
-      colour:   {kind: colour,   weight: 0.2, measure: redness}
-
-``kind`` is a reward registry name (:mod:`cgrpo.rewards`), ``weight`` the reward's static
-weight (default 1; the weighting strategy may change it per step, e.g. TDW for the
-identity / prompt pair), every other key an option of the reward's factory. An entry set
-to ``null`` removes a reward of a lower layer (e.g. of the defaults). Each reward gets its
-own group advantage and is logged by its name (``reward/<name>/mean``).
-
-Deprecated for one release (a warning says how to rewrite it): a bare registry name
-(``rewards.identity=colour``) and a separate ``rewards.<name>_options`` mapping.
+The ``rewards:`` section of a config is read into :class:`~cgrpo.rewards.spec.RewardSpec`
+entries by :func:`cgrpo.rewards.spec.parse_rewards` (no torch); :meth:`RewardSet.build`
+checks each entry's options against its factory's signature (importing its backend) and
+builds them all.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from cgrpo.data.references import ReferenceBatch, References, reward_view
-from cgrpo.rewards import RewardModel
-from cgrpo.rewards.base import make_reward_on, reward_factory, reward_kinds
+from cgrpo.rewards.base import REWARDS, RewardModel, make_reward_on, reads_references
+from cgrpo.rewards.spec import RewardSpec, canonical_rewards, parse_rewards
 
-__all__ = ["RewardSpec", "RewardSet", "parse_rewards", "canonical_rewards"]
-
-_RESERVED = ("kind", "weight")
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """One named reward: registry ``kind``, static ``weight``, factory ``options``."""
-
-    name: str
-    kind: str
-    weight: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def entry(self) -> dict[str, Any]:
-        """The canonical config entry ``{kind, weight, **options}``."""
-        return {"kind": self.kind, "weight": self.weight, **self.options}
-
-
-def _deprecated(message: str) -> None:
-    warnings.warn(message + " (deprecated; removed in the next release)", FutureWarning, 3)
-
-
-def parse_rewards(raw: Mapping[str, Any], where: str = "rewards") -> list[RewardSpec]:
-    """Read a ``rewards`` mapping (canonical or deprecated shorthand) into specs, in order.
-
-    Checks what can be checked without building anything: at least one reward, known
-    kinds, finite weights. ValueError naming the key otherwise."""
-    entries: dict[str, dict[str, Any]] = {}
-    extra: dict[str, dict[str, Any]] = {}
-    for name, value in raw.items():
-        if value is None:
-            continue
-        if name.endswith("_options") and isinstance(value, Mapping):
-            base = name[: -len("_options")]
-            _deprecated(
-                f"{where}.{name}: write the options inside {where}.{base} "
-                f"({{kind: ..., weight: ..., <option>: ...}})"
-            )
-            extra[base] = dict(value)
-            continue
-        if isinstance(value, str):
-            _deprecated(f"{where}.{name}={value}: write {where}.{name}: {{kind: {value}}}")
-            value = {"kind": value}
-        if not isinstance(value, Mapping):
-            raise ValueError(
-                f"{where}.{name} must be a mapping {{kind: <reward>, weight: <float>, "
-                f"...options}}, got {value!r}"
-            )
-        entries[name] = dict(value)
-    for base, opts in extra.items():
-        if base not in entries:
-            raise ValueError(f"{where}.{base}_options given, but there is no reward {base!r}")
-        entries[base] = {**entries[base], **opts}
-    if not entries:
-        raise ValueError(f"{where}: name at least one reward, e.g. {where}.identity.kind=...")
-    kinds = reward_kinds()
-    specs = []
-    for name, e in entries.items():
-        kind = e.get("kind")
-        if kind not in kinds:
-            raise ValueError(
-                f"{where}.{name}.kind={kind!r} is not a registered reward; "
-                f"valid kinds: {', '.join(kinds)}"
-            )
-        weight = e.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ValueError(f"{where}.{name}.weight must be a number, got {weight!r}")
-        if not math.isfinite(weight):
-            raise ValueError(f"{where}.{name}.weight must be finite, got {weight!r}")
-        options = {k: v for k, v in e.items() if k not in _RESERVED}
-        specs.append(RewardSpec(name, kind, float(weight), options))
-    return specs
-
-
-def canonical_rewards(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``raw`` rewritten in the canonical form (what ``config.yaml`` of a run holds)."""
-    return {s.name: s.entry() for s in parse_rewards(raw)}
+# RewardSpec, parse_rewards and canonical_rewards live in cgrpo.rewards.spec (torch-free);
+# they are named here too for the modules that build a RewardSet from a config.
+__all__ = ["RewardSet", "RewardSpec", "canonical_rewards", "parse_rewards"]
 
 
 def _check_options(spec: RewardSpec, where: str) -> None:
     """Option names against the factory's signature, before anything is built."""
-    params = inspect.signature(reward_factory(spec.kind)).parameters
+    params = inspect.signature(REWARDS.get(spec.kind)).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     valid = [n for n, p in params.items() if p.kind is not p.VAR_POSITIONAL and n != "device"]
@@ -157,15 +68,16 @@ class RewardSet:
         """Each reward of a batch, as float32 CPU tensors, by name (in config order).
 
         Rewards read the square view of each image's reference
-        (:func:`cgrpo.data.references.reward_view`). When an image has several references (UNO's
-        multi-subject pairs), a reward that reads references (``uses_references``, true
-        unless the reward says otherwise) scores it against each and gets the mean.
+        (:func:`cgrpo.data.references.reward_view`). When an image has several references
+        (UNO's multi-subject pairs), a reward that reads references (true unless it declares
+        ``uses_references = False``, :func:`~cgrpo.rewards.base.reads_references`) scores it
+        against each and gets the mean.
         """
         view = reward_view(references).to(images.device)
         multi = isinstance(references, ReferenceBatch) and max(references.counts) > 1
         out = {}
         for name, m in self.models.items():
-            if not multi or not getattr(m, "uses_references", True):
+            if not multi or not reads_references(m):
                 out[name] = m(images, prompts, view).float().cpu()
                 continue
             assert isinstance(references, ReferenceBatch)
