@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cgrpo.data.base import PairSource
+from cgrpo.data.base import EmbeddedData, HasEvalTruth, PairSource
 from cgrpo.data.files import DatasetError, DreamBenchPairs, JsonlPairs, PairsWithEval
 from cgrpo.io.images import load_image
 
@@ -55,6 +55,16 @@ def test_jsonl_pairs(pairs_dir: Path) -> None:
     g = pairs_dir / "pairs.json"
     g.write_text(json.dumps(rows))
     assert [e.prompt for e in JsonlPairs(g, 8).entries] == [r["prompt"] for r in rows]
+
+
+def test_ground_truth_is_a_declared_capability(pairs_dir: Path) -> None:
+    """Only a source that knows each held-out pair's ground truth is a HasEvalTruth."""
+    f = pairs_dir / "pairs.jsonl"
+    f.write_text(json.dumps({"reference": "img/a.png", "prompt": "a dog"}) + "\n")
+    files = JsonlPairs(f, image_size=8, eval_count=1)
+    assert not isinstance(files, HasEvalTruth)
+    assert not isinstance(PairsWithEval(files, files), HasEvalTruth)
+    assert isinstance(EmbeddedData(eval_prompts_per_subject=1), HasEvalTruth)
 
 
 def test_jsonl_errors_name_the_file(pairs_dir: Path) -> None:

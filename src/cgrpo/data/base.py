@@ -5,7 +5,8 @@ A data source gives the trainer batches of pairs and a fixed held-out evaluation
 - ``sample(n, rng) -> (references (n,3,H,W) in [0,1], prompts)``
 - ``eval_pairs() -> (references, prompts, subject names)``
 - optionally ``eval_truth() -> images``: the ground-truth image of each held-out pair
-  (the embedded world renders it), so evaluations report the share of the gap closed
+  (the embedded world renders it), so evaluations report the share of the gap closed; a
+  source that has it is a :class:`HasEvalTruth` (checked with ``isinstance``)
 
 :class:`EmbeddedData` draws them from the embedded world: training pairs from the 24
 training subjects, evaluation pairs from the 8 held-out subjects with fixed prompts.
@@ -14,7 +15,7 @@ training subjects, evaluation pairs from the 8 held-out subjects with fixed prom
 from __future__ import annotations
 
 import random
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -28,9 +29,21 @@ def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 
 class PairSource(Protocol):
+    """Training pairs and the fixed held-out pairs (references, prompts, subject names)."""
+
     def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]: ...
 
     def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]: ...
+
+
+@runtime_checkable
+class HasEvalTruth(Protocol):
+    """The optional capability of a pair source that knows each held-out pair's ground truth."""
+
+    def eval_truth(self) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1]: the ground-truth image of each pair of ``eval_pairs()``,
+        in its order."""
+        ...
 
 
 class EmbeddedData:

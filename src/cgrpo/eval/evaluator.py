@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cgrpo.data.base import PairSource
+from cgrpo.data.base import HasEvalTruth, PairSource
 from cgrpo.io.images import to_uint8
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.set import RewardSet
@@ -317,7 +317,7 @@ class PngStore:
 def eval_pairs_of(data: PairSource) -> EvalPairs:
     """The held-out pairs of a pair source (with their ground truth where it has one)."""
     refs, prompts, subjects = data.eval_pairs()
-    truth = data.eval_truth() if hasattr(data, "eval_truth") else None
+    truth = data.eval_truth() if isinstance(data, HasEvalTruth) else None
     return EvalPairs.from_lists(refs, prompts, subjects, truth)
 
 
