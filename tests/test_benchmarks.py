@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end (tiny model, seconds); their figures are not checked."""
+"""The benchmark scripts run end to end (tiny model, seconds); their figures are not checked
+(the library behind them is tested in tests/experiments)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from cgrpo.experiments.records import read_record, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run.threads=1", "data.prompts_per_step=2", "grpo.group_size=4", "sampler.num_steps=3"]
@@ -228,169 +229,6 @@ def test_gpu_check_stops_at_once_without_cuda() -> None:
     )
 
 
-def _claims_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "competitive_degradation", ROOT / "benchmarks" / "competitive_degradation.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _arm(base: dict, d_id: float, d_p: float, seeds: int, rng) -> dict:
-    """Per seed, the base's images moved by (d_id, d_p) plus image noise."""
-    return {
-        k: {
-            "identity": base["identity"] + d_id + rng.normal(0, 0.01, base["identity"].shape),
-            "prompt": base["prompt"] + d_p + rng.normal(0, 0.01, base["prompt"].shape),
-        }
-        for k in range(seeds)
-    }
-
-
-def test_claims_verdicts_follow_the_figures() -> None:
-    """Each claim's verdict turns with the figures it reads (synthetic paired images: 200
-    pairs x 2 draws, 3 seeds)."""
-    import numpy as np
-
-    cd = _claims_module()
-    rng = np.random.default_rng(0)
-    base = {"identity": rng.uniform(0.3, 0.7, 400), "prompt": rng.uniform(0.6, 0.9, 400)}
-    finals = {
-        "naive_1_1": _arm(base, 0.03, -0.02, 3, rng),  # identity up, prompt below base
-        "naive_1_1.5": _arm(base, 0.0, 0.01, 3, rng),
-        "sars_tdw": _arm(base, 0.03, 0.02, 3, rng),  # above base on both, dominates both
-    }
-    expected = {a: 3 for a in finals}
-    # combined held-out reward: naive 1:1 ends at 1.10; SARS + TDW passes it at step 20 of 40
-    curves = {
-        "naive_1_1": {k: {0: 1.0, 20: 1.05, 40: 1.10} for k in range(3)},
-        "sars_tdw": {k: {0: 1.0, 20: 1.11, 40: 1.15} for k in range(3)},
-    }
-    conflict = {"naive_1_1": [0.5, 0.52, 0.54], "sars_tdw": [0.5, 0.5, 0.5]}
-    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
-    assert [v[k] for k in "1234"] == ["**holds**"] * 4
-    assert "(naive GRPO 1:1)." in text and "51.0 % over all 6 runs" in text
-    assert v["budget"] == "met in 3 of 3 seeds"  # +0.02 at an SE of ~0.0007
-
-    # SARS only counts as a static arm; SARS + TDW now loses identity to naive 1:1.5
-    finals["sars"] = _arm(base, -0.02, 0.03, 3, rng)
-    finals["naive_1_1"] = _arm(base, 0.03, 0.0, 3, rng)  # no longer degrades
-    finals["naive_1_1.5"] = _arm(base, 0.04, 0.02, 3, rng)
-    expected["sars"] = 3
-    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
-    assert v["1"] == "**holds**" and "(SARS only)." in text
-    assert v["3"] == "**does not hold**" and "it dominates 1 of 2" in text
-
-    # one seed where SARS + TDW ends below base on prompt; its curve passes only at the end
-    finals["sars_tdw"][2]["prompt"] = base["prompt"] - 0.01 + rng.normal(0, 0.01, 400)
-    curves["sars_tdw"] = {k: {0: 1.0, 20: 1.05, 40: 1.12} for k in range(3)}
-    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
-    assert v["2"] == v["4"] == "**does not hold**"
-    assert "above on both in 2 of 3 seeds" in text and v["budget"] == "met in 2 of 3 seeds"
-    assert "first at or above it at step 40" in text
-
-    # the budget test reads the extra evaluation when there is one
-    budget = {k: {"identity": (0.02, 0.001), "prompt": (0.004, 0.001)} for k in range(3)}
-    text, v = cd.claims_section(finals, base, curves, conflict, 2, expected, budget, 16)
-    assert v["budget"] == "met in 0 of 3 seeds" and "measured on 16 noises per pair" in text
-
-    # an arm outside the verdicts' (naive 2:1) is shown apart and changes no verdict
-    _, v1 = cd.claims_section(finals, base, curves, conflict, 2, expected)
-    finals["naive_2_1"] = _arm(base, 0.05, -0.03, 2, rng)
-    text2, v2 = cd.claims_section(finals, base, curves, conflict, 2, expected)
-    assert v2 == v1 and "| naive GRPO 2:1 | 2 |" in text2.split("**Extra arms**")[1]
-    del finals["naive_2_1"]
-
-    # a claim whose arms have not all their seeds is not decided
-    expected["naive_1_1"] = 5
-    _, v = cd.claims_section(finals, base, curves, conflict, 2, expected)
-    assert v["1"].startswith("**incomplete**") and "naive GRPO 1:1 3 of 5" in v["3"]
-    assert v["2"] == "**does not hold**"  # SARS + TDW alone has all its seeds
-
-
-def test_components_are_paired_contrasts_of_the_arms_that_finished() -> None:
-    """Each row is one arm minus another image by image: a planted SARS effect shows in the
-    rows that contain SARS only, and a contrast with an arm not run is left out."""
-    import numpy as np
-
-    cd = _claims_module()
-    rng = np.random.default_rng(2)
-    base = {"identity": rng.uniform(0.3, 0.7, 400), "prompt": rng.uniform(0.6, 0.9, 400)}
-    finals = {
-        "naive_1_1": _arm(base, 0.02, 0.01, 3, rng),
-        "sars": _arm(base, 0.03, 0.01, 3, rng),  # SARS adds +0.01 identity
-        "sars_tdw": _arm(base, 0.03, 0.01, 3, rng),
-    }
-    text = cd.components_section(finals, 2)
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()[4:] if line}
-    assert list(rows) == ["SARS only minus naive GRPO 1:1", "SARS + TDW minus SARS only"]
-    sars = rows["SARS only minus naive GRPO 1:1"].split(" | ")
-    assert sars[2] == "3" and sars[3].endswith("*")
-    assert float(sars[3].split(" ± ")[0]) == pytest.approx(0.01, abs=0.002)
-    assert not sars[4].endswith("*")  # no planted prompt effect
-    tdw = rows["SARS + TDW minus SARS only"].split(" | ")
-    assert not tdw[3].endswith("*") and not tdw[4].endswith("*")
-    assert cd.components_section({"naive_1_1": finals["naive_1_1"]}, 2) == ""
-
-
-def test_pooled_se_holds_the_seed_spread_and_the_pairs() -> None:
-    import numpy as np
-
-    cd = _claims_module()
-    rng = np.random.default_rng(1)
-    pair_effect = rng.normal(0, 0.05, 256)  # shared by every seed: the same held-out pairs
-    seeds = {k: 0.01 * k + pair_effect + rng.normal(0, 0.01, 256) for k in range(5)}
-    mean, se, n = cd.pooled(seeds)
-    m = np.array([d.mean() for d in seeds.values()])
-    assert n == 5 and mean == np.float64(m.mean()).item()
-    assert se > m.std(ddof=1) / 5**0.5  # more than the seed spread alone
-    pairs = np.mean(list(seeds.values()), 0).std(ddof=1) / 16
-    assert se == pytest.approx(np.sqrt(m.var(ddof=1) / 5 + pairs**2))
-    one = cd.pooled({0: seeds[0]})  # one seed: no spread, no SE, and it is said so
-    assert cd._fmt(one) == f"{seeds[0].mean():+.4f} (1 seed)"
-
-
-def test_schedule_trains_the_default_arm_first_and_every_arm_a_seed_before_the_next() -> None:
-    cd = _claims_module()
-    order = cd.schedule([*cd.PRIMARY, "naive_2_1"], [0, 1])
-    assert order[:2] == [("sars_tdw", 0), ("naive_1_1", 0)]
-    assert sorted(a for a, k in order[:6]) == sorted(cd.PRIMARY) and order[5][0] == "naive_0.5_0.5"
-    assert [k for _, k in order[:12]] == [0] * 6 + [1] * 6
-    assert order[12:] == [("naive_2_1", 0), ("naive_2_1", 1)]
-
-
-def test_against_pairs_the_same_arm_and_seed_of_another_sweep(tmp_path: Path) -> None:
-    import numpy as np
-
-    cd = _claims_module()
-    rng = np.random.default_rng(2)
-    base = {"identity": rng.uniform(0.3, 0.7, 400), "prompt": rng.uniform(0.6, 0.9, 400)}
-    here = {"sars_tdw": _arm(base, 0.03, 0.02, 3, rng), "naive_1_1": _arm(base, 0.0, 0.0, 1, rng)}
-    there = {"sars_tdw": _arm(base, 0.01, 0.02, 2, rng)}  # seeds 0 and 1 only; no naive 1:1
-    text = cd.against_section(here, there, 2, "runs/other")
-    d = {r: {k: (here["sars_tdw"][k][r] - there["sars_tdw"][k][r]) for k in (0, 1)}
-         for r in ("identity", "prompt")}  # fmt: skip
-    pooled = cd.pooled({k: cd.pair_means(v, 2) for k, v in d["identity"].items()})
-    row = next(line for line in text.splitlines() if line.startswith("| SARS + TDW |"))
-    assert row.startswith(f"| SARS + TDW | 0, 1 | {cd._fmt(pooled)} |")
-    assert abs(pooled[0] - 0.02) < 0.003 and "naive GRPO 1:1" not in text
-    none = cd.against_section({"naive_1_1": here["naive_1_1"]}, there, 2, "runs/other")
-    assert "No arm and seed finished" in none and "| naive" not in none
-    # a sweep on other pairs or noise is refused before anything runs
-    summary = {"per_image": {r: v.tolist() for r, v in base.items()}}
-    (tmp_path / "o" / "base_eval").mkdir(parents=True)
-    (tmp_path / "o" / "base_eval" / "metrics.json").write_text(json.dumps(summary))
-    cd.check_against(tmp_path / "o", summary)  # the same base: fine
-    moved = {"per_image": {**summary["per_image"], "prompt": (base["prompt"] + 0.1).tolist()}}
-    with pytest.raises(SystemExit, match="cannot be paired image by image"):
-        cd.check_against(tmp_path / "o", moved)
-    with pytest.raises(SystemExit, match="point it at another sweep's --out"):
-        cd.check_against(tmp_path / "missing", summary)
-
-
 def test_competitive_degradation_records_outlive_the_run_folders(
     tmp_path: Path, tiny_weights: Path
 ) -> None:
@@ -413,8 +251,10 @@ def test_competitive_degradation_records_outlive_the_run_folders(
     assert json.loads(final.read_text())["pairs"] == 16  # 8 held-out subjects x 2 prompts
     rec = tmp_path / "rec"
     kept = {p.relative_to(rec).as_posix() for p in rec.rglob("*") if p.is_file()}
-    assert "sars_tdw/seed0/eval_final/metrics.json" in kept and "base_eval/metrics.json" in kept
-    assert not any("checkpoints" in k or k.endswith(".png") for k in kept)
+    # one compressed file per run, and one of the base: no checkpoint, no image
+    assert kept == {"sars_tdw/seed0.json.gz", "naive_1_1/seed0.json.gz", "base_eval.json.gz"}
+    assert "eval_final/metrics.json" in read_record(rec / "sars_tdw" / "seed0.json.gz")
+    assert "metrics.json" in read_record(rec / "base_eval.json.gz")
     second = sweep("b")  # a new machine: no run folder, only the records
     assert "restored from" in second and second.count("[skip]") == 2 and "[done]" not in second
     verdicts = [line for line in first.splitlines() if line.startswith("verdicts:")]
@@ -425,11 +265,14 @@ def test_competitive_degradation_records_outlive_the_run_folders(
     ]  # (each page names its own figures)
     assert tables[0] == tables[1] and "SARS + TDW" in tables[0]
     # a record of other settings is never replaced by a run of this command's
-    cfg = rec / "sars_tdw" / "seed0" / "config.yaml"
-    cfg.write_text(cfg.read_text().replace("  lr: ", "  lr: 1", 1))
+    record = rec / "sars_tdw" / "seed0.json.gz"
+    files = read_record(record)
+    files["config.yaml"] = files["config.yaml"].replace("  lr: ", "  lr: 1", 1)
+    write_record(record, files)
     out = sweep("a", "--report-only", check=False)
     assert "records a run of other settings (optim.lr differ)" in out
-    assert "use another --records folder" in out and "  lr: 1" in cfg.read_text()
+    assert "use another --records folder" in out
+    assert "  lr: 1" in read_record(record)["config.yaml"]
     # the report reads no run of other settings: the base's here (the schedule) refuses it
     out = sweep("c", "--report-only", "sampler.schedule.kind=full", check=False)
     assert "evaluated a base of other settings (sampler.schedule differ)" in out

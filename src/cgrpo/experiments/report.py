@@ -65,25 +65,9 @@ def _ms(a: np.ndarray, signed: bool = False) -> str:
     return f"{m} ± {sd:.4f}" if math.isfinite(sd) else m
 
 
-def write_experiment_report(
-    arms: list[ArmResult], doc: Path, command: str, evaluation: str = "", extra: str = ""
-) -> None:
-    """``docs/results.md`` from the arms' runs (their axes' two rewards, x and y): table
-    (mean ± std over seeds), Pareto scatter, curves, conflicts.
-
-    Figures go to ``<doc folder>/images/<doc stem>_pareto.png`` and ``..._curves.png``
-    (``docs/results.md``: ``results_pareto.png``), so two reports in one folder keep their
-    own. The text states facts read from the runs (counts, means, which arms beat base on
-    both); interpretation is written by hand in the page's preamble, which is kept from an
-    existing file (everything above the ``<!-- generated -->`` marker; all of a file
-    without one). ``evaluation`` says how the final figures were measured (default: the
-    runs' own held-out evaluation); ``extra`` (markdown) follows the end-of-training table.
-    """
-    images = doc.parent / "images"
+def _pareto(arms: list[ArmResult], path: Path, base: dict | None) -> None:
+    """The Pareto scatter: each arm's mean over seeds (± std) and each seed's point."""
     x, y = same_axes([r for a in arms for r in a.runs])
-    base = next((r.base for a in arms for r in a.runs if r.base is not None), None)
-    plt = pyplot()
-
     pareto_plot(
         [
             (
@@ -95,13 +79,17 @@ def write_experiment_report(
             )
             for a in arms
         ],
-        images / f"{doc.stem}_pareto.png",
+        path,
         (base[x], base[y]) if base else None,
         (x, y),
         seeds={a.label: [(r.trained[x], r.trained[y]) for r in a.runs] for a in arms},
     )
 
-    fig, axs = plt.subplots(1, 3, figsize=(14, 3.8))
+
+def _curves(arms: list[ArmResult], path: Path) -> None:
+    """The held-out curves of both rewards (mean ± std over seeds) and the conflicted share."""
+    x, y = same_axes([r for a in arms for r in a.runs])
+    fig, axs = pyplot().subplots(1, 3, figsize=(14, 3.8))
     for a in arms:
         steps, xs, ys = a.curve()
         for ax, vals in ((axs[0], xs), (axs[1], ys)):
@@ -120,8 +108,12 @@ def write_experiment_report(
         ax.grid(alpha=0.2)
     axs[0].legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, images / f"{doc.stem}_curves.png")
+    save_figure(fig, path)
 
+
+def _end_table(arms: list[ArmResult], base: dict | None) -> list[str]:
+    """The end-of-training table: each arm's finals and changes (mean ± std over seeds)."""
+    x, y = same_axes([r for a in arms for r in a.runs])
     rows = [
         f"| arm | seeds | {x} | {y} | Δ {x} | Δ {y} | conflicted share |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -138,27 +130,44 @@ def write_experiment_report(
             f"{conf.mean():.3f}",
         ]
         rows.append(f"| {a.label} | {len(a.runs)} | " + " | ".join(cells) + " |")
-    per_run = []
-    if all(x in r.paired and y in r.paired for a in arms for r in a.runs):
-        per_run = [
-            "### Each run: paired change from base (same pairs, same noise)",
-            "",
-            f"| arm | run | Δ {x} ± paired SE | Δ {y} ± paired SE |",
-            "|---|---|---:|---:|",
-        ]
-        for a in arms:
-            for r in a.runs:
-                (dx, sx), (dy, sy) = r.paired[x], r.paired[y]
-                per_run.append(
-                    f"| {a.label} | {r.name} | {dx:+.4f} ± {sx:.4f} | {dy:+.4f} ± {sy:.4f} |"
-                )
-        per_run.append("")
+    return rows
+
+
+def _per_run(arms: list[ArmResult]) -> list[str]:
+    """Each run's paired change from base ± its paired SE (none unless every run has it)."""
+    x, y = same_axes([r for a in arms for r in a.runs])
+    if not all(x in r.paired and y in r.paired for a in arms for r in a.runs):
+        return []
+    out = [
+        "### Each run: paired change from base (same pairs, same noise)",
+        "",
+        f"| arm | run | Δ {x} ± paired SE | Δ {y} ± paired SE |",
+        "|---|---|---:|---:|",
+    ]
+    for a in arms:
+        for r in a.runs:
+            (dx, sx), (dy, sy) = r.paired[x], r.paired[y]
+            out.append(f"| {a.label} | {r.name} | {dx:+.4f} ± {sx:.4f} | {dy:+.4f} ± {sy:.4f} |")
+    return [*out, ""]
+
+
+def _along(arms: list[ArmResult]) -> list[str]:
+    """The held-out curves as a table: x / y at each step, mean over seeds."""
     along = ["| arm | " + " | ".join(f"step {s}" for s in arms[0].curve()[0]) + " |"]
     along.append("|---|" + "---:|" * len(arms[0].curve()[0]))
     for a in arms:
         steps, xs, ys = a.curve()
         cells = [f"{i:.3f} / {p:.3f}" for i, p in zip(xs.mean(0), ys.mean(0), strict=True)]
         along.append(f"| {a.label} | " + " | ".join(cells) + " |")
+    return along
+
+
+def _generated(
+    arms: list[ArmResult], doc: Path, command: str, *, evaluation: str, extra: str
+) -> str:
+    """The generated part of the page: command, runs, tables, figures' links."""
+    x, y = same_axes([r for a in arms for r in a.runs])
+    base = next((r.base for a in arms for r in a.runs if r.base is not None), None)
     both = [a.label for a in arms if a.change(x).mean() > 0 and a.change(y).mean() > 0]
     steps_run = sorted({r.steps for a in arms for r in a.runs if r.steps is not None})
     n_pairs = next((r.pairs for a in arms for r in a.runs if r.pairs), None)
@@ -166,7 +175,7 @@ def write_experiment_report(
         f"Held-out evaluation: {n_pairs or 'all'} pairs of the 8 held-out subjects, "
         "deterministic sampling from fixed noise."
     )
-    generated = "\n".join(
+    return "\n".join(
         [
             "<!-- generated -->",
             "## Figures",
@@ -179,17 +188,17 @@ def write_experiment_report(
             "",
             "### At the end of training (mean ± std over seeds)",
             "",
-            *rows,
+            *_end_table(arms, base),
             "",
             "Arms whose mean moved above base on both rewards: "
             + (", ".join(both) if both else "none")
             + ".",
             "",
             *([extra.strip(), ""] if extra.strip() else []),
-            *per_run,
+            *_per_run(arms),
             f"### Along training (held-out {x} / {y}, mean over seeds; step 0 = base)",
             "",
-            *along,
+            *_along(arms),
             "",
             f"![Pareto scatter](images/{doc.stem}_pareto.png)",
             "",
@@ -197,14 +206,37 @@ def write_experiment_report(
             "",
         ]
     )
-    preamble = "# Results: competitive degradation on the embedded world\n\n"
-    if doc.is_file():
-        old = doc.read_text()
-        # a page without the marker is all hand-written: kept whole, the figures follow it
-        preamble = (
-            old.split("<!-- generated -->")[0]
-            if "<!-- generated -->" in old
-            else (old.rstrip() + "\n\n")
-        )
-    text = preamble + generated
+
+
+def _preamble(doc: Path) -> str:
+    """The hand-written part of an existing page, everything above the ``<!-- generated
+    -->`` marker (a page without the marker is all hand-written: kept whole, the figures
+    follow it); a title for a new page."""
+    if not doc.is_file():
+        return "# Results: competitive degradation on the embedded world\n\n"
+    old = doc.read_text()
+    if "<!-- generated -->" in old:
+        return old.split("<!-- generated -->")[0]
+    return old.rstrip() + "\n\n"
+
+
+def write_experiment_report(
+    arms: list[ArmResult], doc: Path, command: str, *, evaluation: str = "", extra: str = ""
+) -> None:
+    """``docs/results.md`` from the arms' runs (their axes' two rewards, x and y): table
+    (mean ± std over seeds), Pareto scatter, curves, conflicts.
+
+    Figures go to ``<doc folder>/images/<doc stem>_pareto.png`` and ``..._curves.png``
+    (``docs/results.md``: ``results_pareto.png``), so two reports in one folder keep their
+    own. The text states facts read from the runs (counts, means, which arms beat base on
+    both); interpretation is written by hand in the page's preamble, which is kept from an
+    existing file (everything above the ``<!-- generated -->`` marker; all of a file
+    without one). ``evaluation`` says how the final figures were measured (default: the
+    runs' own held-out evaluation); ``extra`` (markdown) follows the end-of-training table.
+    """
+    images = doc.parent / "images"
+    base = next((r.base for a in arms for r in a.runs if r.base is not None), None)
+    _pareto(arms, images / f"{doc.stem}_pareto.png", base)
+    _curves(arms, images / f"{doc.stem}_curves.png")
+    text = _preamble(doc) + _generated(arms, doc, command, evaluation=evaluation, extra=extra)
     atomic_write(doc, lambda tmp: tmp.write_text(text))

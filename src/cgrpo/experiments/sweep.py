@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ["run_logged", "run_all"]
 
 
-def run_logged(cmd: list[str], run_dir: Path, label: str, threads: int = 1) -> None:
+def run_logged(cmd: list[str], run_dir: Path, label: str, *, threads: int = 1) -> None:
     """Run ``cmd`` with ``OMP_NUM_THREADS=threads``, its output appended to
     ``run_dir/train.log``; ``SystemExit`` naming the run and its log when it fails."""
     run_dir.mkdir(parents=True, exist_ok=True)
