@@ -20,6 +20,7 @@ from cgrpo.data.references import ReferenceBatch  # noqa: E402
 from cgrpo.policies.base import Condition  # noqa: E402
 from cgrpo.policies.flux import reference as prep  # noqa: E402
 from cgrpo.policies.flux.latents import position_ids  # noqa: E402
+from cgrpo.policies.flux.text_encoders import TEXT_MODULES  # noqa: E402
 from cgrpo.rewards.set import RewardSet  # noqa: E402
 from tests.conftest import PROMPTS, flux_train_config  # noqa: E402
 from tests.policies.test_flux_policy import make_policy  # noqa: E402
@@ -78,7 +79,7 @@ def test_uno_multi_reference_position_ids() -> None:
     """Built as UNO's prepare_multi_ip (pe='d') builds them: each reference's rows and
     columns start past the target and every reference before it."""
     rows, cols, shapes = 4, 6, [(3, 5), (2, 2), (4, 1)]
-    img, ref = position_ids("uno", rows, cols, shapes)
+    img, ref = position_ids("uno", rows, cols, ref_shapes=shapes)
     assert img.shape == (24, 3) and ref.shape == (15 + 4 + 4, 3)
     expect, shift_h, shift_w = [], rows, cols
     for r, c in shapes:
@@ -88,7 +89,7 @@ def test_uno_multi_reference_position_ids() -> None:
         shift_h, shift_w = shift_h + r, shift_w + c
     assert torch.equal(ref, torch.tensor(expect))
     with pytest.raises(ValueError, match="one reference per pair"):
-        position_ids("kontext", rows, cols, shapes)
+        position_ids("kontext", rows, cols, ref_shapes=shapes)
 
 
 def test_kontext_reference_matches_flux_kontext_pipeline(
@@ -103,11 +104,10 @@ def test_kontext_reference_matches_flux_kontext_pipeline(
     monkeypatch.setattr(dk, "PREFERRED_KONTEXT_RESOLUTIONS", list(SMALL_BUCKETS))
     monkeypatch.setattr(prep, "PREFERRED_KONTEXT_RESOLUTIONS", SMALL_BUCKETS)
     policy = make_policy(flux_dir, position_scheme="kontext", reference_preprocess="kontext")
+    text = {n: policy.text_encoders.module(n) for n in TEXT_MODULES}
     pipe = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=policy.vae,
-        text_encoder=policy._text("text_encoder"), tokenizer=policy._text("tokenizer"),
-        text_encoder_2=policy._text("text_encoder_2"), tokenizer_2=policy._text("tokenizer_2"),
-        transformer=policy.transformer,
+        transformer=policy.transformer, **text,
     )  # fmt: skip
     seen: dict = {}
 

@@ -78,8 +78,8 @@ def test_pack_unpack_and_position_ids() -> None:
     tokens = pack_latents(z)
     assert tokens.shape == (2, 12, 16)
     assert torch.equal(unpack_latents(tokens, 6, 8), z)
-    img, ref_k = position_ids("kontext", 3, 4, [(3, 4)])
-    _, ref_u = position_ids("uno", 3, 4, [(3, 4)])
+    img, ref_k = position_ids("kontext", 3, 4, ref_shapes=[(3, 4)])
+    _, ref_u = position_ids("uno", 3, 4, ref_shapes=[(3, 4)])
     assert (img[:, 0] == 0).all() and img[:, 1].max() == 2 and img[:, 2].max() == 3
     assert (ref_k[:, 0] == 1).all() and torch.equal(ref_k[:, 1:], img[:, 1:])
     assert (ref_u[:, 0] == 0).all()
@@ -135,7 +135,7 @@ def test_grpo_step_only_lora_changes_and_ratio_is_one(flux_dir: Path) -> None:
     cond = pol.encode_condition(refs(), PROMPTS)
     sigmas = sigma_schedule(steps, 3.0)
     gen = torch.Generator().manual_seed(0)
-    roll = sample_groups(pol, cond, group, sigmas, eta, generator=gen)
+    roll = sample_groups(pol, cond, group, sigmas=sigmas, eta=eta, generator=gen)
     assert roll.latents.shape == (steps + 1, 2 * group, 16, 16)
     assert torch.isfinite(roll.log_probs).all()
 
@@ -246,7 +246,7 @@ def test_prompt_cache_runs_t5_once_per_prompt(flux_dir: Path, tmp_path: Path) ->
     cache = tmp_path / "prompts"
     pol = make_policy(flux_dir, prompt_cache_dir=str(cache))
     rows: list[int] = []
-    t5 = pol._text("text_encoder_2")
+    t5 = pol.text_encoders.module("text_encoder_2")
     t5.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
     seq, pooled = pol.encode_prompts(prompts)
@@ -258,7 +258,7 @@ def test_prompt_cache_runs_t5_once_per_prompt(flux_dir: Path, tmp_path: Path) ->
     # a fresh policy reads the cache and never even loads the text encoders
     fresh = make_policy(flux_dir, prompt_cache_dir=str(cache))
     seq2, pooled2 = fresh.encode_prompts(prompts)
-    assert fresh._text_modules["text_encoder_2"] is None
+    assert fresh.text_encoders.modules["text_encoder_2"] is None
     assert torch.equal(seq2, seq) and torch.equal(pooled2, pooled)
 
 

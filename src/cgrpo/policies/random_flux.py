@@ -105,6 +105,7 @@ def random_flux(
     preset: str = "tiny",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    *,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Components for :class:`~cgrpo.policies.flux.policy.FluxPolicy` (its keyword arguments

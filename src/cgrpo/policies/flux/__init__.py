@@ -14,7 +14,14 @@ Modules, each documenting its part:
   ids of the reference tokens (``kontext`` or ``uno``);
 - :mod:`~cgrpo.policies.flux.lora`: the trainable LoRA, its safetensors files and merging
   a starting LoRA (e.g. UNO's) into the base weights;
+- :mod:`~cgrpo.policies.flux.adapters`: the policy's LoRA adapters: the trained one
+  (parameters, state dict, files, the starting model with it bypassed) and nft's old
+  policy as a second adapter;
+- :mod:`~cgrpo.policies.flux.text_encoders`: CLIP and T5, loaded on the first prompt not
+  in the cache;
 - :mod:`~cgrpo.policies.flux.prompt_cache`: cached T5/CLIP prompt embeddings on disk;
+- :mod:`~cgrpo.policies.flux.reference`: references prepared as each pipeline does, then
+  VAE-encoded and packed per pair;
 - :mod:`~cgrpo.policies.flux.policy`: :class:`FluxPolicy`: VAE scaling, the reference in
   context, sign conventions (``timestep = sigma`` gives ``v = noise - x0``), guidance and
   the reference policy (the same transformer with the LoRA disabled).

@@ -51,7 +51,9 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return z.reshape(b, c4 // 4, h, w)
 
 
-def _grid_ids(rows: int, cols: int, first: float, row_offset: int, col_offset: int) -> torch.Tensor:
+def _grid_ids(
+    rows: int, cols: int, first: float, *, row_offset: int = 0, col_offset: int = 0
+) -> torch.Tensor:
     ids = torch.zeros(rows, cols, 3)
     ids[..., 0] = first
     ids[..., 1] = torch.arange(rows)[:, None] + row_offset
@@ -60,7 +62,7 @@ def _grid_ids(rows: int, cols: int, first: float, row_offset: int, col_offset: i
 
 
 def position_ids(
-    scheme: str, rows: int, cols: int, ref_shapes: Sequence[tuple[int, int]]
+    scheme: str, rows: int, cols: int, *, ref_shapes: Sequence[tuple[int, int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary ids ``(image ids (rows*cols, 3), reference ids (sum of r*c, 3))``.
 
@@ -72,18 +74,18 @@ def position_ids(
     each reference shifted diagonally past the target and every reference before it
     (UNO's multi-reference construction, its default ``pe='d'``).
     """
-    img = _grid_ids(rows, cols, 0.0, 0, 0)
+    img = _grid_ids(rows, cols, 0.0)
     if scheme == "kontext":
         if len(ref_shapes) != 1:
             raise ValueError(
                 f"position_scheme kontext takes one reference per pair, got {len(ref_shapes)}: "
                 "several references are UNO's (flux.position_scheme=uno)"
             )
-        ref = _grid_ids(*ref_shapes[0], 1.0, 0, 0)
+        ref = _grid_ids(*ref_shapes[0], 1.0)
     elif scheme == "uno":
         parts, dr, dc = [], rows, cols
         for r, c in ref_shapes:
-            parts.append(_grid_ids(r, c, 0.0, dr, dc))
+            parts.append(_grid_ids(r, c, 0.0, row_offset=dr, col_offset=dc))
             dr, dc = dr + r, dc + c
         ref = torch.cat(parts) if parts else torch.zeros(0, 3)
     else:

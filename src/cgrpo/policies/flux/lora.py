@@ -134,6 +134,7 @@ def old_adapter_active(transformer: torch.nn.Module) -> Iterator[None]:
 def save_lora(
     path: str | Path,
     state: dict[str, torch.Tensor],
+    *,
     rank: int,
     alpha: float,
     targets: list[str] | None = None,

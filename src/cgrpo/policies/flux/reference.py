@@ -22,19 +22,29 @@ mode, as diffusers' Kontext pipeline does (``sample_mode="argmax"``); UNO's own
 inference code draws a sample of it instead, which would make a pair's condition random.
 Files are read in their stored orientation (no EXIF rotation) and converted to RGB before
 the resize (UNO converts after it: the same for RGB files).
+
+A batch's references are prepared pair by pair (:func:`prepare_references`), then
+VAE-encoded, each distinct one once, and packed per pair, zero-padded to the longest
+(:func:`encode_references`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from cgrpo.data.references import References
 from cgrpo.io.images import from_pil, to_pil
+from cgrpo.policies.flux.config import FluxConfig
 
 __all__ = [
     "PREFERRED_KONTEXT_RESOLUTIONS",
     "PREPROCESS",
+    "encode_references",
     "kontext_size",
     "prepare_reference",
+    "prepare_references",
     "uno_box",
 ]
 
@@ -109,3 +119,73 @@ def prepare_reference(
         size, box = uno_box(*im.size, long_side)
         return from_pil(im.resize(size, Image.Resampling.LANCZOS).crop(box))
     raise ValueError(f"unknown flux.reference_preprocess {mode!r}; valid: {', '.join(PREPROCESS)}")
+
+
+def prepare_references(
+    references: References, config: FluxConfig, *, multiple_of: int
+) -> list[list[torch.Tensor]]:
+    """Per pair, its references as the model's pipeline prepares them
+    (``flux.reference_preprocess``); pairs repeated in a batch share their tensors."""
+    c = config
+    mode = c.reference_preprocess
+    if isinstance(references, torch.Tensor):
+        if mode != "square":
+            raise ValueError(
+                f"flux.reference_preprocess={mode} needs each reference whole, but the "
+                "data gave centre-cropped squares: build the data with "
+                "cgrpo.run.build.build_data (it keeps the aspect ratio for kontext and uno)"
+            )
+        pairs = [[r] for r in references]
+    elif mode == "square":  # the dataset's square view of every reference
+        pairs = [list(references.pair_views(i)) for i in range(len(references))]
+    else:
+        pairs = [list(r) for r in references.images]
+    out, done = [], {}
+    for refs in pairs:
+        long_side = c.uno_ref_size if c.uno_ref_size > 0 else (512 if len(refs) == 1 else 320)
+        row = []
+        for r in refs:
+            key = (id(r), long_side)  # pairs repeated in a batch share their tensors
+            if key not in done:
+                done[key] = (r, prepare_reference(
+                    r, mode, resolution=c.resolution, multiple_of=multiple_of, long_side=long_side
+                ))  # fmt: skip
+            row.append(done[key][1])
+        out.append(row)
+    return out
+
+
+def encode_references(
+    prepared: list[list[torch.Tensor]],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    multiple_of: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepared references -> ``(tokens (B, N, 4C), shapes (B, R, 2))``.
+
+    ``encode`` takes a batch of same-sized images to their packed tokens (the VAE); each
+    distinct reference is encoded once, in one call per size. A pair's references'
+    tokens are concatenated in order and zero-padded to the longest pair;
+    ``shapes[i, k]`` is reference k's token grid ``(rows, cols)`` (zero: no reference)."""
+    m = multiple_of
+    unique = {id(r): r for refs in prepared for r in refs}  # repeated pairs share tensors
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for key, r in unique.items():
+        by_size.setdefault(tuple(r.shape), []).append(key)
+    encoded: dict[int, torch.Tensor] = {}
+    for keys in by_size.values():  # one VAE batch per size
+        tokens = encode(torch.stack([unique[k] for k in keys]))
+        encoded.update(zip(keys, tokens, strict=True))
+    rows = []
+    for refs in prepared:
+        grid = [(r.shape[-2] // m, r.shape[-1] // m) for r in refs]
+        rows.append((torch.cat([encoded[id(r)] for r in refs]), grid))
+    n = max(t.shape[0] for t, _ in rows)
+    r_max = max(len(g) for _, g in rows)
+    first = rows[0][0]
+    tokens = torch.zeros(len(rows), n, first.shape[1], dtype=first.dtype, device=first.device)
+    shapes = torch.zeros(len(rows), r_max, 2, dtype=torch.long)
+    for i, (t, g) in enumerate(rows):
+        tokens[i, : t.shape[0]] = t
+        shapes[i, : len(g)] = torch.tensor(g)
+    return tokens, shapes
