@@ -13,10 +13,12 @@ import torch
 from cgrpo.cli import main
 from cgrpo.eval.summary import paired_difference, summary_table
 from cgrpo.io import checkpoint as ckpt
+from cgrpo.io.atomic import CheckpointError
 from cgrpo.method.weighting import TimeAwareWeights
 from cgrpo.rewards.set import RewardSet
 from cgrpo.sampling.sde import sigma_schedule
-from cgrpo.train.trainer import GRPOTrainer, TrainingError
+from cgrpo.train.errors import TrainingError
+from cgrpo.train.trainer import GRPOTrainer
 from tests.conftest import fast_config
 
 
@@ -451,7 +453,7 @@ def test_strategy_constants_and_new_kinds_come_from_config(
 
 def test_optimizer_state_is_keyed_by_parameter_name(tmp_path: Path, tiny_weights: Path) -> None:
     """torch.distributed.checkpoint's full optimizer state: keyed by each parameter's name
-    in the policy's module; an index-keyed state (older checkpoints) still loads."""
+    in the policy's module, and loaded back by name."""
     cfg = fast_config(tmp_path / "run", tiny_weights, "run.eval=false", "run.steps=1")
     trainer = GRPOTrainer(cfg)
     fresh = trainer.state.state_dict(trainer.dist)["optimizer"]
@@ -461,10 +463,8 @@ def test_optimizer_state_is_keyed_by_parameter_name(tmp_path: Path, tiny_weights
     names = [n for n, p in trainer.policy.model.named_parameters() if p.requires_grad]
     assert sorted(optim["state"]) == sorted(names)
     moments = {n: optim["state"][n]["exp_avg"].clone() for n in names}
-    # the same state by index, as checkpoints before names held it
-    old = trainer.optimizer.state_dict()
     other = GRPOTrainer(cfg)
-    other.state._load_optimizer_state(old, other.dist)
+    other.load(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
     again = other.state.state_dict(other.dist)["optimizer"]
     assert all(torch.equal(again["state"][n]["exp_avg"], moments[n]) for n in names)
     with pytest.raises(ValueError, match="does not train"):
@@ -565,3 +565,71 @@ def test_embedded_lora_trains_only_its_adapter_and_resumes(
         assert torch.equal(p, trained[n])
     with pytest.raises(ValueError, match="set flux.lora_rank instead"):
         fast_config(tmp_path / "d", tiny_weights, "model.lora_rank=4", "model.kind=flux")
+
+
+@pytest.mark.parametrize("old", ["optimizer state by index", "no train_seconds"])
+def test_a_checkpoint_of_an_older_cgrpo_is_one_clear_error(
+    tmp_path: Path, tiny_weights: Path, old: str
+) -> None:
+    """Checkpoints in an older format (the optimizer state keyed by index, no
+    ``train_seconds``) are refused with one line naming the checkpoint, before anything
+    of the trainer is changed."""
+    cfg = fast_config(tmp_path / "run", tiny_weights, "run.eval=false", "run.steps=1")
+    trainer = GRPOTrainer(cfg)
+    trainer.train(quiet=True)
+    last = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    _, state, _ = ckpt.load_checkpoint(last)
+    if old == "no train_seconds":
+        del state["train_seconds"]
+    else:
+        state["optimizer"] = trainer.optimizer.state_dict()  # keyed 0, 1, ...
+        assert all(isinstance(k, int) for k in state["optimizer"]["state"])
+    other = GRPOTrainer(cfg)
+    before = other.state.state_dict(other.dist)
+    with pytest.raises(CheckpointError, match="written by an older cgrpo") as info:
+        other.state.load_state_dict(state, other.dist, source=last)
+    assert str(last) in str(info.value) and "\n" not in str(info.value)
+    assert other.step == before["step"] == 0
+    assert other.state.state_dict(other.dist)["optimizer"]["state"] == {}
+
+
+class _Unshardable:
+    """A policy without ``shard_modules`` (the optional :class:`Shardable` capability)."""
+
+    def __init__(self, policy) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str):
+        if name == "shard_modules":
+            raise AttributeError(name)
+        return getattr(self._policy, name)
+
+
+def test_a_policy_without_shard_modules_keeps_its_optimizer_state_by_index(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Whether the optimizer state is keyed by name is the policy's Shardable capability
+    (an isinstance check): a policy without a root module keeps it by index, and such a
+    checkpoint resumes (it is not an older cgrpo's)."""
+    from cgrpo.policies.base import Shardable
+
+    cfg = fast_config(tmp_path / "run", tiny_weights, "run.eval=false", "run.steps=1")
+    named = GRPOTrainer(cfg)
+    assert isinstance(named.policy, Shardable)
+    assert named.state.module is named.policy.shard_modules()[0] and named.state.names
+    plain = _Unshardable(named.policy)
+    assert not isinstance(plain, Shardable)
+    trainer = GRPOTrainer(cfg, policy=plain)
+    assert trainer.state.module is None and trainer.state.names is None
+    trainer.train(quiet=True)
+    last = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    _, state, _ = ckpt.load_checkpoint(last)
+    assert sorted(state["optimizer"]["state"]) == list(range(len(trainer.params)))
+    again = GRPOTrainer(cfg, policy=_Unshardable(GRPOTrainer(cfg).policy))
+    again.load(last)
+    assert again.step == 1
+    moments = again.optimizer.state_dict()["state"]
+    assert all(
+        torch.equal(moments[i]["exp_avg"], s["exp_avg"])
+        for i, s in state["optimizer"]["state"].items()
+    )

@@ -1,8 +1,4 @@
-"""Atomic, safe checkpoint IO.
-
-Every file is written through :func:`atomic_write`: into a hidden temp file in the target's
-directory, fsynced, then moved into place with :func:`os.replace`. A crash at any point leaves
-either the old file or the new one, never a torn one.
+"""Checkpoint folders: written atomically, found again, loaded safely.
 
 Layout written by :func:`save_checkpoint`::
 
@@ -14,16 +10,15 @@ Layout written by :func:`save_checkpoint`::
         state.pt                  optimizer/scheduler/RNG state (loaded with weights_only=True)
         meta.json                 written LAST: marks the folder complete, records file sizes
 
-Nothing here unpickles arbitrary objects: tensors go through safetensors and ``state.pt`` is
-read with ``torch.load(..., weights_only=True)``. :func:`save_state` refuses up front any
-object that such a load could not read back (numpy arrays, custom classes, ...).
+Every file is written through :func:`~cgrpo.io.atomic.atomic_write` (a crash leaves the old
+file or the new one, never a torn one); the tensor and state files are those of
+:mod:`cgrpo.io.tensor_files`, so nothing here unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import secrets
 import shutil
@@ -33,35 +28,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file as _st_load_file
-from safetensors.torch import save_file as _st_save_file
 
-# Re-exported for now: callers (the trainer) use ckpt.get_rng_state / ckpt.set_rng_state;
-# new code should import them from cgrpo.io.rng_state, where they live.
 from cgrpo.io.atomic import CheckpointError, _fsync_dir, atomic_write
-from cgrpo.io.rng_state import get_rng_state, set_rng_state
+from cgrpo.io.tensor_files import (
+    load_state,
+    load_tensors,
+    missing_file_error,
+    save_state,
+    save_tensors,
+)
 
 __all__ = [
-    "CheckpointError",
     "EMA_FILE",
     "MODEL_FILE",
     "STATE_FILE",
     "META_FILE",
     "LATEST_FILE",
-    "atomic_write",
-    "get_rng_state",
+    "checkpoint_step",
     "is_complete_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
-    "load_state",
-    "load_tensors",
     "load_weights",
     "save_checkpoint",
-    "save_state",
-    "save_tensors",
-    "set_rng_state",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -80,162 +69,9 @@ def checkpoint_step(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _missing_file_error(path: Path, what: str) -> FileNotFoundError:
-    hint = "check the path; checkpoints are folders like <run>/checkpoints/step_000100"
-    if path.parent.is_dir():
-        siblings = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
-        hint += f"; '{path.parent}' contains: {', '.join(siblings[:10]) or 'nothing'}"
-    else:
-        hint += f"; the folder '{path.parent}' does not exist"
-    return FileNotFoundError(f"{what} not found: '{path}' ({hint})")
-
-
-# --------------------------------------------------------------------------------------------
-# Tensors (safetensors)
-# --------------------------------------------------------------------------------------------
-
-
-def save_tensors(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Atomically save a flat ``name -> tensor`` mapping as a safetensors file.
-
-    Tensors are detached, moved to CPU and made contiguous; tensors sharing storage with an
-    earlier entry (tied weights, views) are cloned, since safetensors refuses shared storage.
-    ``metadata`` must map strings to strings.
-    """
-    prepared: dict[str, torch.Tensor] = {}
-    seen_storages: set[int] = set()
-    for name, tensor in tensors.items():
-        if not isinstance(name, str):
-            raise TypeError(f"tensor names must be strings, got {name!r}")
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"'{name}' is a {type(tensor).__name__}, not a torch.Tensor")
-        if tensor.layout != torch.strided:
-            raise TypeError(f"'{name}' has layout {tensor.layout}; only dense tensors are saved")
-        t = tensor.detach().cpu()
-        if t.numel() > 0:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen_storages:
-                t = t.clone()
-                ptr = t.untyped_storage().data_ptr()
-            seen_storages.add(ptr)
-        prepared[name] = t.contiguous()
-    meta: dict[str, str] | None = None
-    if metadata is not None:
-        meta = {}
-        for k, v in metadata.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"safetensors metadata must be str -> str, got {k!r}: {v!r}")
-            meta[k] = v
-    return atomic_write(path, lambda tmp: _st_save_file(prepared, str(tmp), metadata=meta))
-
-
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file onto the CPU.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (the message names it and gives a hint).
-        CheckpointError: the file is corrupt or truncated (the message names it).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise _missing_file_error(p, "tensor file")
-    try:
-        return _st_load_file(str(p), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"cannot read safetensors file '{p}': {exc} (corrupt or truncated?)"
-        ) from exc
-
-
-# --------------------------------------------------------------------------------------------
-# Plain state (torch.save / weights_only load)
-# --------------------------------------------------------------------------------------------
-
-_PLAIN_LEAVES = (bool, int, float, complex, str, bytes, bytearray, type(None))
-_SAFE_LEAVES = (torch.Tensor, torch.Size, torch.device, torch.dtype, *_PLAIN_LEAVES)
-
-
-def _check_weights_only_safe(obj: Any, where: str) -> None:
-    """Raise TypeError if ``obj`` holds anything ``torch.load(weights_only=True)`` rejects."""
-    if isinstance(obj, _SAFE_LEAVES):
-        return
-    if isinstance(obj, dict):  # includes OrderedDict
-        for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool, type(None))):
-                raise TypeError(f"{where} has a key of type {type(k).__name__}: {k!r}")
-            _check_weights_only_safe(v, f"{where}[{k!r}]")
-        return
-    if isinstance(obj, (list, tuple, set)):
-        if isinstance(obj, tuple) and type(obj) is not tuple:
-            raise TypeError(f"{where} is a {type(obj).__name__} (named tuples are not allowed)")
-        for i, v in enumerate(obj):
-            _check_weights_only_safe(v, f"{where}[{i}]")
-        return
-    raise TypeError(
-        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which cannot be loaded "
-        "with torch.load(weights_only=True); store tensors, numbers, strings, lists and dicts only"
-    )
-
-
-def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
-    """Atomically ``torch.save`` a state dict made of tensors, numbers, strings, lists, dicts.
-
-    Raises:
-        TypeError: ``state`` contains an object :func:`load_state` would refuse (checked before
-            anything is written, so a bad state never replaces a good file).
-    """
-    _check_weights_only_safe(dict(state), "state")
-    return atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
-
-
-def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a file written by :func:`save_state` with ``weights_only=True`` onto the CPU.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is corrupt, or holds objects other than tensors and plain
-            containers (they are never unpickled).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise _missing_file_error(p, "state file")
-    try:
-        # mmap: processes resuming from one file share its pages; writes stay private
-        state = torch.load(p, weights_only=True, map_location="cpu", mmap=True)
-    except Exception as exc:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-        if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
-            match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-            culprit = f"found {match.group(1)}" if match else text.strip().splitlines()[0]
-            raise CheckpointError(
-                f"refusing to load '{p}': it contains objects other than tensors and plain "
-                f"containers, which are never unpickled ({culprit})"
-            ) from exc
-        raise CheckpointError(
-            f"cannot read state file '{p}': {exc} (corrupt or truncated?)"
-        ) from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"state file '{p}' holds a {type(state).__name__}, not a dict")
-    return state
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint folders
-# --------------------------------------------------------------------------------------------
 
 
 def _step_dir_name(step: int) -> str:
@@ -320,10 +156,10 @@ def save_checkpoint(
     directory: str | os.PathLike[str],
     step: int,
     model_tensors: Mapping[str, torch.Tensor],
+    *,
     state: Mapping[str, Any],
     meta: Mapping[str, Any] | None = None,
     keep_last: int | None = None,
-    *,
     ema_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save a complete checkpoint for ``step`` and point ``latest.json`` at it.
@@ -398,7 +234,7 @@ def _complete_folder(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]
     FileNotFoundError if there is none, CheckpointError if it is incomplete."""
     p = Path(path)
     if not p.is_dir():
-        raise _missing_file_error(p, "checkpoint folder")
+        raise missing_file_error(p, "checkpoint folder")
     folder = p
     if not (p / META_FILE).exists() and not _STEP_DIR_RE.match(p.name):
         found = latest_checkpoint(p)

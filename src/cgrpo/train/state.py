@@ -6,24 +6,34 @@ without FSDP. The optimizer state goes through ``torch.distributed.checkpoint.st
 (``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` with ``full_state_dict`` and
 ``cpu_offload``): gathered into CPU memory on the main process, keyed by each parameter's
 name in the policy's root module (not by its position in the optimizer), and sharded
-again on load. The EMA is gathered / sharded with :meth:`cgrpo.run.distributed.Dist.full` /
-:meth:`~cgrpo.run.distributed.Dist.like` (it is not optimizer state). Checkpoints written
-before names (optimizer state by index) still load.
+again on load (a policy without a root module, i.e. not
+:class:`~cgrpo.policies.base.Shardable`, keeps it by index). The EMA is gathered / sharded
+with :meth:`cgrpo.run.distributed.Dist.full` / :meth:`~cgrpo.run.distributed.Dist.like` (it
+is not optimizer state). A checkpoint an older cgrpo wrote (optimizer state by index for a
+named policy, no ``train_seconds``) is refused with one :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import random
 from typing import Any
 
 import torch
 
-from cgrpo.io import checkpoint as ckpt
+from cgrpo.io.atomic import CheckpointError
+from cgrpo.io.rng_state import get_rng_state, set_rng_state
 from cgrpo.run.distributed import Dist
 from cgrpo.train.ema import EMA
 
-__all__ = ["TrainState"]
+__all__ = ["ENTRIES", "TrainState"]
+
+#: What :meth:`TrainState.state_dict` writes (a checkpoint without one is an older cgrpo's).
+ENTRIES = (
+    "step", "consecutive_skips", "total_skips", "train_seconds", "optimizer", "ema", "rng",
+    "data_rng", "generator",
+)  # fmt: skip
 
 
 class TrainState:
@@ -35,6 +45,7 @@ class TrainState:
         params: list[torch.nn.Parameter],
         optimizer: torch.optim.Optimizer,
         ema: EMA | None,
+        *,
         seed: int,
         module: torch.nn.Module | None = None,
     ) -> None:
@@ -73,13 +84,17 @@ class TrainState:
             "train_seconds": self.train_seconds,
             "optimizer": self._optimizer_state(dist, keep),
             "ema": ema,
-            "rng": ckpt.get_rng_state(),
+            "rng": get_rng_state(),
             "data_rng": [py[0], list(py[1]), py[2]],
             "generator": self.generator.get_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], dist: Dist) -> None:
-        """Restore everything :meth:`state_dict` wrote (sharded as the parameters are)."""
+    def load_state_dict(
+        self, state: dict[str, Any], dist: Dist, source: str | os.PathLike[str]
+    ) -> None:
+        """Restore everything :meth:`state_dict` wrote (sharded as the parameters are);
+        ``source``: the checkpoint it was read from (named by the errors)."""
+        self._check_written_by_this_version(state, source)
         self._load_optimizer_state(state["optimizer"], dist)
         ema = state["ema"]
         if (ema is None) != (self.ema is None):
@@ -89,14 +104,28 @@ class TrainState:
             )
         if self.ema is not None:
             self.ema.shadow = [dist.like(e, p) for e, p in zip(ema, self.params, strict=True)]
-        ckpt.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         v, internal, gauss = state["data_rng"]
         self.data_rng.setstate((v, tuple(internal), gauss))
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
         self.consecutive_skips = int(state["consecutive_skips"])
         self.total_skips = int(state["total_skips"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))  # (older checkpoints)
+        self.train_seconds = float(state["train_seconds"])
+
+    def _check_written_by_this_version(
+        self, state: dict[str, Any], source: str | os.PathLike[str]
+    ) -> None:
+        """One clear error for a checkpoint an older cgrpo wrote (no ``train_seconds``, or
+        the optimizer state keyed by index where this policy's parameters have names)."""
+        keys = set(ENTRIES) - set(state)
+        by_index = any(isinstance(k, int) for k in state.get("optimizer", {}).get("state", {}))
+        if keys or (by_index and self.names is not None):
+            what = f"no {sorted(keys)}" if keys else "optimizer state keyed by index"
+            raise CheckpointError(
+                f"checkpoint '{source}' was written by an older cgrpo ({what}) and cannot be "
+                "resumed by this version: start the run again"
+            )
 
     def _optimizer_state(self, dist: Dist, keep: bool) -> dict[str, Any]:
         """The full optimizer state, keyed by parameter name (by index without a module)."""
@@ -119,9 +148,8 @@ class TrainState:
         if not optim["state"]:
             self.optimizer.load_state_dict(optim)
             return
-        by_index = all(isinstance(k, int) for k in optim["state"])
         if self.names is None:
-            if not by_index:
+            if not all(isinstance(k, int) for k in optim["state"]):
                 raise ValueError(
                     "the checkpoint keys its optimizer state by parameter name, but this "
                     "policy has no root module (shard_modules) to name its parameters"
@@ -134,15 +162,6 @@ class TrainState:
                 }
             self.optimizer.load_state_dict(optim)
             return
-        if by_index:  # written before names: index i is params[i]
-            names = self.names
-            optim = {
-                "state": {names[int(i)]: s for i, s in optim["state"].items()},
-                "param_groups": [
-                    {**g, "params": [names[int(i)] for i in g["params"]]}
-                    for g in optim["param_groups"]
-                ],
-            }
         unknown = sorted(set(optim["state"]) - set(self.names))
         if unknown:
             raise ValueError(

@@ -1,0 +1,107 @@
+"""A run's checkpoints: written at ``run.checkpoint_every``, at the last step, on
+preemption and when ``run.time_budget`` stops the run; read back by ``--resume``.
+
+A checkpoint holds the raw trainable weights, their EMA (when on), the
+:class:`~cgrpo.train.state.TrainState` and, for ``method.objective=nft``, the old policy;
+tensors are written whole, so it resumes on any number of processes, with or without FSDP
+(:mod:`cgrpo.io.checkpoint` is the folder format).
+
+:class:`Checkpointing` is one part of :class:`cgrpo.train.trainer.GRPOTrainer` (which
+builds the attributes it names).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cgrpo.config.core import config_to_dict
+from cgrpo.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cgrpo.method.objective import Objective
+from cgrpo.policies.base import Policy
+from cgrpo.run.config import TrainConfig
+from cgrpo.run.distributed import Dist
+from cgrpo.train.state import TrainState
+
+__all__ = ["Checkpointing"]
+
+
+class Checkpointing:
+    """Save, load and resume the run's checkpoints."""
+
+    cfg: TrainConfig
+    policy: Policy
+    objective: Objective
+    state: TrainState
+    dist: Dist
+    run_dir: Path
+    _saved: tuple[int, int] | None  # (step, skips) of the last checkpoint
+
+    def _checkpoint_due(self) -> bool:
+        """Whether ``run.checkpoint_every`` or the last step asks for one now."""
+        cfg, step = self.cfg.run, self.state.step
+        return bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
+
+    def _save_unless_saved(self) -> None:
+        """A checkpoint of this step, unless one is written already."""
+        if self._saved != (self.state.step, self.state.total_skips):
+            self.save()
+
+    def save(self) -> Path | None:
+        """Write a checkpoint (main process): the raw trainable weights, the EMA weights
+        (when on) and the :class:`TrainState`. Every process must call it, since sharded
+        (FSDP) tensors are gathered first. Returns its folder on the main process."""
+        self._saved = (self.state.step, self.state.total_skips)
+        main = self.dist.is_main  # with FSDP the others help gather, then drop the result
+        if not main and not self.dist.fsdp:
+            return None
+        full = self.dist.full
+        tensors = {k: full(v, main) for k, v in self.policy.trainable_state_dict().items()}
+        ema = None
+        if self.state.ema is not None:
+            with self.state.ema.swapped():
+                ema = {k: full(v, main) for k, v in self.policy.trainable_state_dict().items()}
+        state = self.state.state_dict(self.dist, keep=main)
+        if self.objective.uses_old_policy():
+            old = self.policy.old_state_dict()  # a HasOldPolicy (checked when built)
+            state["old_policy"] = {k: full(v, main) for k, v in old.items()}
+        if not main:
+            return None
+        return save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.state.step,
+            tensors,
+            state=state,
+            meta={"config": config_to_dict(self.cfg)},
+            keep_last=self.cfg.run.keep_last,
+            ema_tensors=ema,
+        )
+
+    def load(self, path: str | Path) -> None:
+        """Restore policy, optimizer, EMA, all RNG states and the step from a checkpoint
+        (written by any number of processes, sharded or not)."""
+        tensors, state, _ = load_checkpoint(path)
+        own = self.policy.trainable_state_dict()
+        self.policy.load_trainable_state_dict(
+            {k: self.dist.like(v, own[k]) if k in own else v for k, v in tensors.items()}
+        )
+        self.state.load_state_dict(state, self.dist, source=path)
+        if self.objective.uses_old_policy():
+            if "old_policy" not in state:
+                raise ValueError(
+                    f"checkpoint '{path}' holds no old policy, which method.objective="
+                    f"{self.objective.kind} needs: resume with the run's own config"
+                )
+            own_old = self.policy.old_state_dict()
+            self.policy.load_old_state_dict(
+                {k: self.dist.like(v, own_old[k]) for k, v in state["old_policy"].items()}
+            )
+
+    def _resume(self) -> None:
+        """Load the run's latest complete checkpoint (``--resume``)."""
+        last = latest_checkpoint(self.run_dir / "checkpoints")
+        if last is None:
+            raise FileNotFoundError(
+                f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}; "
+                "start without --resume or point run.out_dir at the run to continue"
+            )
+        self.load(last)
