@@ -208,3 +208,17 @@ def test_nft_center_makes_each_groups_shaped_advantage_zero_mean() -> None:
         assert out[ids == g].sum().abs() < 1e-6
         torch.testing.assert_close(out[ids == g], a[ids == g] - a[ids == g].mean())
     assert torch.equal(NFTObjective().prepare(a, ids), a)
+
+
+def test_loss_context_fields_are_named() -> None:
+    """The loss context's nine fields are keywords only: no two floats can swap places."""
+    from cgrpo.method.objective import LossContext
+
+    fields = dict(
+        velocity=None, policy=None, sampler_kind="dance", eta=0.7, clip_range=0.2,
+        adv_clip=5.0, kl_coef=0.0, noise_seed=3, offset=4,
+    )  # fmt: skip
+    ctx = LossContext(**fields)
+    assert (ctx.clip_range, ctx.adv_clip, ctx.offset) == (0.2, 5.0, 4)
+    with pytest.raises(TypeError):
+        LossContext(*fields.values())  # type: ignore[misc]

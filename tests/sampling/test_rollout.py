@@ -27,20 +27,22 @@ def test_shared_noise_within_groups(setup) -> None:
     policy, cond = setup
     sig = sigma_schedule(4)
     gen = torch.Generator().manual_seed(0)
-    roll = sample_groups(policy, cond, 4, sig, 0.4, same_noise=True, generator=gen)
+    roll = sample_groups(policy, cond, 4, sigmas=sig, eta=0.4, same_noise=True, generator=gen)
     x0 = roll.latents[0].view(3, 4, -1)
     assert torch.equal(x0[:, 0], x0[:, 3]) and not torch.equal(x0[0, 0], x0[1, 0])
     # the SDE makes the group members differ by the end
     assert not torch.equal(roll.final[0], roll.final[1])
     assert roll.group_ids.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
-    other = sample_groups(policy, cond, 4, sig, 0.4, same_noise=False, generator=gen)
+    other = sample_groups(policy, cond, 4, sigmas=sig, eta=0.4, same_noise=False, generator=gen)
     assert not torch.equal(other.latents[0][0], other.latents[0][1])
 
 
 def test_recorded_log_probs_rescore_exactly(setup) -> None:
     policy, cond = setup
     sig = sigma_schedule(4)
-    roll = sample_groups(policy, cond, 2, sig, 0.4, generator=torch.Generator().manual_seed(0))
+    roll = sample_groups(
+        policy, cond, 2, sigmas=sig, eta=0.4, generator=torch.Generator().manual_seed(0)
+    )
     assert roll.num_sde_steps == 4 and torch.isfinite(roll.log_probs).all()
     for t in range(4):
         s = torch.full((6,), float(sig[t]))
@@ -59,7 +61,9 @@ def test_recorded_log_probs_rescore_exactly(setup) -> None:
 def test_ode_tail_is_deterministic_and_untrainable(setup) -> None:
     policy, cond = setup
     sig = sigma_schedule(5)
-    roll = sample_groups(policy, cond, 2, sig, 0.4, ode_tail=2, generator=torch.Generator())
+    roll = sample_groups(
+        policy, cond, 2, sigmas=sig, eta=0.4, ode_tail=2, generator=torch.Generator()
+    )
     assert roll.num_sde_steps == 3
     assert torch.isnan(roll.log_probs[3:]).all() and torch.isfinite(roll.log_probs[:3]).all()
     s = torch.full((6,), float(sig[4]))
@@ -78,11 +82,11 @@ def test_ode_sampler_is_deterministic(setup) -> None:
 def test_bad_rollouts_raise(setup) -> None:
     policy, cond = setup
     with pytest.raises(ValueError, match="eta > 0"):
-        sample_groups(policy, cond, 2, sigma_schedule(3), 0.0)
+        sample_groups(policy, cond, 2, sigmas=sigma_schedule(3), eta=0.0)
     with pytest.raises(ValueError, match="empty batch"):
-        sample_groups(policy, cond.index(slice(0, 0)), 2, sigma_schedule(3), 0.4)
+        sample_groups(policy, cond.index(slice(0, 0)), 2, sigmas=sigma_schedule(3), eta=0.4)
     with pytest.raises(ValueError, match="ode_tail"):
-        sample_groups(policy, cond, 2, sigma_schedule(3), 0.4, ode_tail=3)
+        sample_groups(policy, cond, 2, sigmas=sigma_schedule(3), eta=0.4, ode_tail=3)
 
 
 def test_samples_do_not_depend_on_micro_batch_or_shard(setup) -> None:
@@ -93,7 +97,7 @@ def test_samples_do_not_depend_on_micro_batch_or_shard(setup) -> None:
 
     def run(**kw):
         gen = torch.Generator().manual_seed(7)
-        return sample_groups(policy, cond, 4, sig, 0.5, generator=gen, **kw)
+        return sample_groups(policy, cond, 4, sigmas=sig, eta=0.5, generator=gen, **kw)
 
     whole = run()
     parts = [run(shard=slice(0, 6), micro_batch_size=4), run(shard=slice(6, 12))]
@@ -103,3 +107,13 @@ def test_samples_do_not_depend_on_micro_batch_or_shard(setup) -> None:
     assert parts[1].group_ids.tolist() == [1, 1, 2, 2, 2, 2]  # global ids
     with pytest.raises(ValueError, match="empty"):
         run(shard=slice(12, 12))
+
+
+def test_sampling_settings_are_named(setup) -> None:
+    """Past (policy, condition, group_size) every setting of a rollout is a keyword: a
+    positional sigma schedule is refused instead of being read as something else."""
+    policy, cond = setup
+    with pytest.raises(TypeError, match="positional"):
+        sample_groups(policy, cond, 2, sigma_schedule(3), 0.4)  # type: ignore[misc]
+    roll = sample_groups(policy, cond, 2, sigmas=sigma_schedule(3), eta=0.4)
+    assert roll.num_steps == 3 and roll.group_ids.tolist() == [0, 0, 1, 1, 2, 2]

@@ -45,6 +45,14 @@ def _policy(tiny_weights: Path):
     return pol, pol.encode_condition(refs, ["a circle", "a square"])
 
 
+def _flow_rollout(pol, cond, group_size: int, *, seed: int, **kw):
+    """A rollout with the flow SDE at eta 0.7 (one shared noise per group), drawn from a
+    generator seeded with ``seed``."""
+    return sample_groups(
+        pol, cond, group_size, eta=0.7, kind="flow", generator=G().manual_seed(seed), **kw
+    )
+
+
 def test_branch_shares_the_groups_prefix_exactly(tiny_weights: Path) -> None:
     pol, cond = _policy(tiny_weights)
     sigmas = sigma_schedule(6, 3.0)
@@ -52,7 +60,7 @@ def test_branch_shares_the_groups_prefix_exactly(tiny_weights: Path) -> None:
     velocity = pol.velocity
     pol.velocity = lambda x, s, c: calls.append(len(x)) or velocity(x, s, c)
     mask = BranchSchedule(k=2, at=3).sde_mask(6, 0, 0, G())
-    roll = sample_groups(pol, cond, 4, sigmas, 0.7, "flow", True, G().manual_seed(0), sde_mask=mask)
+    roll = _flow_rollout(pol, cond, 4, sigmas=sigmas, seed=0, sde_mask=mask)
     # the prefix ran once per group (2 latents + 1 padding group, so that every process of
     # a sharded policy makes the same passes: ceil(8 / 4) + 1), the rest for all 8 samples
     assert calls == [3, 3, 3, 8, 8, 8]
@@ -74,9 +82,9 @@ def test_branch_shares_the_groups_prefix_exactly(tiny_weights: Path) -> None:
 def test_full_mask_is_the_ode_tail(tiny_weights: Path) -> None:
     pol, cond = _policy(tiny_weights)
     sigmas = sigma_schedule(4, 3.0)
-    a = sample_groups(pol, cond, 3, sigmas, 0.7, "flow", True, G().manual_seed(1), ode_tail=1)
+    a = _flow_rollout(pol, cond, 3, sigmas=sigmas, seed=1, ode_tail=1)
     mask = FullSchedule().sde_mask(4, 1, 0, G())
-    b = sample_groups(pol, cond, 3, sigmas, 0.7, "flow", True, G().manual_seed(1), sde_mask=mask)
+    b = _flow_rollout(pol, cond, 3, sigmas=sigmas, seed=1, sde_mask=mask)
     assert torch.equal(a.latents, b.latents) and a.sde_steps == b.sde_steps == (0, 1, 2)
 
 
@@ -132,14 +140,14 @@ def test_shared_prefix_makes_the_same_passes_on_every_shard(tiny_weights: Path) 
     cond = cond.repeat_interleave(3)  # 6 pairs
     sigmas = sigma_schedule(5, 3.0)
     mask = BranchSchedule(k=1, at=2).sde_mask(5, 0, 0, G())
-    whole = sample_groups(pol, cond, 4, sigmas, 0.7, "flow", True, G().manual_seed(3), 1,
-                          sde_mask=mask)  # fmt: skip
+    whole = _flow_rollout(pol, cond, 4, sigmas=sigmas, seed=3, micro_batch_size=1, sde_mask=mask)
     velocity, counts = pol.velocity, []
     for shard in (slice(0, 6), slice(6, 12), slice(12, 18), slice(18, 24)):  # 2, 3, 3, 2 groups
         calls = []
         pol.velocity = lambda x, s, c, calls=calls: calls.append(len(x)) or velocity(x, s, c)
-        part = sample_groups(pol, cond, 4, sigmas, 0.7, "flow", True, G().manual_seed(3), 1,
-                             shard=shard, sde_mask=mask)  # fmt: skip
+        part = _flow_rollout(
+            pol, cond, 4, sigmas=sigmas, seed=3, micro_batch_size=1, shard=shard, sde_mask=mask
+        )
         counts.append(len(calls))
         torch.testing.assert_close(part.latents, whole.latents[:, shard], rtol=0, atol=1e-6)
     pol.velocity = velocity

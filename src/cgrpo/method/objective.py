@@ -55,7 +55,7 @@ OBJECTIVES = Registry("objective")
 Velocity = Callable[["Tensor", "Tensor", "Condition"], "Tensor"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossContext:
     """What an objective's loss needs besides the batch (built by the trainer per update)."""
 

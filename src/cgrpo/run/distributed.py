@@ -95,6 +95,7 @@ class Dist:
         device: str,
         fsdp: bool = False,
         log_with: list[str] | None = None,
+        *,
         logging_dir: str | None = None,
     ) -> Dist:
         """Accelerate's state when launched on several processes, else a single process.

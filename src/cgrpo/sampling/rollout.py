@@ -73,6 +73,7 @@ def sample_groups(
     policy: Policy,
     condition: Condition,
     group_size: int,
+    *,
     sigmas: torch.Tensor,
     eta: float,
     kind: str = "dance",
