@@ -19,7 +19,7 @@ the command is resumable: images already on disk are not drawn again and a resum
 evaluation gives the same numbers as an uninterrupted one.
 
 Metrics are columns, each a reward of the registry (``metrics``: column -> ``{kind:
-name, ...options}``; ``reward:`` is the deprecated spelling of ``kind``): DINO
+name, ...options}``, as a train config's ``rewards:``): DINO
 (``dino``), CLIP-I / CLIP-T (``clip`` with ``mode``), DINO-Seg (``dinov2`` with
 ``segmenter``), HPS-v3 (``hpsv3``), each where its local weights are given. Without
 ``metrics``: the embedded protocol scores the run's rewards; DreamBench scores the
@@ -61,7 +61,8 @@ from cgrpo.io.atomic import atomic_write
 from cgrpo.io.images import load_image
 from cgrpo.io.run_log import save_grid
 from cgrpo.policies.base import Policy
-from cgrpo.rewards.set import RewardSet, parse_rewards
+from cgrpo.rewards.set import RewardSet
+from cgrpo.rewards.spec import parse_rewards
 from cgrpo.run.build import build_policy, keeps_aspect
 from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 
@@ -102,7 +103,7 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
 
 
 def metric_specs(cfg: EvalConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """The columns' reward entries (``{kind, ...}``); ``reward:`` is read as ``kind``."""
+    """The columns' reward entries (``{kind, ...}``, read by :func:`parse_rewards`)."""
     if not cfg.metrics:
         return dict(train_cfg.rewards) if cfg.protocol == "embedded" else DREAMBENCH_METRICS
     out = {}
@@ -112,15 +113,12 @@ def metric_specs(cfg: EvalConfig, train_cfg: TrainConfig) -> dict[str, Any]:
                 f"metrics.{col}: {col!r} is a fixed column of metrics.csv "
                 f"({', '.join(FIXED_COLUMNS)}); name the metric otherwise"
             )
-        if not isinstance(spec, dict) or not ({"kind", "reward"} & set(spec)):
+        if not isinstance(spec, dict) or not ({"kind", "reward"} & set(spec)):  # reward: named
             raise EvalError(
                 f"metrics.{col} must be a mapping with a 'kind' key (a reward registry name) "
                 f"and its options, e.g. {{kind: dino, path: /weights/dino-vits16}}; got {spec!r}"
             )
-        spec = dict(spec)
-        if "reward" in spec:  # the earlier spelling
-            spec["kind"] = spec.pop("reward")
-        out[col] = spec
+        out[col] = dict(spec)
     return out
 
 

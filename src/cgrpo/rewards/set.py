@@ -16,11 +16,9 @@ import torch
 
 from cgrpo.data.references import ReferenceBatch, References, reward_view
 from cgrpo.rewards.base import REWARDS, RewardModel, make_reward_on, reads_references
-from cgrpo.rewards.spec import RewardSpec, canonical_rewards, parse_rewards
+from cgrpo.rewards.spec import RewardSpec
 
-# RewardSpec, parse_rewards and canonical_rewards live in cgrpo.rewards.spec (torch-free);
-# they are named here too for the modules that build a RewardSet from a config.
-__all__ = ["RewardSet", "RewardSpec", "canonical_rewards", "parse_rewards"]
+__all__ = ["RewardSet"]
 
 
 def _check_options(spec: RewardSpec, where: str) -> None:

@@ -7,7 +7,8 @@ import torch
 
 from cgrpo.data.base import EmbeddedData, PairSource
 from cgrpo.policies.base import Policy
-from cgrpo.rewards.set import RewardSet, parse_rewards
+from cgrpo.rewards.set import RewardSet
+from cgrpo.rewards.spec import parse_rewards
 from cgrpo.run.config import TrainConfig
 from cgrpo.sampling.sde import sigma_schedule
 

@@ -21,7 +21,7 @@ from cgrpo.method.pair import DEFAULT_PAIR, check_pair
 from cgrpo.method.shaping import SARSShaping, Shaping
 from cgrpo.method.weighting import StaticWeights, TimeAwareWeights, Weighting
 from cgrpo.policies.flux.config import FluxConfig
-from cgrpo.rewards.set import canonical_rewards
+from cgrpo.rewards.spec import canonical_rewards
 from cgrpo.sampling.schedule import FullSchedule, Schedule
 
 EMBEDDED_CONFIG = Path(__file__).parents[1] / "configs" / "embedded.yaml"
