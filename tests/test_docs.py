@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cgrpo.config.core import undocumented_keys
+from cgrpo.config.docs import undocumented_keys
 from cgrpo.docs import configuration_markdown
 from cgrpo.eval.config import EvalConfig
 from cgrpo.run.config import TrainConfig

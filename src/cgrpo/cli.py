@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cgrpo.config.core import ConfigError, describe_config, load_config
+from cgrpo.config.core import load_config
+from cgrpo.config.docs import describe_config
+from cgrpo.config.errors import ConfigError
 
 __all__ = ["main"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cgrpo.config.core import config_markdown_table
+from cgrpo.config.docs import config_markdown_table
 from cgrpo.eval.config import EvalConfig
 from cgrpo.run.config import TrainConfig
 from cgrpo.world.pretrain import PretrainConfig

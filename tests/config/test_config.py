@@ -12,18 +12,14 @@ from typing import Any, ClassVar, Literal
 import pytest
 import yaml
 
-from cgrpo.config.core import (
-    ConfigError,
-    config_from_dict,
+from cgrpo.config.core import config_from_dict, config_to_dict, load_config, option, save_config
+from cgrpo.config.docs import (
     config_keys,
     config_markdown_table,
-    config_to_dict,
     describe_config,
-    load_config,
-    option,
-    save_config,
     undocumented_keys,
 )
+from cgrpo.config.errors import ConfigError
 from cgrpo.config.registry import Registry
 
 

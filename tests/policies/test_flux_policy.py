@@ -306,7 +306,8 @@ def test_merge_xlabs_style_lora_as_uno_ships_it(flux_dir: Path, tmp_path: Path) 
 @pytest.mark.parametrize("name", ["uno_dreambench.yaml", "kontext_dreambench.yaml"])
 def test_shipped_configs_parse(name: str) -> None:
     """The shipped FLUX configs load as a TrainConfig with the paper's settings."""
-    from cgrpo.config.core import load_config, undocumented_keys
+    from cgrpo.config.core import load_config
+    from cgrpo.config.docs import undocumented_keys
     from cgrpo.method.weighting import TimeAwareWeights
     from cgrpo.run.config import TrainConfig
 

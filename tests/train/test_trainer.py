@@ -489,7 +489,8 @@ def test_one_default_of_held_out_prompts_per_subject() -> None:
 def test_reward_entries_merge_across_layers() -> None:
     """A reward whose kind changes keeps no option of the old kind; a bare kind followed
     by a dotted key keeps the kind; unknown static weight names fail at load time."""
-    from cgrpo.config.core import ConfigError, load_config
+    from cgrpo.config.core import load_config
+    from cgrpo.config.errors import ConfigError
     from cgrpo.run.config import TrainConfig
 
     root = Path(__file__).resolve().parents[2] / "configs" / "uno_dreambench.yaml"

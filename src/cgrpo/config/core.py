@@ -42,23 +42,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
 import pydantic
 import yaml
-from pydantic_core import core_schema
 
 from cgrpo.config.docs import (
-    OptionInfo,
-    config_keys,
-    config_markdown_table,
-    config_options,
-    describe_config,
     describe_got,
     family,
     field_default,
@@ -69,36 +61,21 @@ from cgrpo.config.docs import (
     section_class,
     type_hints,
     type_name,
-    undocumented_keys,
     unknown_key_message,
     validation_message,
 )
+from cgrpo.config.errors import ConfigError
 from cgrpo.config.registry import Registry
+from cgrpo.config.validation import accepts, validate
+from cgrpo.config.yaml_format import Dumper, read_yaml, yaml_scalar
 from cgrpo.io.atomic import atomic_write
 
-__all__ = [
-    "ConfigError",
-    "OptionInfo",
-    "config_from_dict",
-    "config_keys",
-    "config_markdown_table",
-    "config_options",
-    "config_to_dict",
-    "describe_config",
-    "load_config",
-    "option",
-    "save_config",
-    "undocumented_keys",
-]
+__all__ = ["config_from_dict", "config_to_dict", "load_config", "option", "save_config"]
 
 T = TypeVar("T")
 
 _MUTABLE_DEFAULT_TYPES = (list, dict, set, bytearray)
 _MISSING = dataclasses.MISSING
-
-
-class ConfigError(ValueError):
-    """A configuration problem: unknown key, ill-typed value, bad file or malformed override."""
 
 
 def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
@@ -133,57 +110,6 @@ def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
             default_factory=lambda: copy.deepcopy(template), metadata=metadata, **kw
         )
     return dataclasses.field(default=default, metadata=metadata, **kw)
-
-
-# --------------------------------------------------------------------------------------------
-# YAML: PyYAML's safe schema with YAML 1.2 floats (1e-4) and no timestamps
-# --------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """Reads YAML 1.2 floats (``1e-4``); dates stay text."""
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes the text that ``_Loader`` or PyYAML would read as a float or a date."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _cls in (_Loader, _Dumper):
-    _cls.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-
-
-def _yaml_scalar(raw: str) -> Any:
-    try:
-        return yaml.load(raw, Loader=_Loader)
-    except yaml.YAMLError:
-        return raw
-
-
-def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
-        raise ConfigError(f"config file {what}: '{p}'")
-    try:
-        loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError(
-            f"config file '{p}' must contain a mapping of keys at the top level, "
-            f"got {type(loaded).__name__}"
-        )
-    return dict(loaded)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,12 +235,12 @@ def _override_layer(cls: type, overrides: Sequence[str]) -> dict[str, Any]:
             node[name] = child
             node = child
         tp = _child_type(tp, last, ".".join(parents))
-        value = _yaml_scalar(raw)
+        value = yaml_scalar(raw)
         if isinstance(value, Mapping) and (family(tp) or section_class(tp)):
             below = node.get(last)
             node[last] = _deep_merge(below, value) if isinstance(below, Mapping) else value
-        elif not isinstance(value, (str, Mapping)) and not _accepts(tp, value):
-            node[last] = raw if _accepts(tp, raw) else value  # name=123 for a str key
+        elif not isinstance(value, (str, Mapping)) and not accepts(tp, value):
+            node[last] = raw if accepts(tp, raw) else value  # name=123 for a str key
         else:
             node[last] = value
     return layer
@@ -331,69 +257,8 @@ def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
 
 
 # --------------------------------------------------------------------------------------------
-# Validation with pydantic
+# Building: the layers merged, then validated once (cgrpo.config.validation)
 # --------------------------------------------------------------------------------------------
-
-_PYDANTIC_CONFIG = pydantic.ConfigDict(strict=True, extra="forbid")
-
-
-def _family_schema(cls: type, source: Any, handler: Any) -> Any:
-    """pydantic schema of a family base: its kinds, tagged by the ``kind`` key."""
-    reg = family(source)
-    if reg is None:  # a kind class itself (this hook is inherited): a plain dataclass
-        return handler(source)
-    choices = {
-        name: core_schema.no_info_before_validator_function(_drop_kind, handler.generate_schema(k))
-        for name, k in sorted(reg.kinds.items())
-    }
-    return core_schema.tagged_union_schema(choices, discriminator="kind")
-
-
-def _drop_kind(value: Any) -> Any:
-    return {k: v for k, v in value.items() if k != "kind"} if isinstance(value, dict) else value
-
-
-def _hook_families(tp: Any, seen: set[Any]) -> None:
-    """Give every family base reachable from annotation ``tp`` the pydantic schema hook."""
-    if tp in seen:
-        return
-    seen.add(tp)
-    for arg in get_args(tp):
-        _hook_families(arg, seen)
-    if isinstance(tp, type) and (reg := family(tp)) is not None:  # X | None: via get_args
-        if "__get_pydantic_core_schema__" not in vars(tp):
-            tp.__get_pydantic_core_schema__ = classmethod(_family_schema)
-        for kind in reg.kinds.values():
-            _hook_families(kind, seen)
-    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        for hint in type_hints(tp).values():
-            _hook_families(hint, seen)
-
-
-@functools.cache
-def _validator(tp: Any, generation: int) -> type[pydantic.BaseModel]:
-    """A strict model of one field ``value: tp`` (``generation``: Registry.generation)."""
-    _hook_families(tp, set())
-    return pydantic.create_model("cgrpo_config", __config__=_PYDANTIC_CONFIG, value=(tp, ...))
-
-
-def _validate(tp: Any, data: Any) -> Any:
-    text = json.dumps({"value": data}, default=_unsupported)
-    return _validator(tp, Registry.generation).model_validate_json(text).value
-
-
-def _unsupported(value: Any) -> Any:
-    raise ConfigError(
-        f"config value {describe_got(value)} is not text, a number, a boolean, a list or a mapping"
-    )
-
-
-def _accepts(tp: Any, value: Any) -> bool:
-    try:
-        _validate(tp, value)
-    except (pydantic.ValidationError, ConfigError):
-        return False
-    return True
 
 
 def _build(cls: type[T], layers: Sequence[Any]) -> T:
@@ -407,7 +272,7 @@ def _build(cls: type[T], layers: Sequence[Any]) -> T:
     except _UnknownKey as exc:
         raise ConfigError(unknown_key_message(cls, *exc.args)) from None
     try:
-        return _validate(cls, data)
+        return validate(cls, data)
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False)
         error = (errors[0].get("ctx") or {}).get("error")
@@ -438,7 +303,7 @@ def load_config(
     """
     if isinstance(overrides, str):
         raise TypeError("overrides must be a sequence of 'key=value' strings, not one string")
-    file_layer = [lambda _: _read_yaml(path)] if path is not None else []
+    file_layer = [lambda _: read_yaml(path)] if path is not None else []
     return _build(cls, [*file_layer, functools.partial(_override_layer, overrides=overrides)])
 
 
@@ -474,5 +339,5 @@ def _plain(value: Any) -> Any:
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
     """Atomically write ``cfg`` as YAML to ``path`` (readable again by :func:`load_config`)."""
 
-    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    text = yaml.dump(config_to_dict(cfg), Dumper=Dumper, sort_keys=False, allow_unicode=True)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
