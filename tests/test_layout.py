@@ -119,3 +119,29 @@ def test_the_checker_sees_lazy_and_upward_imports(tmp_path: Path):
     f.write_text("def f():\n    from cgrpo.train.trainer import GRPOTrainer\n")
     assert _imports(f, "cgrpo.io.m") == {"cgrpo.train.trainer"}
     assert FLOORS[_package("cgrpo.train.trainer")] > FLOORS[_package("cgrpo.io.m")]
+
+
+def _layout_table(path: Path) -> list[tuple[int, list[str]]]:
+    """(floor, packages) of each row of the layout table in ``path`` (README, docs)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index("<!-- layout table")
+    rows = []
+    for line in text[start:].splitlines()[3:]:
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.append((int(cells[0]), [p.strip(" `") for p in cells[1].split(",")]))
+    return rows
+
+
+def test_readme_and_trainer_doc_show_the_floors_of_this_test() -> None:
+    root = SRC.parents[1]
+    readme = _layout_table(root / "README.md")
+    assert readme == _layout_table(root / "docs" / "trainer.md"), "the two tables differ"
+    documented = {pkg: floor for floor, pkgs in readme for pkg in pkgs}
+    packages = {p for p in FLOORS if not p.startswith("__")}
+    assert set(documented) == packages, sorted(set(documented) ^ packages)
+    # the same order of floors (numbers may differ: the table counts from 0 upward)
+    for a in packages:
+        for b in packages:
+            assert (documented[a] < documented[b]) == (FLOORS[a] < FLOORS[b]), (a, b)
