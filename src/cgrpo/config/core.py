@@ -125,10 +125,10 @@ class _UnknownKey(Exception):
     """An unknown key (class, name, prefix[, kind]); :func:`_build` words it for the root."""
 
 
-def _merge(tp: Any, current: Any, layer: Any, key: str, kind: str | None = None) -> Any:
+def _merge(tp: Any, current: Any, layer: Any, *, key: str, kind: str | None = None) -> Any:
     """Raw data of ``layer`` on top of ``current`` (the value below it) for annotation ``tp``."""
     if (reg := family(tp)) is not None:
-        return _merge_family(reg, current, layer, key)
+        return _merge_family(reg, current, layer, key=key)
     section = section_class(tp)
     if section is not None and isinstance(layer, Mapping):
         merged = dict(current) if isinstance(current, Mapping) else {}
@@ -137,14 +137,14 @@ def _merge(tp: Any, current: Any, layer: Any, key: str, kind: str | None = None)
             if name not in fields:
                 raise _UnknownKey(section, str(name), key, kind)
             below = merged[name] if name in merged else _plain(field_default(fields[name]))
-            merged[name] = _merge(hints.get(name, Any), below, value, join(key, name))
+            merged[name] = _merge(hints.get(name, Any), below, value, key=join(key, name))
         return merged
     if isinstance(layer, _Patch) and isinstance(current, Mapping):
         value_tp = _child_type(tp, "", key)
         merged = dict(current)
         for name, value in layer.items():
             below = _entry_below(current.get(name), value)
-            merged[name] = _merge(value_tp, below, value, f"{key}.{name}")
+            merged[name] = _merge(value_tp, below, value, key=f"{key}.{name}")
         return merged
     return layer
 
@@ -162,7 +162,7 @@ def _entry_below(below: Any, value: Any) -> Any:
     return below
 
 
-def _merge_family(reg: Registry, current: Any, layer: Any, key: str) -> Any:
+def _merge_family(reg: Registry, current: Any, layer: Any, *, key: str) -> Any:
     if isinstance(layer, str):
         layer = {"kind": layer}
     if not isinstance(layer, Mapping):
@@ -182,7 +182,7 @@ def _merge_family(reg: Registry, current: Any, layer: Any, key: str) -> Any:
     if kind != below.pop("kind", None):  # another kind: start from its defaults
         below = {}
     fields = {k: v for k, v in layer.items() if k != "kind"}
-    return {"kind": kind, **_merge(reg.kinds[kind], below, fields, key, kind)}
+    return {"kind": kind, **_merge(reg.kinds[kind], below, fields, key=key, kind=kind)}
 
 
 def _child_type(tp: Any, name: str, prefix: str) -> Any:
@@ -268,9 +268,12 @@ def _build(cls: type[T], layers: Sequence[Any]) -> T:
     data: dict[str, Any] = {}
     try:
         for layer in layers:
-            data = _merge(cls, data, layer(cls) if callable(layer) else layer, "")
+            data = _merge(cls, data, layer(cls) if callable(layer) else layer, key="")
     except _UnknownKey as exc:
-        raise ConfigError(unknown_key_message(cls, *exc.args)) from None
+        section, name, prefix, *kind = exc.args
+        raise ConfigError(
+            unknown_key_message(cls, section, name, prefix=prefix, kind=kind[0] if kind else None)
+        ) from None
     try:
         return validate(cls, data)
     except pydantic.ValidationError as exc:

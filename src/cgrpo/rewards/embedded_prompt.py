@@ -61,6 +61,7 @@ class EmbeddedPromptReward:
         tau_background: float = 0.02,
         tau_position_px: float = 18.0,
         tau_size: float = 0.03,
+        *,
         tau_colour: float = 0.05,
         area_window: tuple[float, float, float, float] = (0.005, 0.02, 0.6, 0.85),
     ) -> None:

@@ -112,7 +112,7 @@ def _erode(hard: torch.Tensor) -> torch.Tensor:
 
 
 def _segment(
-    images: torch.Tensor, threshold: float, softness: float, relative: float
+    images: torch.Tensor, threshold: float, softness: float, *, relative: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Soft mask, background colour, core mask and base colour of float32 images."""
     bg = estimate_background(images)
@@ -133,6 +133,7 @@ def segment_subject(
     images: torch.Tensor,
     threshold: float = MASK_THRESHOLD,
     softness: float = MASK_SOFTNESS,
+    *,
     relative: float = MASK_RELATIVE,
     close: bool = False,
 ) -> torch.Tensor:
@@ -157,7 +158,7 @@ def segment_subject(
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
-    mask = _segment(images.float(), threshold, softness, relative)[0]
+    mask = _segment(images.float(), threshold, softness, relative=relative)[0]
     if close:
         m = F.max_pool2d(mask[:, None], 3, stride=1, padding=1)
         m = -F.max_pool2d(-m, 3, stride=1, padding=1)
@@ -211,12 +212,13 @@ def subject_stats(
     images: torch.Tensor,
     threshold: float = MASK_THRESHOLD,
     softness: float = MASK_SOFTNESS,
+    *,
     relative: float = MASK_RELATIVE,
 ) -> SubjectStats:
     """Segment ``images`` (B, 3, H, W) and summarise each subject (see :class:`SubjectStats`)."""
     images = images.float()
     b, _, h, w = images.shape
-    mask, bg, _, colour = _segment(images, threshold, softness, relative)
+    mask, bg, _, colour = _segment(images, threshold, softness, relative=relative)
     hard = mask > 0.5
     eroded = _erode(hard)
     core = torch.where(eroded.flatten(1).any(dim=1)[:, None, None], eroded, hard)
@@ -284,6 +286,7 @@ def canonical_crops(
     images: torch.Tensor,
     stats: SubjectStats,
     size: int = 24,
+    *,
     crop: str = "moments",
     extent: float = 2.2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

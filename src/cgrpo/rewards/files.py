@@ -10,6 +10,7 @@ def find_model_file(
     what: str,
     filename: str,
     given: str | Path | None,
+    *,
     package: str,
     package_subdir: str,
     howto: str,

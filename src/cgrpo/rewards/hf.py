@@ -58,7 +58,7 @@ def _howto(repo: str, path: str | Path) -> str:
     )
 
 
-def check_hf_folder(backend: str, path: str | Path | None, repo: str, tokenizer: bool) -> Path:
+def check_hf_folder(backend: str, path: str | Path | None, repo: str, *, tokenizer: bool) -> Path:
     """Check that ``path`` is a complete local Hugging Face model folder; return it.
 
     Expected: ``config.json``; ``model.safetensors`` or ``pytorch_model.bin`` (or a sharded
@@ -159,6 +159,7 @@ class _HFImageEncoder(EmbeddingIdentityReward):
         path: Path,
         resize: int | None,
         crop: int | None,
+        *,
         mean: tuple[float, float, float] | None,
         std: tuple[float, float, float] | None,
         defaults: tuple[int, int, tuple[float, ...], tuple[float, ...]],
@@ -200,6 +201,7 @@ class Dinov2IdentityReward(_HFImageEncoder):
         path: str | Path | None = None,
         pooling: str = "cls",
         dtype: str | torch.dtype = "float32",
+        *,
         resize: int | None = None,
         crop: int | None = None,
         mean: tuple[float, float, float] | None = None,
@@ -219,7 +221,12 @@ class Dinov2IdentityReward(_HFImageEncoder):
         self.model = self.model.to(self.device).eval()
         self.pooling = pooling
         self._setup_preprocessing(
-            folder, resize, crop, mean, std, (256, 224, IMAGENET_MEAN, IMAGENET_STD)
+            folder,
+            resize,
+            crop,
+            mean=mean,
+            std=std,
+            defaults=(256, 224, IMAGENET_MEAN, IMAGENET_STD),
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -250,6 +257,7 @@ class DinoIdentityReward(_HFImageEncoder):
         path: str | Path | None = None,
         dtype: str | torch.dtype = "float32",
         resize: int = 256,
+        *,
         crop: int = 224,
         **options: Any,
     ) -> None:
@@ -266,9 +274,9 @@ class DinoIdentityReward(_HFImageEncoder):
             folder,
             resize,
             crop,
-            None,
-            None,
-            (resize, crop, IMAGENET_MEAN, IMAGENET_STD),
+            mean=None,
+            std=None,
+            defaults=(resize, crop, IMAGENET_MEAN, IMAGENET_STD),
             use_folder=False,
         )
 
@@ -300,6 +308,7 @@ class ClipReward(_HFImageEncoder):
         path: str | Path | None = None,
         mode: str = "text",
         dtype: str | torch.dtype = "float32",
+        *,
         resize: int | None = None,
         crop: int | None = None,
         mean: tuple[float, float, float] | None = None,
@@ -326,7 +335,9 @@ class ClipReward(_HFImageEncoder):
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
         self.text_cache = EmbeddingCache(self.cache.max_items)
         self.encoded_texts = 0
-        self._setup_preprocessing(folder, resize, crop, mean, std, (224, 224, CLIP_MEAN, CLIP_STD))
+        self._setup_preprocessing(
+            folder, resize, crop, mean=mean, std=std, defaults=(224, 224, CLIP_MEAN, CLIP_STD)
+        )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Projected CLIP image embeddings (N, D)."""

@@ -124,6 +124,7 @@ class HPSv3Reward:
         checkpoint_path: str | Path | None = None,
         config_path: str | Path | None = None,
         python: str | Path | None = None,
+        *,
         env: dict[str, str] | None = None,
         device: str | None = None,
         batch_size: int = 8,

@@ -39,7 +39,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def check_batch(
-    images: object, prompts: object, references: object | None, need_references: bool = True
+    images: object, prompts: object, references: object | None, *, need_references: bool = True
 ) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
     """Validate a reward call; returns float32 images, the prompt list and the references.
 

@@ -32,7 +32,14 @@ def find_u2netp(model_path: str | Path | None = None) -> Path:
 
     Raises ``FileNotFoundError`` (one line: where it looked, what it expected, how to get it).
     """
-    return find_model_file("segmenter u2netp", U2NETP_FILE, model_path, "rembg", ".", U2NETP_HOWTO)
+    return find_model_file(
+        "segmenter u2netp",
+        U2NETP_FILE,
+        model_path,
+        package="rembg",
+        package_subdir=".",
+        howto=U2NETP_HOWTO,
+    )
 
 
 class U2NetPSegmenter:

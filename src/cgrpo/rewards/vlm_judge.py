@@ -107,6 +107,7 @@ class VLMJudgeReward:
         base_url: str = "http://127.0.0.1:8000/v1",
         model: str = "Qwen/Qwen2.5-VL-7B-Instruct",
         rubric: str = "prompt",
+        *,
         template: str | None = None,
         send_reference: bool | None = None,
         api_key_env: str = "OPENAI_API_KEY",
