@@ -92,10 +92,10 @@ def supervised_gradients(
     out, secs = [], []
     for _ in range(draws):
         t = time.perf_counter()
-        prompts, refs, x0 = make_batch(rng, subjects, n, pcfg)
+        prompts, refs, x0 = make_batch(rng, subjects, n, cfg=pcfg)
         for q in params:
             q.grad = None
-        flow_matching_loss(policy.model, policy.tokenizer, prompts, refs, x0).backward()
+        flow_matching_loss(policy.model, policy.tokenizer, prompts, refs=refs, x0=x0).backward()
         out.append(_flat(params))
         secs.append(time.perf_counter() - t)
     return out, sum(secs) / len(secs)

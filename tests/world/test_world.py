@@ -90,12 +90,12 @@ def test_generator_shapes_and_conditioning() -> None:
     x = torch.randn(2, 3, 32, 32)
     ids = Tokenizer()(["a star", "a star"])
     ref = torch.randn(2, 3, 32, 32)
-    v = model(x, torch.tensor([0.5, 0.5]), ids, ref)
+    v = model(x, torch.tensor([0.5, 0.5]), ids, reference=ref)
     assert v.shape == x.shape
     # the velocity depends on the reference tokens and on the prompt
-    v_ref = model(x, torch.tensor([0.5, 0.5]), ids, ref.flip(0))
+    v_ref = model(x, torch.tensor([0.5, 0.5]), ids, reference=ref.flip(0))
     assert not torch.allclose(v, v_ref)
-    v_txt = model(x, torch.tensor([0.5, 0.5]), Tokenizer()(["a red star", "a star"]), ref)
+    v_txt = model(x, torch.tensor([0.5, 0.5]), Tokenizer()(["a red star", "a star"]), reference=ref)
     assert not torch.allclose(v[0], v_txt[0]) and torch.allclose(v[1], v_txt[1], atol=1e-6)
 
 
@@ -118,7 +118,7 @@ def test_pretrain_lowers_the_loss(tmp_path: Path) -> None:
     model = load_generator(out)
     rng = random.Random(1)
     train, _ = scene.all_subjects()
-    prompts, refs, x0 = make_batch(rng, train, 32, cfg)
+    prompts, refs, x0 = make_batch(rng, train, 32, cfg=cfg)
     gen = torch.Generator().manual_seed(0)
     sigma = torch.rand(32, generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
@@ -126,8 +126,12 @@ def test_pretrain_lowers_the_loss(tmp_path: Path) -> None:
     xt = (1 - s) * x0 + s * noise
     tok = Tokenizer()
     with torch.no_grad():
-        trained = (model(xt, sigma, tok(prompts), refs) - (noise - x0)).pow(2).mean()
-        fresh = (TinyKontext(TINY)(xt, sigma, tok(prompts), refs) - (noise - x0)).pow(2).mean()
+        trained = (model(xt, sigma, tok(prompts), reference=refs) - (noise - x0)).pow(2).mean()
+        fresh = (
+            (TinyKontext(TINY)(xt, sigma, tok(prompts), reference=refs) - (noise - x0))
+            .pow(2)
+            .mean()
+        )
     assert trained < 0.8 * fresh
 
 

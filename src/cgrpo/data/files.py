@@ -87,6 +87,7 @@ def _references(
     groups: list[tuple[Path, ...]],
     load: Callable[[Path, int | None], torch.Tensor],
     image_size: int,
+    *,
     keep_aspect: bool,
 ) -> References:
     """The batch of the pairs whose reference files are ``groups``: a (B, 3, S, S) tensor of
@@ -132,7 +133,9 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
     return records
 
 
-def check_files(items: list[tuple[str, Path]], source: str, skip_bad: bool, fix: str) -> set[str]:
+def check_files(
+    items: list[tuple[str, Path]], source: str, skip_bad: bool, *, fix: str
+) -> set[str]:
     """Open every image once (:func:`~cgrpo.io.images.check_image`) before any compute:
     returns the ``where`` labels of the bad ones when ``skip_bad`` (and says how many were
     skipped), else raises one :class:`DatasetError` listing them all (up to 20) with ``fix``."""
@@ -168,6 +171,7 @@ class JsonlPairs:
         path: str | Path,
         image_size: int = 512,
         eval_count: int = 16,
+        *,
         skip_bad: bool = False,
         keep_aspect: bool = False,
     ) -> None:
@@ -200,7 +204,7 @@ class JsonlPairs:
             raise DatasetError(f"pair file '{self.path}' holds no pairs")
         bad = check_files(
             images, f"pair file '{self.path}'", skip_bad,
-            "Fix or remove those lines, or set data.skip_bad=true to train without them.",
+            fix="Fix or remove those lines, or set data.skip_bad=true to train without them.",
         )  # fmt: skip
         self.skipped = len({w for w, _ in entries if w in bad})
         self.entries: list[PairEntry] = [e for w, e in entries if w not in bad]
@@ -212,7 +216,7 @@ class JsonlPairs:
 
     def _batch(self, entries: list[PairEntry]) -> tuple[References, list[str]]:
         groups = [e.references for e in entries]
-        refs = _references(groups, _load_reference, self.image_size, self.keep_aspect)
+        refs = _references(groups, _load_reference, self.image_size, keep_aspect=self.keep_aspect)
         return refs, [e.prompt for e in entries]
 
     def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
@@ -291,6 +295,7 @@ class DreamBenchPairs:
         root: str | Path,
         image_size: int = 512,
         prompts_per_subject: int = 25,
+        *,
         keep_aspect: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -328,7 +333,7 @@ class DreamBenchPairs:
         check_files(
             [(f"subject '{s}'", self.references[s]) for s in self.subjects],
             f"DreamBench folder '{self.root}'", False,
-            "Restore those files (see the folder's SOURCE.md) or remove the subjects from "
+            fix="Restore those files (see the folder's SOURCE.md) or remove the subjects from "
             "single_reference.json.",
         )  # fmt: skip
         self._images: dict[tuple[Path, int | None], torch.Tensor] = {}
@@ -344,7 +349,7 @@ class DreamBenchPairs:
 
     def _refs(self, subjects: list[str]) -> References:
         groups = [(self.references[s],) for s in subjects]
-        return _references(groups, self._load, self.image_size, self.keep_aspect)
+        return _references(groups, self._load, self.image_size, keep_aspect=self.keep_aspect)
 
     def eval_indices(self) -> list[int]:
         n, k = len(self.prompts[self.subjects[0]]), self.prompts_per_subject

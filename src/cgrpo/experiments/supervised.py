@@ -42,8 +42,8 @@ def supervised(cfg, budget: float) -> None:
     spent, step, rows = 0.0, 0, []
     while spent < budget:
         t0 = time.perf_counter()
-        prompts, refs, x0 = make_batch(rng, subjects, batch, pcfg)
-        loss = flow_matching_loss(model, tok, prompts, refs, x0)
+        prompts, refs, x0 = make_batch(rng, subjects, batch, cfg=pcfg)
+        loss = flow_matching_loss(model, tok, prompts, refs=refs, x0=x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)

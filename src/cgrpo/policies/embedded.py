@@ -33,6 +33,7 @@ class EmbeddedPolicy:
         model: TinyKontext | None = None,
         weights: str | Path | None = None,
         device: str | torch.device = "cpu",
+        *,
         keep_reference: bool = False,
         lora: tuple[int, float | None, list[str]] | None = None,
     ) -> None:
@@ -91,7 +92,7 @@ class EmbeddedPolicy:
         return (c.channels, c.image_size, c.image_size)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
-        return self.model(x, sigma, condition["text_ids"], condition["reference"])
+        return self.model(x, sigma, condition["text_ids"], reference=condition["reference"])
 
     def reference_velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition
@@ -102,7 +103,7 @@ class EmbeddedPolicy:
                 "(the trainer does so when grpo.kl_coef > 0)"
             )
         with torch.no_grad():
-            return self.ref_model(x, sigma, condition["text_ids"], condition["reference"])
+            return self.ref_model(x, sigma, condition["text_ids"], reference=condition["reference"])
 
     # -- the old policy (HasOldPolicy): a frozen copy of the tiny model -----------------------
 
@@ -119,7 +120,7 @@ class EmbeddedPolicy:
         self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition
     ) -> torch.Tensor:
         with torch.no_grad():
-            return self._old()(x, sigma, condition["text_ids"], condition["reference"])
+            return self._old()(x, sigma, condition["text_ids"], reference=condition["reference"])
 
     @torch.no_grad()
     def soft_update_old(self, decay: float) -> None:

@@ -24,6 +24,7 @@ def build_policy(
     cfg: TrainConfig,
     device: str | None = None,
     shard_later: bool = False,
+    *,
     keep_reference: bool | None = None,
 ) -> Policy:
     """The policy named by ``cfg.model`` on ``device`` (default ``cfg.model.device``).

@@ -174,7 +174,12 @@ class TinyKontext(nn.Module):
         return x.reshape(b, hc, g * p, g * p)
 
     def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, text_ids: torch.Tensor, reference: torch.Tensor
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        text_ids: torch.Tensor,
+        *,
+        reference: torch.Tensor,
     ) -> torch.Tensor:
         """Velocity for noisy images ``x`` (B,3,H,W) at noise level ``sigma`` (B,)."""
         b = x.shape[0]

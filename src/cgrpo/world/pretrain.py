@@ -69,7 +69,7 @@ def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def make_batch(
-    rng: random.Random, subjects: list[scene.Subject], batch_size: int, cfg: PretrainConfig
+    rng: random.Random, subjects: list[scene.Subject], batch_size: int, *, cfg: PretrainConfig
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Prompts, references and (copy-biased) targets for one pretraining batch."""
     prompts, refs, targets = [], [], []
@@ -88,14 +88,14 @@ def make_batch(
 
 
 def flow_matching_loss(
-    model: TinyKontext, tok: Tokenizer, prompts: list[str], refs: torch.Tensor, x0: torch.Tensor
+    model: TinyKontext, tok: Tokenizer, prompts: list[str], *, refs: torch.Tensor, x0: torch.Tensor
 ) -> torch.Tensor:
     """The rectified-flow loss of one batch (the module docstring's formula): draws
     ``sigma ~ logit-normal(0, 1)`` and the noise from the global RNG."""
     sigma = torch.sigmoid(torch.randn(x0.shape[0]))
     noise = torch.randn_like(x0)
     s = sigma[:, None, None, None]
-    v = model((1 - s) * x0 + s * noise, sigma, tok(prompts), refs)
+    v = model((1 - s) * x0 + s * noise, sigma, tok(prompts), reference=refs)
     return (v - (noise - x0)).pow(2).mean()
 
 
@@ -161,8 +161,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     running = None
     bar = tqdm(range(cfg.steps), desc="pretrain", mininterval=5)
     for step in bar:
-        prompts, refs, x0 = make_batch(rng, train_subjects, cfg.batch_size, cfg)
-        loss = flow_matching_loss(model, tok, prompts, refs, x0)
+        prompts, refs, x0 = make_batch(rng, train_subjects, cfg.batch_size, cfg=cfg)
+        loss = flow_matching_loss(model, tok, prompts, refs=refs, x0=x0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)

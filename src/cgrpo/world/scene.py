@@ -299,6 +299,7 @@ def render(
     subject: Subject,
     prompt: Prompt | None = None,
     size: int = IMAGE_SIZE,
+    *,
     supersample: int = 4,
     ignore: tuple[str, ...] = (),
 ) -> np.ndarray:
