@@ -70,9 +70,9 @@ def record_weighted_steps(trainer) -> list[int]:
     inner = trainer.weighting
 
     class Recorder:
-        def step_weights(self, t, n, base, pair):
+        def step_weights(self, t, n, base, *, pair):
             weighted.append(t)
-            return inner.step_weights(t, n, base, pair)
+            return inner.step_weights(t, n, base, pair=pair)
 
     trainer.weighting = Recorder()
     return weighted

@@ -182,4 +182,4 @@ def test_unbiased_std_option_is_torchs_default_std() -> None:
     torch.testing.assert_close(pop, got * (4 / 3) ** 0.5)
     ids = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
     by = advantages_by_group(r, ids, 0.0, unbiased=True)
-    torch.testing.assert_close(by[ids == 1], group_advantages(r[ids == 1], 4, 0.0, True))
+    torch.testing.assert_close(by[ids == 1], group_advantages(r[ids == 1], 4, 0.0, unbiased=True))

@@ -47,7 +47,7 @@ def test_nft_loss_equals_an_independent_formula(beta: float, adaptive: bool) -> 
     s = torch.tensor([1.0, 0.7, 0.35, 0.1], dtype=torch.float64)
     x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
     r = torch.tensor([0.0, 0.25, 0.9, 1.0], dtype=torch.float64)
-    loss, per = nft_loss(v, v_old, x_s, x0, s, r, beta, adaptive)
+    loss, per = nft_loss(v, v_old, x_s, x0=x0, sigma=s, r=r, beta=beta, adaptive=adaptive)
     want = _numpy_nft(*(t.numpy() for t in (v, v_old, x_s, x0, s, r)), beta, adaptive)
     np.testing.assert_allclose(per.numpy(), want, rtol=1e-12)
     assert loss.item() == pytest.approx(want.mean(), rel=1e-12)
@@ -71,22 +71,22 @@ def test_nft_gradient_with_r_one_points_along_flow_matching() -> None:
     fm = grads(((net(x_s) - (eps - x0)) ** 2).mean())  # flow matching: v regresses eps - x0
     for beta in (1.0, 0.1):
         v = net(x_s)
-        loss, _ = nft_loss(v, v.detach(), x_s, x0, s, torch.ones(1), beta)
+        loss, _ = nft_loss(v, v.detach(), x_s, x0=x0, sigma=s, r=torch.ones(1), beta=beta)
         g = grads(loss)
         cos = torch.dot(g, fm) / (g.norm() * fm.norm())
         assert cos.item() == pytest.approx(1.0, abs=1e-6)
     # and r = 0 pushes the other way
     v = net(x_s)
-    g = grads(nft_loss(v, v.detach(), x_s, x0, s, torch.zeros(1), 1.0)[0])
+    g = grads(nft_loss(v, v.detach(), x_s, x0=x0, sigma=s, r=torch.zeros(1), beta=1.0)[0])
     assert torch.dot(g, fm).item() < 0
 
 
 def test_forward_noise_depends_only_on_seed_step_and_sample() -> None:
-    a = forward_noise((2, 3), 7, 4, torch.tensor([0, 1, 2, 3]))
-    b = forward_noise((2, 3), 7, 4, torch.tensor([2, 3]))  # another process's share
+    a = forward_noise((2, 3), 7, 4, samples=torch.tensor([0, 1, 2, 3]))
+    b = forward_noise((2, 3), 7, 4, samples=torch.tensor([2, 3]))  # another process's share
     assert torch.equal(a[2:], b)
     assert not torch.equal(a[0], a[1])
-    assert not torch.equal(a, forward_noise((2, 3), 7, 5, torch.tensor([0, 1, 2, 3])))
+    assert not torch.equal(a, forward_noise((2, 3), 7, 5, samples=torch.tensor([0, 1, 2, 3])))
 
 
 def test_nft_options_are_checked() -> None:

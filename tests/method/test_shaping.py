@@ -42,51 +42,62 @@ def t(x: float) -> torch.Tensor:
 def test_hand_values() -> None:
     a_id = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0])
     a_p = torch.tensor([2.0, -2.0, 2.0, -2.0, 3.0])
-    lin = linear(a_id, a_p, 0.3, 0.7)
+    lin = linear(a_id, a_p, 0.3, w_prompt=0.7)
     torch.testing.assert_close(lin, 0.3 * a_id + 0.7 * a_p)
     th2 = math.tanh(2.0)
     expected = lin + 0.4 * torch.tensor([th2, -th2, -th2, -th2, 0.0])
-    torch.testing.assert_close(sars(a_id, a_p, 0.3, 0.7), expected)
+    torch.testing.assert_close(sars(a_id, a_p, 0.3, w_prompt=0.7), expected)
 
 
 def test_tensor_weights_broadcast() -> None:
     a_id = torch.tensor([1.0, -1.0])
     a_p = torch.tensor([0.5, 0.5])
     w_id = torch.tensor([0.2, 0.8])
-    out = linear(a_id, a_p, w_id, 1 - w_id)
+    out = linear(a_id, a_p, w_id, w_prompt=1 - w_id)
     torch.testing.assert_close(out, torch.tensor([0.2 + 0.4, -0.8 + 0.1]))
 
 
 @SETTINGS
 @given(adv, adv, weight, weight, gammas)
 def test_sars_within_gamma_of_linear(a, b, w1, w2, gamma) -> None:
-    d = sars(t(a), t(b), w1, w2, gamma) - linear(t(a), t(b), w1, w2)
+    d = sars(t(a), t(b), w1, w_prompt=w2, gamma=gamma) - linear(t(a), t(b), w1, w_prompt=w2)
     assert abs(d.item()) <= gamma + 1e-12
 
 
 @SETTINGS
 @given(adv, adv, weight, weight)
 def test_gamma_zero_is_linear(a, b, w1, w2) -> None:
-    torch.testing.assert_close(sars(t(a), t(b), w1, w2, 0.0), linear(t(a), t(b), w1, w2))
+    torch.testing.assert_close(
+        sars(t(a), t(b), w1, w_prompt=w2, gamma=0.0), linear(t(a), t(b), w1, w_prompt=w2)
+    )
 
 
 @SETTINGS
 @given(pos, pos, weight, weight, st.floats(0.01, 2.0))
 def test_both_positive_amplified(a, b, w1, w2, gamma) -> None:
-    assert sars(t(a), t(b), w1, w2, gamma).item() > linear(t(a), t(b), w1, w2).item()
+    assert (
+        sars(t(a), t(b), w1, w_prompt=w2, gamma=gamma).item()
+        > linear(t(a), t(b), w1, w_prompt=w2).item()
+    )
 
 
 @SETTINGS
 @given(pos, neg, weight, weight, st.floats(0.01, 2.0), st.booleans())
 def test_conflict_penalised(p, n, w1, w2, gamma, id_is_positive) -> None:
     a, b = (p, n) if id_is_positive else (n, p)
-    assert sars(t(a), t(b), w1, w2, gamma).item() < linear(t(a), t(b), w1, w2).item()
+    assert (
+        sars(t(a), t(b), w1, w_prompt=w2, gamma=gamma).item()
+        < linear(t(a), t(b), w1, w_prompt=w2).item()
+    )
 
 
 @SETTINGS
 @given(neg, neg, weight, weight, st.floats(0.01, 2.0))
 def test_joint_failure_penalised(a, b, w1, w2, gamma) -> None:
-    assert sars(t(a), t(b), w1, w2, gamma).item() < linear(t(a), t(b), w1, w2).item()
+    assert (
+        sars(t(a), t(b), w1, w_prompt=w2, gamma=gamma).item()
+        < linear(t(a), t(b), w1, w_prompt=w2).item()
+    )
 
 
 @SETTINGS
@@ -96,11 +107,13 @@ def test_monotone_in_each_advantage_when_other_positive(x1, x2, other, w1, w2, g
     lo, hi = min(x1, x2), max(x1, x2)
     # in a_id with a_prompt fixed and positive
     assert (
-        sars(t(hi), t(other), w1, w2, gamma).item() >= sars(t(lo), t(other), w1, w2, gamma).item()
+        sars(t(hi), t(other), w1, w_prompt=w2, gamma=gamma).item()
+        >= sars(t(lo), t(other), w1, w_prompt=w2, gamma=gamma).item()
     )
     # in a_prompt with a_id fixed and positive
     assert (
-        sars(t(other), t(hi), w1, w2, gamma).item() >= sars(t(other), t(lo), w1, w2, gamma).item()
+        sars(t(other), t(hi), w1, w_prompt=w2, gamma=gamma).item()
+        >= sars(t(other), t(lo), w1, w_prompt=w2, gamma=gamma).item()
     )
 
 
@@ -150,13 +163,13 @@ def test_strategy_objects_and_factory() -> None:
     lin = make_shaping("linear")
     assert isinstance(lin, LinearShaping) and lin.kind == "linear"
     # for two rewards the strategies are exactly the pure functions (same float ops)
-    assert torch.equal(lin(adv, w, pair), linear(a_id, a_p, 0.4, 0.6))
+    assert torch.equal(lin(adv, w, pair), linear(a_id, a_p, 0.4, w_prompt=0.6))
     s = make_shaping("sars", gamma=0.25)
     assert isinstance(s, SARSShaping) and s.gamma == 0.25 and s.kind == "sars"
-    assert torch.equal(s(adv, w, pair), sars(a_id, a_p, 0.4, 0.6, gamma=0.25))
+    assert torch.equal(s(adv, w, pair), sars(a_id, a_p, 0.4, w_prompt=0.6, gamma=0.25))
     assert SARSShaping().gamma == 0.4
     one = {"identity": 1.0, "prompt": 1.0}
-    assert torch.equal(make_shaping("sars")(adv, one, pair), sars(a_id, a_p, 1.0, 1.0))
+    assert torch.equal(make_shaping("sars")(adv, one, pair), sars(a_id, a_p, 1.0, w_prompt=1.0))
     with pytest.raises(ValueError, match="linear, sars"):
         make_shaping("synergy")
     with pytest.raises(ValueError, match="gamma"):

@@ -112,14 +112,14 @@ def test_tdw_sets_the_pair_and_leaves_other_rewards_static() -> None:
     tdw = TimeAwareWeights()
     base = {"identity": 1.0, "prompt": 1.0, "colour": 0.2}
     for t in range(25):
-        w = tdw.step_weights(t, 25, base, ("identity", "prompt"))
+        w = tdw.step_weights(t, 25, base, pair=("identity", "prompt"))
         assert (w["identity"], w["prompt"]) == tdw.weights(t, 25)
         assert w["colour"] == 0.2
     # the roles follow the pair's order: (identity role, prompt role)
-    w = tdw.step_weights(0, 25, base, ("colour", "identity"))
+    w = tdw.step_weights(0, 25, base, pair=("colour", "identity"))
     assert (w["colour"], w["identity"], w["prompt"]) == (*tdw.weights(0, 25), 1.0)
     with pytest.raises(ValueError, match=r"method.weighting=tdw needs .*\['hps'\] missing"):
-        tdw.step_weights(0, 25, base, ("identity", "hps"))
+        tdw.step_weights(0, 25, base, pair=("identity", "hps"))
 
 
 def test_tdw_step_index_validation() -> None:

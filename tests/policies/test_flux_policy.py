@@ -152,11 +152,19 @@ def test_grpo_step_only_lora_changes_and_ratio_is_one(flux_dir: Path) -> None:
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
         x = roll.latents[t]
         v = pol.velocity(x, torch.full((x.shape[0],), s), roll.condition)
-        _, logp, _, _ = sde_step(x, v, s, s_next, eta, prev_sample=roll.latents[t + 1])
+        _, logp, _, _ = sde_step(
+            x, v, s, sigma_next=s_next, eta=eta, prev_sample=roll.latents[t + 1]
+        )
         # unchanged weights: the recomputed log-prob is the recorded one, ratio exactly 1
         assert torch.equal(logp.detach(), roll.log_probs[t])
         w_id, w_p = weighting.weights(t, steps)
-        loss, stats = grpo_loss(logp, roll.log_probs[t], sars(a_id, a_p, w_id, w_p), 1e-4, 5.0)
+        loss, stats = grpo_loss(
+            logp,
+            roll.log_probs[t],
+            sars(a_id, a_p, w_id, w_prompt=w_p),
+            clip_range=1e-4,
+            adv_clip=5.0,
+        )
         assert stats["ratio_mean"] == 1.0 and stats["clip_fraction"] == 0.0
         (loss / len(train_steps)).backward()
     assert all(p.grad is None for n, p in pol.transformer.named_parameters() if "lora_" not in n)

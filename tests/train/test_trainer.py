@@ -51,7 +51,9 @@ def test_short_run_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
         shares = r["share/synergy"] + r["share/conflict"] + r["share/joint_failure"]
         assert shares == pytest.approx(1.0)
         s = cfg.sampler  # the default schedule's SDE steps (the branch: its k)
-        sde_steps = sum(s.schedule.sde_mask(s.num_steps, s.ode_tail, 0, torch.Generator()))
+        sde_steps = sum(
+            s.schedule.sde_mask(s.num_steps, s.ode_tail, 0, generator=torch.Generator())
+        )
         assert r["trained_steps"] == max(1, round(cfg.grpo.timestep_fraction * sde_steps))
         assert r["sec_sample"] > 0 and r["sec_update"] > 0
     # the update changed the weights
@@ -99,9 +101,9 @@ def test_weights_follow_true_step_index(tmp_path: Path, tiny_weights: Path, ode_
     tdw = TimeAwareWeights()
 
     class Recorder:
-        def step_weights(self, t: int, n: int, base, pair) -> dict[str, float]:
+        def step_weights(self, t: int, n: int, base, *, pair) -> dict[str, float]:
             weighted.append(t)
-            return tdw.step_weights(t, n, base, pair)
+            return tdw.step_weights(t, n, base, pair=pair)
 
     trainer.weighting = Recorder()
     roll, refs, prompts = trainer.rollout()
@@ -248,9 +250,9 @@ def test_nonfinite_later_chunk_leaves_weights_optimizer_and_ema(
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def loss(self, *args):
+        def loss(self, *args, **kwargs):
             calls["n"] += 1
-            loss, stats = real.loss(*args)
+            loss, stats = real.loss(*args, **kwargs)
             return (loss * math.nan, stats) if calls["n"] > per_chunk else (loss, stats)
 
     trainer.objective = NaNInSecondChunk()

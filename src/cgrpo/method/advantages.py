@@ -15,7 +15,7 @@ __all__ = ["advantages_by_group", "group_advantages"]
 
 
 def group_advantages(
-    rewards: Tensor | Sequence[float], group_size: int, eps: float = 1e-8, unbiased: bool = False
+    rewards: Tensor | Sequence[float], group_size: int, eps: float = 1e-8, *, unbiased: bool = False
 ) -> Tensor:
     """Standardise rewards within consecutive groups of ``group_size``.
 
@@ -81,7 +81,7 @@ def group_advantages(
 
 
 def advantages_by_group(
-    rewards: Tensor, group_ids: Tensor, eps: float = 1e-8, unbiased: bool = False
+    rewards: Tensor, group_ids: Tensor, eps: float = 1e-8, *, unbiased: bool = False
 ) -> Tensor:
     """:func:`group_advantages` for samples in any order, grouped by ``group_ids``.
 
@@ -106,7 +106,7 @@ def advantages_by_group(
     _, counts = torch.unique(ids, return_counts=True)
     if not bool((counts == counts[0]).all()):
         raise ValueError(f"groups have different sizes {sorted(set(counts.tolist()))}")
-    adv_sorted = group_advantages(r[order], int(counts[0]), eps, unbiased)
+    adv_sorted = group_advantages(r[order], int(counts[0]), eps, unbiased=unbiased)
     out = torch.empty_like(adv_sorted)
     out[order] = adv_sorted
     return out

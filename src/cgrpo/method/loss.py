@@ -22,6 +22,7 @@ def grpo_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
     advantages: Tensor,
+    *,
     clip_range: float = 1e-4,
     adv_clip: float = 5.0,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -132,6 +133,7 @@ def nft_loss(
     v: Tensor,
     v_old: Tensor,
     x_s: Tensor,
+    *,
     x0: Tensor,
     sigma: Tensor | float,
     r: Tensor,

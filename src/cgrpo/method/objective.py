@@ -93,7 +93,7 @@ class Objective:
         raise NotImplementedError
 
     def loss(
-        self, ctx: LossContext, roll: Rollout, t: int, idx: Tensor, adv: Tensor
+        self, ctx: LossContext, roll: Rollout, t: int, *, idx: Tensor, adv: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
         """The loss of step ``t`` for local samples ``idx`` with shaped advantages ``adv``."""
         raise NotImplementedError
@@ -116,7 +116,7 @@ class GRPOObjective(Objective):
         return list(roll.sde_steps)
 
     def loss(
-        self, ctx: LossContext, roll: Rollout, t: int, idx: Tensor, adv: Tensor
+        self, ctx: LossContext, roll: Rollout, t: int, *, idx: Tensor, adv: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
         s, s_next = float(roll.sigmas[t]), float(roll.sigmas[t + 1])
         x = roll.latents[t, idx]
@@ -125,11 +125,17 @@ class GRPOObjective(Objective):
         v = ctx.velocity(x, sig, cond)
         prev = roll.latents[t + 1, idx]
         kind, eta = ctx.sampler_kind, ctx.eta
-        _, logp, mean, std = sde_step(x, v, s, s_next, eta, prev_sample=prev, kind=kind)
-        loss, stats = grpo_loss(logp, roll.log_probs[t, idx], adv, ctx.clip_range, ctx.adv_clip)
+        _, logp, mean, std = sde_step(
+            x, v, s, sigma_next=s_next, eta=eta, prev_sample=prev, kind=kind
+        )
+        loss, stats = grpo_loss(
+            logp, roll.log_probs[t, idx], adv, clip_range=ctx.clip_range, adv_clip=ctx.adv_clip
+        )
         if ctx.kl_coef > 0:
             ref_v = ctx.policy.reference_velocity(x, sig, cond)
-            _, _, ref_mean, _ = sde_step(x, ref_v, s, s_next, eta, prev_sample=prev, kind=kind)
+            _, _, ref_mean, _ = sde_step(
+                x, ref_v, s, sigma_next=s_next, eta=eta, prev_sample=prev, kind=kind
+            )
             kl = kl_penalty(mean, ref_mean.detach(), std)
             loss = loss + ctx.kl_coef * kl
             stats["kl"] = kl.item()
@@ -137,7 +143,7 @@ class GRPOObjective(Objective):
         return loss, stats
 
 
-def forward_noise(shape: tuple[int, ...], seed: int, t: int, samples: Tensor) -> Tensor:
+def forward_noise(shape: tuple[int, ...], seed: int, t: int, *, samples: Tensor) -> Tensor:
     """``eps`` for each global sample index in ``samples`` at step ``t`` (CPU, float32):
     sample ``j``'s noise is drawn from its own generator seeded by ``(seed, t, j)``."""
     out = torch.empty((len(samples), *shape))
@@ -205,11 +211,11 @@ class NFTObjective(Objective):
         return shaped - (sums / counts.to(shaped.dtype))[inverse]
 
     def loss(
-        self, ctx: LossContext, roll: Rollout, t: int, idx: Tensor, adv: Tensor
+        self, ctx: LossContext, roll: Rollout, t: int, *, idx: Tensor, adv: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
         x0 = roll.final[idx]
         s = float(roll.sigmas[t])
-        eps = forward_noise(tuple(x0.shape[1:]), ctx.noise_seed, t, idx.cpu() + ctx.offset)
+        eps = forward_noise(tuple(x0.shape[1:]), ctx.noise_seed, t, samples=idx.cpu() + ctx.offset)
         eps = eps.to(x0.device, x0.dtype)
         x_s = (1.0 - s) * x0 + s * eps
         cond = roll.condition.index(idx)
@@ -218,7 +224,9 @@ class NFTObjective(Objective):
             v_old = ctx.policy.old_velocity(x_s, sig, cond)
         v = ctx.velocity(x_s, sig, cond)
         r = optimality(adv, self.adv_clip)
-        loss, _ = nft_loss(v, v_old, x_s, x0, s, r, self.beta, self.adaptive)
+        loss, _ = nft_loss(
+            v, v_old, x_s, x0=x0, sigma=s, r=r, beta=self.beta, adaptive=self.adaptive
+        )
         stats = {
             "nft_loss": loss.item(),
             "old_deviation": float((v.detach() - v_old).pow(2).mean()),

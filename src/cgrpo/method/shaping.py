@@ -57,7 +57,7 @@ RELATION_NAMES: tuple[str, str, str] = ("synergy", "conflict", "joint_failure")
 
 
 def linear(
-    a_id: Tensor, a_prompt: Tensor, w_id: float | Tensor, w_prompt: float | Tensor
+    a_id: Tensor, a_prompt: Tensor, w_id: float | Tensor, *, w_prompt: float | Tensor
 ) -> Tensor:
     """Naive weighted sum (GRPO multi-reward baseline)::
 
@@ -70,6 +70,7 @@ def sars(
     a_id: Tensor,
     a_prompt: Tensor,
     w_id: float | Tensor,
+    *,
     w_prompt: float | Tensor,
     gamma: float = 0.4,
 ) -> Tensor:
@@ -89,7 +90,7 @@ def sars(
     always; ``gamma = 0`` is exactly :func:`linear`. ``gamma = 0.4`` is the paper's released
     setting.
     """
-    return linear(a_id, a_prompt, w_id, w_prompt) + sars_bonus(a_id, a_prompt, gamma)
+    return linear(a_id, a_prompt, w_id, w_prompt=w_prompt) + sars_bonus(a_id, a_prompt, gamma)
 
 
 def sars_bonus(a_id: Tensor, a_prompt: Tensor, gamma: float = 0.4) -> Tensor:

@@ -83,7 +83,7 @@ class Weighting:
     kind: ClassVar[str]
 
     def step_weights(
-        self, step_index: int, num_steps: int, base: Mapping[str, float], pair: tuple[str, str]
+        self, step_index: int, num_steps: int, base: Mapping[str, float], *, pair: tuple[str, str]
     ) -> dict[str, float]:
         raise NotImplementedError
 
@@ -106,6 +106,7 @@ class StaticWeights(Weighting):
         step_index: int,
         num_steps: int,
         base: Mapping[str, float],
+        *,
         pair: tuple[str, str] = DEFAULT_PAIR,
     ) -> dict[str, float]:
         """``{name: weight}``; ``step_index`` is only validated (``0 <= t < num_steps``)."""
@@ -197,6 +198,7 @@ class TimeAwareWeights(Weighting):
         step_index: int,
         num_steps: int,
         base: Mapping[str, float],
+        *,
         pair: tuple[str, str] = DEFAULT_PAIR,
     ) -> dict[str, float]:
         """``base`` with the pair's weights replaced by :meth:`weights` at step ``t``:

@@ -56,7 +56,9 @@ class UpdatePhase:
     ) -> dict[str, torch.Tensor]:
         """Each reward's group advantage, for every sample of the step (all processes')."""
         eps, unbiased = self.cfg.grpo.adv_eps, self.cfg.grpo.std == "unbiased"
-        return {k: advantages_by_group(r, group_ids, eps, unbiased) for k, r in rewards.items()}
+        return {
+            k: advantages_by_group(r, group_ids, eps, unbiased=unbiased) for k, r in rewards.items()
+        }
 
     def shaped_advantages(
         self, adv: dict[str, torch.Tensor], steps: list[int], num_steps: int
@@ -65,7 +67,7 @@ class UpdatePhase:
         base = self.rewards.weights
         return {
             t: self.shaping(
-                adv, self.weighting.step_weights(t, num_steps, base, self.pair), self.pair
+                adv, self.weighting.step_weights(t, num_steps, base, pair=self.pair), self.pair
             )
             for t in steps
         }
@@ -190,7 +192,7 @@ class UpdatePhase:
             idx = chunk[lo : lo + mb].to(self.policy.device)
             # every process runs the same backward passes; DDP syncs on the last one
             with self.dist.no_sync(sync=j == len(work) - 1):
-                loss, stats = self.objective.loss(ctx, roll, t, idx, shaped[t][idx])
+                loss, stats = self.objective.loss(ctx, roll, t, idx=idx, adv=shaped[t][idx])
                 finite = finite and bool(torch.isfinite(loss))
                 (loss * len(idx) / (len(chunk) * len(steps))).backward()
             losses.append(stats)
