@@ -165,7 +165,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cgrpo train: {e}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     base, trained, truth = (summary.get(k) for k in ("base", "trained", "truth"))
-    print(summary_table(base, trained, "trained", truth))
+    print(summary_table(base, trained, "trained", truth=truth))
     print(f"run folder: {cfg.run.out_dir}")
     return 0
 
@@ -190,7 +190,7 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = load_config(EvalConfig, args.config, args.overrides)
     from cgrpo.eval.protocol import eval_command
 
-    print(eval_command(cfg, args.run, args.model_config, args.quiet))
+    print(eval_command(cfg, args.run, args.model_config, quiet=args.quiet))
     print(f"wrote {cfg.out_dir}")
     return 0
 

@@ -149,7 +149,9 @@ def test_dreambench_protocol_with_flux_policy(tmp_path: Path, flux_dir: Path) ->
     cfg.metrics = {"identity_offline": {"kind": "effnet", "resize": 64, "crop": 64}}
     metrics = build_metrics(cfg, "cpu", train_cfg)
     out = tmp_path / "db"
-    result = evaluate_protocol(policy, train_cfg, cfg, metrics, out, {"model": "tiny"}, True)
+    result = evaluate_protocol(
+        policy, train_cfg, cfg, metrics=metrics, out=out, source={"model": "tiny"}, quiet=True
+    )
     assert result["images_per_pair"] == 1 and result["images"] == 30
     assert (result["pairs"], result["subjects"]) == (30, 30)
     assert result["identity_column"] == "identity_offline" and result["prompt_column"] == ""
@@ -201,7 +203,10 @@ def test_eval_of_a_run_prints_the_training_table(tmp_path: Path) -> None:
     assert m["truth"] == summary["truth"]
     # the raw weights are other weights: other numbers
     raw = eval_command(
-        load_config(EvalConfig, None, [f"out_dir={tmp_path / 'raw'}", "ema=false"]), run, None, True
+        load_config(EvalConfig, None, [f"out_dir={tmp_path / 'raw'}", "ema=false"]),
+        run,
+        None,
+        quiet=True,
     )
     assert "raw weights" in raw
     raw_m = json.loads((tmp_path / "raw" / "metrics.json").read_text())

@@ -229,7 +229,9 @@ def test_evaluation_pads_a_short_share_and_drops_the_padding(tmp_path: Path) -> 
 
     for rank in (0, 2):
         calls.clear(), seen.clear()
-        ev = build_evaluator(trainer.cfg, pairs, trainer.rewards, Third(_Place(rank, 3)), 1)
+        ev = build_evaluator(
+            trainer.cfg, pairs, trainer.rewards, dist=Third(_Place(rank, 3)), images_per_pair=1
+        )
         ev.run(trainer.policy)
         assert calls == [3, 3]  # 2 sampler steps over 3 images, padded or not
         assert [x[0] for x in seen] == list(range(rank, 8, 3))

@@ -51,8 +51,8 @@ def test_recorded_log_probs_rescore_exactly(setup) -> None:
             roll.latents[t],
             v,
             float(sig[t]),
-            float(sig[t + 1]),
-            0.4,
+            sigma_next=float(sig[t + 1]),
+            eta=0.4,
             prev_sample=roll.latents[t + 1],
         )
         torch.testing.assert_close(logp, roll.log_probs[t], rtol=0, atol=1e-5)
@@ -68,14 +68,16 @@ def test_ode_tail_is_deterministic_and_untrainable(setup) -> None:
     assert torch.isnan(roll.log_probs[3:]).all() and torch.isfinite(roll.log_probs[:3]).all()
     s = torch.full((6,), float(sig[4]))
     v = policy.velocity(roll.latents[4], s, roll.condition)
-    torch.testing.assert_close(roll.final, euler_step(roll.latents[4], v, float(sig[4]), 0.0))
+    torch.testing.assert_close(
+        roll.final, euler_step(roll.latents[4], v, float(sig[4]), sigma_next=0.0)
+    )
 
 
 def test_ode_sampler_is_deterministic(setup) -> None:
     policy, cond = setup
     noise = torch.randn(3, *policy.latent_shape(), generator=torch.Generator().manual_seed(0))
-    a = sample_ode(policy, cond, sigma_schedule(4), noise)
-    b = sample_ode(policy, cond, sigma_schedule(4), noise, micro_batch_size=2)
+    a = sample_ode(policy, cond, sigma_schedule(4), noise=noise)
+    b = sample_ode(policy, cond, sigma_schedule(4), noise=noise, micro_batch_size=2)
     torch.testing.assert_close(a, b)
 
 

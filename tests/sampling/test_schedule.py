@@ -19,14 +19,19 @@ G = torch.Generator
 def test_masks() -> None:
     gen = G().manual_seed(0)
     assert set(SCHEDULES.kinds) >= {"full", "window", "branch"}
-    assert FullSchedule().sde_mask(5, 1, 0, gen) == [True] * 4 + [False]
+    assert FullSchedule().sde_mask(5, 1, 0, generator=gen) == [True] * 4 + [False]
     w = WindowSchedule(size=2, start=1)
-    assert w.sde_mask(6, 0, 7, gen) == [False, True, True, False, False, False]
+    assert w.sde_mask(6, 0, 7, generator=gen) == [False, True, True, False, False, False]
     moving = WindowSchedule(size=2, start=1, every=3, stride=1)
     firsts = [moving.first(6, step) for step in range(0, 15, 3)]
     assert firsts == [1, 2, 3, 4, 1]  # slides later, wraps to the start
-    assert BranchSchedule(k=2, at=3).sde_mask(6, 0, 0, gen) == [False] * 3 + [True] * 2 + [False]
-    drawn = {BranchSchedule(k=1, lo=1, hi=3).sde_mask(6, 0, 0, gen).index(True) for _ in range(50)}
+    assert BranchSchedule(k=2, at=3).sde_mask(6, 0, 0, generator=gen) == [False] * 3 + [
+        True
+    ] * 2 + [False]
+    drawn = {
+        BranchSchedule(k=1, lo=1, hi=3).sde_mask(6, 0, 0, generator=gen).index(True)
+        for _ in range(50)
+    }
     assert drawn == {1, 2, 3}
     with pytest.raises(ValueError, match="does not fit"):
         WindowSchedule(size=4, start=3).validate(6)
@@ -59,7 +64,7 @@ def test_branch_shares_the_groups_prefix_exactly(tiny_weights: Path) -> None:
     calls = []
     velocity = pol.velocity
     pol.velocity = lambda x, s, c: calls.append(len(x)) or velocity(x, s, c)
-    mask = BranchSchedule(k=2, at=3).sde_mask(6, 0, 0, G())
+    mask = BranchSchedule(k=2, at=3).sde_mask(6, 0, 0, generator=G())
     roll = _flow_rollout(pol, cond, 4, sigmas=sigmas, seed=0, sde_mask=mask)
     # the prefix ran once per group (2 latents + 1 padding group, so that every process of
     # a sharded policy makes the same passes: ceil(8 / 4) + 1), the rest for all 8 samples
@@ -74,7 +79,7 @@ def test_branch_shares_the_groups_prefix_exactly(tiny_weights: Path) -> None:
             same = roll.latents[t, 4 * g : 4 * g + 4]
             assert torch.equal(same, same[:1].expand_as(same))
     pol.velocity = velocity
-    ode = sample_ode(pol, cond, sigmas[:4], roll.latents[0, ::4])
+    ode = sample_ode(pol, cond, sigmas[:4], noise=roll.latents[0, ::4])
     torch.testing.assert_close(roll.latents[3, ::4], ode, rtol=0, atol=1e-6)
     assert not torch.equal(roll.latents[5, 0], roll.latents[5, 1])  # branched
 
@@ -83,7 +88,7 @@ def test_full_mask_is_the_ode_tail(tiny_weights: Path) -> None:
     pol, cond = _policy(tiny_weights)
     sigmas = sigma_schedule(4, 3.0)
     a = _flow_rollout(pol, cond, 3, sigmas=sigmas, seed=1, ode_tail=1)
-    mask = FullSchedule().sde_mask(4, 1, 0, G())
+    mask = FullSchedule().sde_mask(4, 1, 0, generator=G())
     b = _flow_rollout(pol, cond, 3, sigmas=sigmas, seed=1, sde_mask=mask)
     assert torch.equal(a.latents, b.latents) and a.sde_steps == b.sde_steps == (0, 1, 2)
 
@@ -139,7 +144,7 @@ def test_shared_prefix_makes_the_same_passes_on_every_shard(tiny_weights: Path) 
     pol, cond = _policy(tiny_weights)
     cond = cond.repeat_interleave(3)  # 6 pairs
     sigmas = sigma_schedule(5, 3.0)
-    mask = BranchSchedule(k=1, at=2).sde_mask(5, 0, 0, G())
+    mask = BranchSchedule(k=1, at=2).sde_mask(5, 0, 0, generator=G())
     whole = _flow_rollout(pol, cond, 4, sigmas=sigmas, seed=3, micro_batch_size=1, sde_mask=mask)
     velocity, counts = pol.velocity, []
     for shard in (slice(0, 6), slice(6, 12), slice(12, 18), slice(18, 24)):  # 2, 3, 3, 2 groups

@@ -65,7 +65,9 @@ def test_sde_step_mean_std_and_log_prob_match_independent_gaussian(kind, sigma, 
     x = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64)
     v = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64)
     eta = 0.7
-    prev, log_prob, mean, std = sde_step(x, v, sigma, sigma_next, eta, generator=g, kind=kind)
+    prev, log_prob, mean, std = sde_step(
+        x, v, sigma, sigma_next=sigma_next, eta=eta, generator=g, kind=kind
+    )
 
     ref_mean, ref_std = _hand_mean_std(x, v, sigma, sigma_next, eta, kind)
     torch.testing.assert_close(mean, ref_mean)
@@ -87,7 +89,7 @@ def test_flow_kind_at_sigma_one_uses_sigma_next_in_denominator() -> None:
     x = torch.randn(2, 8)
     v = torch.randn(2, 8)
     eta, sn = 0.7, 0.95
-    _, lp, _, std = sde_step(x, v, 1.0, sn, eta, kind="flow")
+    _, lp, _, std = sde_step(x, v, 1.0, sigma_next=sn, eta=eta, kind="flow")
     # g = eta * sqrt(1 / (1 - sn)), std = g * sqrt(1 - sn) = eta
     assert float(std) == pytest.approx(eta, rel=1e-6)
     assert torch.isfinite(lp).all()
@@ -98,13 +100,13 @@ def test_eta_zero_is_euler_and_has_no_log_prob() -> None:
     x = torch.randn(3, 4, 4, generator=g)
     v = torch.randn(3, 4, 4, generator=g)
     for kind in SDE_KINDS:
-        prev, lp, mean, std = sde_step(x, v, 0.6, 0.4, eta=0.0, kind=kind)
+        prev, lp, mean, std = sde_step(x, v, 0.6, sigma_next=0.4, eta=0.0, kind=kind)
         torch.testing.assert_close(prev, x + v * (0.4 - 0.6))
-        torch.testing.assert_close(prev, euler_step(x, v, 0.6, 0.4))
+        torch.testing.assert_close(prev, euler_step(x, v, 0.6, sigma_next=0.4))
         assert lp is None
         assert float(std.abs().max()) == 0.0
     with pytest.raises(ValueError, match="log-prob is undefined"):
-        sde_step(x, v, 0.6, 0.4, eta=0.0, prev_sample=x)
+        sde_step(x, v, 0.6, sigma_next=0.4, eta=0.0, prev_sample=x)
 
 
 def test_given_prev_sample_is_scored_deterministically() -> None:
@@ -112,15 +114,19 @@ def test_given_prev_sample_is_scored_deterministically() -> None:
     x = torch.randn(5, 2, 6, generator=g)
     v = torch.randn(5, 2, 6, generator=g)
     for kind in SDE_KINDS:
-        prev, lp, mean, _ = sde_step(x, v, 0.8, 0.7, 0.5, generator=g, kind=kind)
-        prev2, lp2, mean2, _ = sde_step(x, v, 0.8, 0.7, 0.5, prev_sample=prev, kind=kind)
-        prev3, lp3, _, _ = sde_step(x, v, 0.8, 0.7, 0.5, prev_sample=prev, kind=kind)
+        prev, lp, mean, _ = sde_step(x, v, 0.8, sigma_next=0.7, eta=0.5, generator=g, kind=kind)
+        prev2, lp2, mean2, _ = sde_step(
+            x, v, 0.8, sigma_next=0.7, eta=0.5, prev_sample=prev, kind=kind
+        )
+        prev3, lp3, _, _ = sde_step(x, v, 0.8, sigma_next=0.7, eta=0.5, prev_sample=prev, kind=kind)
         assert prev2 is prev
         torch.testing.assert_close(lp2, lp, rtol=0, atol=0)
         torch.testing.assert_close(lp3, lp2, rtol=0, atol=0)
         torch.testing.assert_close(mean2, mean)
         # a different sample gets a different score: scoring is not a constant
-        _, lp_other, _, _ = sde_step(x, v, 0.8, 0.7, 0.5, prev_sample=prev + 0.3, kind=kind)
+        _, lp_other, _, _ = sde_step(
+            x, v, 0.8, sigma_next=0.7, eta=0.5, prev_sample=prev + 0.3, kind=kind
+        )
         assert not torch.allclose(lp_other, lp)
 
 
@@ -128,10 +134,10 @@ def test_log_prob_gradient_flows_through_mean_not_through_the_sample() -> None:
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 8, generator=g)
     v = torch.randn(3, 8, generator=g, requires_grad=True)
-    prev, lp, _, _ = sde_step(x, v, 0.6, 0.5, 0.8, generator=g)
+    prev, lp, _, _ = sde_step(x, v, 0.6, sigma_next=0.5, eta=0.8, generator=g)
     assert not prev.requires_grad
     (grad_sampled,) = torch.autograd.grad(lp.sum(), v)
-    _, lp2, _, _ = sde_step(x, v, 0.6, 0.5, 0.8, prev_sample=prev)
+    _, lp2, _, _ = sde_step(x, v, 0.6, sigma_next=0.5, eta=0.8, prev_sample=prev)
     (grad_scored,) = torch.autograd.grad(lp2.sum(), v)
     assert grad_sampled.abs().max() > 0
     torch.testing.assert_close(grad_sampled, grad_scored)
@@ -140,9 +146,9 @@ def test_log_prob_gradient_flows_through_mean_not_through_the_sample() -> None:
 def test_sampling_is_reproducible_with_generator() -> None:
     x = torch.randn(2, 16)
     v = torch.randn(2, 16)
-    a = sde_step(x, v, 0.5, 0.4, 0.3, generator=torch.Generator().manual_seed(7))[0]
-    b = sde_step(x, v, 0.5, 0.4, 0.3, generator=torch.Generator().manual_seed(7))[0]
-    c = sde_step(x, v, 0.5, 0.4, 0.3, generator=torch.Generator().manual_seed(8))[0]
+    a = sde_step(x, v, 0.5, sigma_next=0.4, eta=0.3, generator=torch.Generator().manual_seed(7))[0]
+    b = sde_step(x, v, 0.5, sigma_next=0.4, eta=0.3, generator=torch.Generator().manual_seed(7))[0]
+    c = sde_step(x, v, 0.5, sigma_next=0.4, eta=0.3, generator=torch.Generator().manual_seed(8))[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
 
@@ -155,15 +161,17 @@ def test_per_sample_tensor_sigmas_match_scalar_calls(kind: str) -> None:
     prev = torch.randn(3, 2, 4, 4, generator=g)
     sig = torch.tensor([1.0, 0.6, 0.3])
     sig_next = torch.tensor([0.9, 0.5, 0.0])
-    _, lp, mean, std = sde_step(x, v, sig, sig_next, 0.6, prev_sample=prev, kind=kind)
+    _, lp, mean, std = sde_step(
+        x, v, sig, sigma_next=sig_next, eta=0.6, prev_sample=prev, kind=kind
+    )
     assert std.shape == (3, 1, 1, 1)
     for i in range(3):
         _, lp_i, mean_i, _ = sde_step(
             x[i : i + 1],
             v[i : i + 1],
             float(sig[i]),
-            float(sig_next[i]),
-            0.6,
+            sigma_next=float(sig_next[i]),
+            eta=0.6,
             prev_sample=prev[i : i + 1],
             kind=kind,
         )
@@ -171,7 +179,7 @@ def test_per_sample_tensor_sigmas_match_scalar_calls(kind: str) -> None:
         torch.testing.assert_close(mean[i : i + 1], mean_i)
     # euler_step accepts [B] sigmas too
     torch.testing.assert_close(
-        euler_step(x, v, sig, sig_next), x + v * (sig_next - sig).reshape(3, 1, 1, 1)
+        euler_step(x, v, sig, sigma_next=sig_next), x + v * (sig_next - sig).reshape(3, 1, 1, 1)
     )
 
 
@@ -180,13 +188,13 @@ def test_low_precision_inputs_upcast_log_prob() -> None:
     x32 = torch.randn(2, 4, 8, 8, generator=g)
     v32 = torch.randn(2, 4, 8, 8, generator=g)
     x, v = x32.bfloat16(), v32.bfloat16()
-    prev, lp, mean, _ = sde_step(x, v, 0.5, 0.45, 0.7, generator=g)
+    prev, lp, mean, _ = sde_step(x, v, 0.5, sigma_next=0.45, eta=0.7, generator=g)
     assert prev.dtype == torch.bfloat16
     assert lp.dtype == torch.float32
     assert mean.dtype == torch.float32
     assert torch.isfinite(lp).all()
     # re-scoring the returned (bf16) sample reproduces the recorded log-prob exactly
-    _, lp2, _, _ = sde_step(x, v, 0.5, 0.45, 0.7, prev_sample=prev)
+    _, lp2, _, _ = sde_step(x, v, 0.5, sigma_next=0.45, eta=0.7, prev_sample=prev)
     torch.testing.assert_close(lp2, lp, rtol=0, atol=0)
     # and equals the float32 density of the bf16 values under the float32 Gaussian
     ref = torch.distributions.Normal(mean, 0.7 * math.sqrt(0.05)).log_prob(prev.float())
@@ -197,13 +205,13 @@ def test_sde_step_validation() -> None:
     x = torch.randn(2, 3)
     v = torch.randn(2, 3)
     with pytest.raises(ValueError, match="dance"):
-        sde_step(x, v, 0.5, 0.4, 0.3, kind="ddim")
+        sde_step(x, v, 0.5, sigma_next=0.4, eta=0.3, kind="ddim")
     with pytest.raises(ValueError, match="eta"):
-        sde_step(x, v, 0.5, 0.4, -0.1)
+        sde_step(x, v, 0.5, sigma_next=0.4, eta=-0.1)
     with pytest.raises(ValueError, match="sigma > sigma_next"):
-        sde_step(x, v, 0.4, 0.5, 0.3)
+        sde_step(x, v, 0.4, sigma_next=0.5, eta=0.3)
     with pytest.raises(ValueError, match="shape"):
-        sde_step(x, v[:, :2], 0.5, 0.4, 0.3)
+        sde_step(x, v[:, :2], 0.5, sigma_next=0.4, eta=0.3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +243,9 @@ def _sample(kind: str, eta: float, shift: float, v_scale: float = 1.0, seed: int
         sig = sigma_schedule(N_STEPS, shift).tolist()
         for i in range(N_STEPS):
             v = v_scale * _exact_velocity(x, sig[i])
-            x, lp, _, _ = sde_step(x, v, sig[i], sig[i + 1], eta, generator=g, kind=kind)
+            x, lp, _, _ = sde_step(
+                x, v, sig[i], sigma_next=sig[i + 1], eta=eta, generator=g, kind=kind
+            )
             assert (lp is None) == (eta == 0.0)
         return x.mean(0), torch.cov(x.T, correction=0)
     finally:

@@ -91,7 +91,7 @@ def _read_json(path: Path, file: str) -> dict[str, Any]:
     return data
 
 
-def _means(s: Any, path: Path, file: str, what: str, axes: tuple[str, str]) -> dict[str, float]:
+def _means(s: Any, path: Path, file: str, *, what: str, axes: tuple[str, str]) -> dict[str, float]:
     """``s["overall"]`` of summary ``s`` (``what`` says where it sits in ``file``) as
     floats; it must hold both ``axes`` and, if any, a ``per_image`` mapping."""
     overall = s.get("overall") if isinstance(s, dict) else None
@@ -105,7 +105,7 @@ def _means(s: Any, path: Path, file: str, what: str, axes: tuple[str, str]) -> d
     return {k: float(v) for k, v in overall.items()}
 
 
-def _paired(run: RunResult, model: Any, base: Any, truth: Any, file: str) -> None:
+def _paired(run: RunResult, model: Any, base: Any, *, truth: Any, file: str) -> None:
     """``run.paired`` (:func:`cgrpo.eval.summary.paired_changes`) and, with the ground truth's
     scores, ``run.gap`` (:func:`cgrpo.eval.summary.gap_closed`) from summaries of ``file``."""
     try:
@@ -165,10 +165,12 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
         axes = m.get("identity_column"), m.get("prompt_column")
         if not all(isinstance(a, str) and a for a in axes):
             raise _malformed(path, file, f"identity_column / prompt_column are {axes}")
-        run = RunResult(name, path, _means(m, path, file, "the top level", axes), axes=axes)
+        run = RunResult(
+            name, path, _means(m, path, file, what="the top level", axes=axes), axes=axes
+        )
         if m.get("base") is not None:
-            run.base = _means(m["base"], path, file, "base", axes)
-            _paired(run, m, m["base"], m.get("truth"), file)
+            run.base = _means(m["base"], path, file, what="base", axes=axes)
+            _paired(run, m, m["base"], truth=m.get("truth"), file=file)
         run.pairs = m.get("pairs")
         return run
     if not (path / "eval.json").is_file():
@@ -184,12 +186,12 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
         raise _malformed(path, file, f"steps is {steps!r}, not a whole number")
     run = RunResult(name, path, None, steps=steps, axes=axes)
     if "base" in ev:
-        run.base = _means(ev["base"], path, file, "base", axes)
+        run.base = _means(ev["base"], path, file, what="base", axes=axes)
     if "trained" in ev:
-        run.trained = _means(ev["trained"], path, file, "trained", axes)
+        run.trained = _means(ev["trained"], path, file, what="trained", axes=axes)
         run.pairs = ev["trained"].get("pairs")
         if "base" in ev:
-            _paired(run, ev["trained"], ev["base"], ev.get("truth"), file)
+            _paired(run, ev["trained"], ev["base"], truth=ev.get("truth"), file=file)
     _history(run)
     return run
 
@@ -253,6 +255,7 @@ def pareto_plot(
     points: list[tuple[str, float, float, float, float]],
     path: Path,
     base: tuple[float, float] | None = None,
+    *,
     axes: tuple[str, str] = DEFAULT_AXES,
     seeds: dict[str, list[tuple[float, float]]] | None = None,
 ) -> None:
@@ -308,7 +311,7 @@ def compare_command(paths: list[Path], out: Path) -> str:
         [(r.name, r.trained[x], r.trained[y], 0.0, 0.0) for r in done],
         out / "compare.png",
         (base[x], base[y]) if base else None,
-        (x, y),
+        axes=(x, y),
     )
     table = compare_table(runs)
     text = f"# Run comparison\n\n{table}\n\n![{x} vs {y}](compare.png)\n"

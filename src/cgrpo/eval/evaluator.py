@@ -73,6 +73,7 @@ class EvalPairs:
         references: torch.Tensor,
         prompts: list[str],
         subjects: list[str],
+        *,
         truth: torch.Tensor | None = None,
     ) -> EvalPairs:
         """Pairs whose prompt index counts each subject's prompts in order."""
@@ -136,7 +137,7 @@ class EvalResult:
         }
 
 
-def grid_items(pairs: EvalPairs, images_per_pair: int, subjects: int = 8, prompts: int = 8):
+def grid_items(pairs: EvalPairs, images_per_pair: int, subjects: int = 8, *, prompts: int = 8):
     """Items of a grid: the first draw of up to ``prompts`` prompts of up to ``subjects``
     subjects, in pair order; returns (items, row length)."""
     rows: dict[str, list[int]] = {}
@@ -157,6 +158,7 @@ class Evaluator:
         pairs: EvalPairs,
         metrics: RewardSet,
         sigmas: torch.Tensor,
+        *,
         seed: int,
         images_per_pair: int = 1,
         batch_size: int = 64,
@@ -215,7 +217,7 @@ class Evaluator:
             self.pairs.references[pair], [self.pairs.prompts[i] for i in pair]
         )
         noise = self.noise(items, tuple(policy.latent_shape())).to(policy.device)
-        return quantize(policy.decode(sample_ode(policy, cond, self.sigmas, noise))).cpu()
+        return quantize(policy.decode(sample_ode(policy, cond, self.sigmas, noise=noise))).cpu()
 
     @torch.no_grad()
     def run(
@@ -223,6 +225,7 @@ class Evaluator:
         policy: Policy,
         store: ImageStore | None = None,
         keep: Iterable[int] = (),
+        *,
         quiet: bool = True,
         desc: str = "eval",
     ) -> EvalResult:
@@ -318,13 +321,14 @@ def eval_pairs_of(data: PairSource) -> EvalPairs:
     """The held-out pairs of a pair source (with their ground truth where it has one)."""
     refs, prompts, subjects = data.eval_pairs()
     truth = data.eval_truth() if isinstance(data, HasEvalTruth) else None
-    return EvalPairs.from_lists(refs, prompts, subjects, truth)
+    return EvalPairs.from_lists(refs, prompts, subjects, truth=truth)
 
 
 def build_evaluator(
     cfg: TrainConfig,
     pairs: EvalPairs,
     metrics: RewardSet,
+    *,
     dist: Dist | None = None,
     images_per_pair: int = 0,
     steps: int = 0,

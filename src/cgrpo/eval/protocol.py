@@ -85,7 +85,7 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
         n = cfg.prompts_per_subject or d.eval_prompts_per_subject
         data = EmbeddedData(d.attribute_prob, n, d.eval_seed)
         refs, prompts, names = data.eval_pairs()
-        return EvalPairs.from_lists(refs, prompts, names, data.eval_truth())
+        return EvalPairs.from_lists(refs, prompts, names, truth=data.eval_truth())
     from cgrpo.data.files import DreamBenchPairs
 
     if train_cfg.model.kind == "embedded":
@@ -158,16 +158,23 @@ def _check_source(out: Path, source: dict[str, Any]) -> None:
 
 
 def evaluator_for(
-    cfg: EvalConfig, train_cfg: TrainConfig, pairs: EvalPairs, metrics: RewardSet
+    cfg: EvalConfig, train_cfg: TrainConfig, pairs: EvalPairs, *, metrics: RewardSet
 ) -> Evaluator:
     """The run's evaluator with this command's settings where they are set."""
     return build_evaluator(
-        train_cfg, pairs, metrics, None, cfg.images_per_pair, cfg.steps, cfg.seed, cfg.batch_size
+        train_cfg,
+        pairs,
+        metrics,
+        dist=None,
+        images_per_pair=cfg.images_per_pair,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
     )
 
 
 def _write_outputs(
-    out: Path, store: PngStore, pairs: EvalPairs, res: EvalResult, meta: dict[str, Any]
+    out: Path, store: PngStore, pairs: EvalPairs, *, res: EvalResult, meta: dict[str, Any]
 ) -> dict[str, Any]:
     cols = res.names
     k = res.images_per_pair
@@ -208,7 +215,7 @@ def _write_outputs(
     if items:
         images = torch.stack([load_image(store.path(j)) for j in items])
         refs = pairs.references[[j // k for j in items]]
-        save_grid(out / "grid.png", reward_view(refs), images, width)
+        save_grid(out / "grid.png", reward_view(refs), images, group_size=width)
     return result
 
 
@@ -216,6 +223,7 @@ def evaluate_protocol(
     policy: Policy,
     train_cfg: TrainConfig,
     cfg: EvalConfig,
+    *,
     metrics: RewardSet,
     out: Path,
     source: dict[str, Any],
@@ -223,7 +231,7 @@ def evaluate_protocol(
 ) -> dict[str, Any]:
     """Draw (resumably) and score one policy on the protocol into ``out``."""
     pairs = protocol_pairs(cfg, train_cfg)
-    ev = evaluator_for(cfg, train_cfg, pairs, metrics)
+    ev = evaluator_for(cfg, train_cfg, pairs, metrics=metrics)
     steps = len(ev.sigmas) - 1
     text = "\n".join(f"{s}\t{p}" for s, p in zip(pairs.subjects, pairs.prompts, strict=True))
     settings = {
@@ -246,11 +254,11 @@ def evaluate_protocol(
     truth = ev.truth_summary()
     if truth is not None:
         meta["truth"] = truth
-    return _write_outputs(out, store, pairs, res, meta)
+    return _write_outputs(out, store, pairs, res=res, meta=meta)
 
 
 def eval_command(
-    cfg: EvalConfig, run: Path | None, model_config: Path | None, quiet: bool = False
+    cfg: EvalConfig, run: Path | None, model_config: Path | None, *, quiet: bool = False
 ) -> str:
     """``cgrpo eval``: evaluate ``run``'s latest checkpoint (and its base with ``cfg.base``),
     or the base model of ``model_config``; returns the printed table."""
@@ -277,7 +285,13 @@ def eval_command(
     if cfg.base or last is None:
         src = {"model": "base", "checkpoint": None}
         base = evaluate_protocol(
-            policy, train_cfg, cfg, metrics, out / "base" if last else out, src, quiet
+            policy,
+            train_cfg,
+            cfg,
+            metrics=metrics,
+            out=out / "base" if last else out,
+            source=src,
+            quiet=quiet,
         )
     if last is None:
         result = base
@@ -286,7 +300,9 @@ def eval_command(
         weights, is_ema = ckpt.load_weights(last, ema=cfg.ema)
         policy.load_trainable_state_dict(weights)
         src = {"model": str(run), "checkpoint": last.name, "weights": "ema" if is_ema else "raw"}
-        result = evaluate_protocol(policy, train_cfg, cfg, metrics, out, src, quiet)
+        result = evaluate_protocol(
+            policy, train_cfg, cfg, metrics=metrics, out=out, source=src, quiet=quiet
+        )
         if base is not None:
             result["base"] = {k: v for k, v in base.items() if k in _SUMMARY_KEYS}
             text = json.dumps(result, indent=2)
@@ -297,7 +313,9 @@ def eval_command(
         + (f", {result['weights']} weights" if "weights" in result else "")
     )
     label = "trained" if last is not None else "base"
-    table = summary_table(base if last is not None else None, result, label, result.get("truth"))
+    table = summary_table(
+        base if last is not None else None, result, label, truth=result.get("truth")
+    )
     return "\n".join([head, table, _column_legend(result["columns"])])
 
 

@@ -68,6 +68,6 @@ def sample_command(args: argparse.Namespace) -> None:
     noise = torch.randn((len(prompts), *policy.latent_shape()), generator=gen)
     cond = policy.encode_condition(refs, prompts)
     sigmas = eval_sigmas(cfg, args.steps)
-    images = policy.decode(sample_ode(policy, cond, sigmas, noise))
-    save_grid(Path(args.out), refs, images, args.num)
+    images = policy.decode(sample_ode(policy, cond, sigmas, noise=noise))
+    save_grid(Path(args.out), refs, images, group_size=args.num)
     print(f"wrote {args.out}: one row per prompt ({', '.join(args.prompt)})")

@@ -87,6 +87,7 @@ def summary_table(
     base: dict[str, Any] | None,
     model: dict[str, Any] | None,
     label: str = "trained",
+    *,
     truth: dict[str, Any] | None = None,
 ) -> str:
     """The base-vs-model table: a column per metric; rows base, model, change, paired SE,
@@ -101,7 +102,7 @@ def summary_table(
     width = max(10, *(len(n) + 1 for n in names))
     head = f"{'':10s} " + " ".join(f"{n:>{width}s}" for n in names)
 
-    def row(label: str, values: list[float], sign: str = "", digits: int = 4) -> str:
+    def row(label: str, values: list[float], sign: str = "", *, digits: int = 4) -> str:
         return f"{label:10s} " + " ".join(f"{v:{sign}{width}.{digits}f}" for v in values)
 
     lines = [f"Held-out evaluation ({what}, deterministic sampling, same noise):", head]
@@ -117,8 +118,8 @@ def summary_table(
             lines.append(row("paired SE", [paired[n][1] for n in names]))
         gap = gap_closed(model, base, truth) if truth else {}
         if names and all(n in gap for n in names):
-            lines.append(row("gap closed", [100 * gap[n][0] for n in names], "+", 1))
-            lines.append(row("gap SE", [100 * gap[n][1] for n in names], "", 1))
+            lines.append(row("gap closed", [100 * gap[n][0] for n in names], "+", digits=1))
+            lines.append(row("gap SE", [100 * gap[n][1] for n in names], "", digits=1))
         if all(n in paired for n in names):
             lines.append(
                 "(paired SE: standard error of the image-by-image change, over pairs: a "

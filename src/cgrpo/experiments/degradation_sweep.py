@@ -42,7 +42,7 @@ def train_and_eval(settings: Settings, arm: str, seed: int) -> None:
         out_dir=str(run_dir / "eval_final"), images_per_pair=settings.eval_images,
         prompts_per_subject=settings.eval_prompts,
     )  # fmt: skip
-    eval_command(cfg, run_dir, None, True)
+    eval_command(cfg, run_dir, None, quiet=True)
 
 
 def base_eval(settings: Settings) -> Path:
@@ -62,7 +62,7 @@ def base_eval(settings: Settings) -> Path:
             out_dir=str(base_dir), images_per_pair=settings.eval_images,
             prompts_per_subject=settings.eval_prompts,
         )  # fmt: skip
-        eval_command(cfg, None, base_dir / "model.yaml", True)
+        eval_command(cfg, None, base_dir / "model.yaml", quiet=True)
     keys = config_changes(saved_config(base_dir / "model.yaml"), model, ("run.",))  # (runs')
     if keys:
         raise SystemExit(
@@ -106,9 +106,9 @@ def budget_eval(settings: Settings, run_dir: Path | None) -> Path:
             prompts_per_subject=settings.eval_prompts,
         )  # fmt: skip
         if run_dir:
-            eval_command(cfg, run_dir, None, True)
+            eval_command(cfg, run_dir, None, quiet=True)
         else:
-            eval_command(cfg, None, base_dir / "model.yaml", True)
+            eval_command(cfg, None, base_dir / "model.yaml", quiet=True)
     return out / "metrics.json"
 
 

@@ -133,7 +133,7 @@ def final_eval(run_dir: Path, eval_images: int) -> Path:
     out = run_dir / "eval_final"
     if not (out / "metrics.json").is_file():
         cfg = EvalConfig(out_dir=str(out), images_per_pair=eval_images, ema=True)
-        eval_command(cfg, run_dir, None, True)
+        eval_command(cfg, run_dir, None, quiet=True)
     return out / "metrics.json"
 
 
@@ -149,7 +149,7 @@ def base_eval(out: Path, eval_images: int, extra: list[str]) -> Path:
         save_config(cfg, base_dir / "model.yaml")
         eval_command(
             EvalConfig(out_dir=str(base_dir), images_per_pair=eval_images),
-            None, base_dir / "model.yaml", True,
+            None, base_dir / "model.yaml", quiet=True,
         )  # fmt: skip
     return base_dir / "metrics.json"
 

@@ -81,7 +81,7 @@ def _pareto(arms: list[ArmResult], path: Path, base: dict | None) -> None:
         ],
         path,
         (base[x], base[y]) if base else None,
-        (x, y),
+        axes=(x, y),
         seeds={a.label: [(r.trained[x], r.trained[y]) for r in a.runs] for a in arms},
     )
 

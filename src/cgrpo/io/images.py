@@ -170,7 +170,7 @@ def check_images(x: object, arg: str) -> torch.Tensor:
 
 
 def resize_center_crop(
-    x: torch.Tensor, resize: int, crop: int, mode: str = "bicubic"
+    x: torch.Tensor, resize: int, crop: int, *, mode: str = "bicubic"
 ) -> torch.Tensor:
     """Resize the shorter side of (N, 3, H, W) to ``resize`` (antialiased), centre-crop ``crop``.
 

@@ -54,6 +54,7 @@ class MetricsLog:
         run_dir: Path,
         resume_step: int = 0,
         write: bool = True,
+        *,
         log_with: Sequence[str] = ("tensorboard",),
         accelerator: Any | None = None,
     ) -> None:
@@ -70,7 +71,7 @@ class MetricsLog:
             return
         self._rewrite()
         if log_with:
-            self.tracker = _trackers(run_dir, list(log_with), resume_step, accelerator)
+            self.tracker = _trackers(run_dir, list(log_with), resume_step, accelerator=accelerator)
 
     def log(self, row: dict[str, float]) -> None:
         """Append one row (its ``step`` is the x of every tracker)."""
@@ -110,7 +111,7 @@ class MetricsLog:
             self.tracker = None
 
 
-def _trackers(run_dir: Path, log_with: list[str], resume_step: int, accelerator: Any) -> Any:
+def _trackers(run_dir: Path, log_with: list[str], resume_step: int, *, accelerator: Any) -> Any:
     """An accelerator with ``log_with`` trackers started, writing under ``run_dir``
     (TensorBoard: ``run_dir/tensorboard``, from ``resume_step`` on)."""
     from accelerate import Accelerator
@@ -161,7 +162,9 @@ def plot_curves(rows: list[dict[str, float]], path: Path, names: Sequence[str]) 
     plt.close(fig)
 
 
-def save_grid(path: Path, references: torch.Tensor, images: torch.Tensor, group_size: int) -> None:
+def save_grid(
+    path: Path, references: torch.Tensor, images: torch.Tensor, *, group_size: int
+) -> None:
     """One row per group: its reference, then its ``group_size`` samples (PNG).
 
     ``references``: (B, 3, h, w), one per sample as the rewards see them

@@ -58,13 +58,14 @@ def initial_noise(
     policy: Policy,
     num_groups: int,
     group_size: int,
+    *,
     same_noise: bool,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """(num_groups * group_size, *latent) standard normal noise, shared within a group if asked."""
     shape = policy.latent_shape()
     n = num_groups if same_noise else num_groups * group_size
-    noise = draw_noise((n, *shape), torch.float32, generator, policy.device)
+    noise = draw_noise((n, *shape), torch.float32, generator, device=policy.device)
     return noise.repeat_interleave(group_size, dim=0) if same_noise else noise
 
 
@@ -117,7 +118,7 @@ def sample_groups(
         raise ValueError(f"sde_mask needs {steps} entries with at least one SDE step: {mask}")
     shard = shard or slice(0, num_groups * group_size)
     cond = condition.repeat_interleave(group_size).index(shard)
-    x = initial_noise(policy, num_groups, group_size, same_noise, generator)
+    x = initial_noise(policy, num_groups, group_size, same_noise=same_noise, generator=generator)
     total = x.shape[0]
     x = x[shard]
     n = x.shape[0]
@@ -138,22 +139,33 @@ def sample_groups(
         pad = -(-n // group_size) + 1 - len(groups)
         groups = torch.cat([groups, groups[-1:].repeat(pad)])
         first = torch.cat([first, first[-1:].repeat(pad)])
-        xg = _ode(policy, condition.index(groups), sigmas, x[first], mb, prefix, latents, inverse)
+        xg = _ode(
+            policy,
+            condition.index(groups),
+            sigmas,
+            x=x[first],
+            mb=mb,
+            steps=prefix,
+            latents=latents,
+            inverse=inverse,
+        )
         latents[prefix] = xg[inverse]
     for t in range(prefix, steps):
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
         noise = None
         if mask[t]:  # one draw for the whole step, all processes' samples
             full = (total, *x.shape[1:])
-            noise = draw_noise(full, compute_dtype(x), generator, x.device)[shard]
+            noise = draw_noise(full, compute_dtype(x), generator, device=x.device)[shard]
         for lo in range(0, n, mb):
             sl = slice(lo, lo + mb)
             xb = latents[t, sl]
             v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
             if not mask[t]:
-                latents[t + 1, sl] = euler_step(xb, v, s, s_next)
+                latents[t + 1, sl] = euler_step(xb, v, s, sigma_next=s_next)
                 continue
-            nxt, logp, _, _ = sde_step(xb, v, s, s_next, eta, kind=kind, noise=noise[sl])
+            nxt, logp, _, _ = sde_step(
+                xb, v, s, sigma_next=s_next, eta=eta, kind=kind, noise=noise[sl]
+            )
             latents[t + 1, sl] = nxt
             log_probs[t, sl] = logp
     sde_steps = tuple(t for t in range(steps) if mask[t])
@@ -164,6 +176,7 @@ def _ode(
     policy: Policy,
     condition: Condition,
     sigmas: torch.Tensor,
+    *,
     x: torch.Tensor,
     mb: int,
     steps: int,
@@ -179,7 +192,7 @@ def _ode(
             sl = slice(lo, lo + mb)
             v = policy.velocity(x[sl], torch.full((len(x[sl]),), s, device=x.device),
                                 condition.index(sl))  # fmt: skip
-            out[sl] = euler_step(x[sl], v, s, s_next)
+            out[sl] = euler_step(x[sl], v, s, sigma_next=s_next)
         x = out
         if t + 1 < steps:
             latents[t + 1] = x[inverse]
@@ -191,6 +204,7 @@ def sample_ode(
     policy: Policy,
     condition: Condition,
     sigmas: torch.Tensor,
+    *,
     noise: torch.Tensor,
     micro_batch_size: int | None = None,
 ) -> torch.Tensor:
@@ -205,6 +219,6 @@ def sample_ode(
         for t in range(len(sigmas) - 1):
             s, s_next = float(sigmas[t]), float(sigmas[t + 1])
             v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cb)
-            xb = euler_step(xb, v, s, s_next)
+            xb = euler_step(xb, v, s, sigma_next=s_next)
         out[sl] = xb
     return out

@@ -49,7 +49,7 @@ class Schedule:
     kind: ClassVar[str]
 
     def sde_mask(
-        self, num_steps: int, ode_tail: int, train_step: int, generator: torch.Generator
+        self, num_steps: int, ode_tail: int, train_step: int, *, generator: torch.Generator
     ) -> list[bool]:
         raise NotImplementedError
 
@@ -63,7 +63,7 @@ class FullSchedule(Schedule):
     """SDE on steps ``0 .. T - ode_tail - 1``, ODE on the tail (the paper's sampler)."""
 
     def sde_mask(
-        self, num_steps: int, ode_tail: int, train_step: int, generator: torch.Generator
+        self, num_steps: int, ode_tail: int, train_step: int, *, generator: torch.Generator
     ) -> list[bool]:
         return [t < num_steps - ode_tail for t in range(num_steps)]
 
@@ -99,7 +99,7 @@ class WindowSchedule(Schedule):
         return self.start + (train_step // self.every * self.stride) % span
 
     def sde_mask(
-        self, num_steps: int, ode_tail: int, train_step: int, generator: torch.Generator
+        self, num_steps: int, ode_tail: int, train_step: int, *, generator: torch.Generator
     ) -> list[bool]:
         lo = self.first(num_steps, train_step)
         return [lo <= t < lo + self.size for t in range(num_steps)]
@@ -133,7 +133,7 @@ class BranchSchedule(Schedule):
             )
 
     def sde_mask(
-        self, num_steps: int, ode_tail: int, train_step: int, generator: torch.Generator
+        self, num_steps: int, ode_tail: int, train_step: int, *, generator: torch.Generator
     ) -> list[bool]:
         at = self.at
         if at < 0:

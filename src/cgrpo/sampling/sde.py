@@ -67,6 +67,7 @@ def draw_noise(
     shape: tuple[int, ...] | torch.Size,
     dtype: torch.dtype,
     generator: torch.Generator | None,
+    *,
     device: torch.device | str,
 ) -> Tensor:
     """Standard-normal noise drawn on the generator's device (a CPU generator keeps GPU runs
@@ -98,7 +99,7 @@ def _as_sigma(sigma: float | Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def euler_step(
-    x: Tensor, velocity: Tensor, sigma: float | Tensor, sigma_next: float | Tensor
+    x: Tensor, velocity: Tensor, sigma: float | Tensor, *, sigma_next: float | Tensor
 ) -> Tensor:
     """One deterministic Euler step of the probability-flow ODE ``dx = v dsigma``:
 
@@ -112,7 +113,7 @@ def euler_step(
     return x + velocity.to(x.dtype) * (s_next - s)
 
 
-def _diffusion_coefficient(kind: str, eta: float, s: Tensor, s_next: Tensor) -> Tensor:
+def _diffusion_coefficient(kind: str, eta: float, s: Tensor, *, s_next: Tensor) -> Tensor:
     """``g`` for ``kind`` (see :func:`sde_step`), shaped like ``s``."""
     if kind == "dance":
         return torch.full_like(s, float(eta))
@@ -126,6 +127,7 @@ def sde_step(
     x: Tensor,
     velocity: Tensor,
     sigma: float | Tensor,
+    *,
     sigma_next: float | Tensor,
     eta: float,
     prev_sample: Tensor | None = None,
@@ -220,7 +222,7 @@ def sde_step(
         std = torch.zeros_like(s)
         return mean.to(x.dtype), None, mean, std
 
-    g = _diffusion_coefficient(kind, eta, s, s_next)
+    g = _diffusion_coefficient(kind, eta, s, s_next=s_next)
     x0_hat = xf - s * vf
     score = -(xf - (1.0 - s) * x0_hat) / s**2
     mean = xf + (vf - 0.5 * g**2 * score) * (s_next - s)
@@ -233,7 +235,7 @@ def sde_step(
 
     if prev_sample is None:
         if noise is None:
-            noise = draw_noise(x.shape, dtype, generator, x.device)
+            noise = draw_noise(x.shape, dtype, generator, device=x.device)
         elif noise.shape != x.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != x shape {tuple(x.shape)}")
         noise = noise.to(x.device, dtype)

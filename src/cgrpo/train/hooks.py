@@ -68,7 +68,9 @@ class EvalLogHooks:
             res = ev.run(self.policy, keep=items if grid else ())
         if grid is not None and self.dist.is_main and items:
             refs = self.eval_pairs.references[[j // ev.k for j in items]]
-            save_grid(grid, reward_view(refs), torch.stack([res.kept[j] for j in items]), width)
+            save_grid(
+                grid, reward_view(refs), torch.stack([res.kept[j] for j in items]), group_size=width
+            )
         return res.summary()
 
     def _begin_summary(self, resume: bool) -> dict[str, Any]:
@@ -97,7 +99,9 @@ class EvalLogHooks:
             log.log(row)
         if self.dist.is_main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
             path = self.run_dir / "images" / f"step_{step:06d}.png"
-            save_grid(path, reward_view(res.references), res.images, self.cfg.grpo.group_size)
+            save_grid(
+                path, reward_view(res.references), res.images, group_size=self.cfg.grpo.group_size
+            )
 
     def _end_summary(self, summary: dict[str, Any], log: MetricsLog) -> None:
         """The reward curves, and the trained policy's evaluation into ``summary``."""

@@ -116,9 +116,9 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         self.mid_evaluator: Evaluator | None = None
         if cfg.run.eval:
             self.eval_pairs = eval_pairs_of(self.data)
-            self.evaluator = build_evaluator(cfg, self.eval_pairs, self.rewards, self.dist)
+            self.evaluator = build_evaluator(cfg, self.eval_pairs, self.rewards, dist=self.dist)
             self.mid_evaluator = build_evaluator(
-                cfg, self.eval_pairs, self.rewards, self.dist, images_per_pair=1
+                cfg, self.eval_pairs, self.rewards, dist=self.dist, images_per_pair=1
             )
 
     def _build_policy(self, policy: Policy | None) -> Policy:
@@ -176,7 +176,9 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
             micro_batch_size=self.cfg.grpo.micro_batch_size or None,
             ode_tail=s.ode_tail,
             shard=self.shard,
-            sde_mask=s.schedule.sde_mask(s.num_steps, s.ode_tail, self.step, self.state.generator),
+            sde_mask=s.schedule.sde_mask(
+                s.num_steps, s.ode_tail, self.step, generator=self.state.generator
+            ),
         )
         refs = refs.repeat_interleave(g, dim=0)[self.shard]
         return roll, refs, [p for p in prompts for _ in range(g)][self.shard]
@@ -224,7 +226,11 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
         log = MetricsLog(
-            self.run_dir, self.step if resume else 0, main, cfg.run.log_with, self.dist.accelerator
+            self.run_dir,
+            self.step if resume else 0,
+            main,
+            log_with=cfg.run.log_with,
+            accelerator=self.dist.accelerator,
         )
         summary = self._begin_summary(resume)  # eval.json so far, truth, base evaluation
         bar = tqdm(
