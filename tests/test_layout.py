@@ -2,7 +2,8 @@
 
 Every ``import`` of every module under ``src/cgrpo`` is read with :mod:`ast` (lazy imports
 inside functions included), so a new arrow that runs up a floor fails here, naming it.
-The floors are the table in README.md ("Where things are") and docs/trainer.md.
+The floors are the table in README.md ("Where things are") and docs/trainer.md. The same
+reading checks the house rule of keyword-only arguments past the third.
 """
 
 from __future__ import annotations
@@ -145,3 +146,22 @@ def test_readme_and_trainer_doc_show_the_floors_of_this_test() -> None:
     for a in packages:
         for b in packages:
             assert (documented[a] < documented[b]) == (FLOORS[a] < FLOORS[b]), (a, b)
+
+
+def _positional_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """The parameters ``fn`` takes by position, less a leading ``self``/``cls``."""
+    names = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+    return names[1:] if names[:1] in (["self"], ["cls"]) else names
+
+
+def test_keyword_only_past_three_arguments() -> None:
+    """The house rule: at most three positional parameters (besides ``self``/``cls``); every
+    later one is keyword-only, so that a call cannot pass a setting in the wrong place."""
+    offenders = [
+        f"{path.relative_to(SRC.parent)}:{node.lineno} {node.name}({', '.join(params)})"
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and len(params := _positional_params(node)) > 3
+    ]
+    assert not offenders, "more than three positional parameters:\n" + "\n".join(offenders)
