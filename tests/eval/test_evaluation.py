@@ -12,7 +12,8 @@ import pytest
 import cgrpo.world
 from cgrpo.cli import main
 from cgrpo.config.core import load_config
-from cgrpo.eval.protocol import EvalConfig, build_metrics, eval_command, evaluate_protocol
+from cgrpo.eval.config import EvalConfig
+from cgrpo.eval.protocol import build_metrics, eval_command, evaluate_protocol
 from cgrpo.run.config import TrainConfig
 from cgrpo.train.trainer import GRPOTrainer
 from tests.conftest import fast_config

@@ -29,7 +29,8 @@ __all__ = [
 def train_and_eval(settings: Settings, arm: str, seed: int) -> None:
     """One run, in its own process: train (resuming from its last checkpoint), then the
     precise end point (``cgrpo eval``, ``eval_final/``)."""
-    from cgrpo.eval.protocol import EvalConfig, eval_command
+    from cgrpo.eval.config import EvalConfig
+    from cgrpo.eval.protocol import eval_command
     from cgrpo.io import checkpoint as ckpt
     from cgrpo.train.trainer import GRPOTrainer
 
@@ -50,7 +51,8 @@ def base_eval(settings: Settings) -> Path:
     ``out/base_eval``; its ``metrics.json``. ``SystemExit`` for one of other settings or
     size than ``settings``'."""
     from cgrpo.config.core import save_config
-    from cgrpo.eval.protocol import EvalConfig, eval_command
+    from cgrpo.eval.config import EvalConfig
+    from cgrpo.eval.protocol import eval_command
 
     base_dir = settings.out / "base_eval"
     model = run_config(settings, DEFAULT_ARM, 0, run_dir=base_dir)  # (a bad override stops here)
@@ -83,7 +85,8 @@ def budget_eval(settings: Settings, run_dir: Path | None) -> Path:
     """The budget test's evaluation on ``budget_images`` noises per pair of a run of the
     default arm (``run_dir``) or of the base (None), in ``eval_budget/``; the draws the
     final evaluation made (the same seeds) are linked, not drawn again."""
-    from cgrpo.eval.protocol import EvalConfig, eval_command
+    from cgrpo.eval.config import EvalConfig
+    from cgrpo.eval.protocol import eval_command
 
     base_dir = settings.out / "base_eval"
     src = (run_dir / "eval_final") if run_dir else base_dir

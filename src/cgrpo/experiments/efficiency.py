@@ -128,7 +128,8 @@ def train_one(run_dir: Path, arm: str, seed: int, *, budget: float, extra: list[
 
 def final_eval(run_dir: Path, eval_images: int) -> Path:
     """``cgrpo eval`` of the run's last checkpoint (cached in ``eval_final/``)."""
-    from cgrpo.eval.protocol import EvalConfig, eval_command
+    from cgrpo.eval.config import EvalConfig
+    from cgrpo.eval.protocol import eval_command
 
     out = run_dir / "eval_final"
     if not (out / "metrics.json").is_file():
@@ -140,7 +141,8 @@ def final_eval(run_dir: Path, eval_images: int) -> Path:
 def base_eval(out: Path, eval_images: int, extra: list[str]) -> Path:
     """One evaluation of the starting model (with the ground truth), shared by every run."""
     from cgrpo.config.core import save_config
-    from cgrpo.eval.protocol import EvalConfig, eval_command
+    from cgrpo.eval.config import EvalConfig
+    from cgrpo.eval.protocol import eval_command
 
     base_dir = out / "base_eval"
     if not (base_dir / "metrics.json").is_file():
