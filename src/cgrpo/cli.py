@@ -11,7 +11,6 @@ modules are imported only when it runs, so a bad key is answered at once.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from cgrpo.config.core import load_config
 from cgrpo.config.docs import describe_config
 from cgrpo.config.errors import ConfigError
+from cgrpo.config.registry import import_path
 
 __all__ = ["main"]
 
@@ -35,8 +35,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, 
 
 
 def _config_class(command: str) -> type:
-    module, name = CONFIG_CLASSES[command].split(":")
-    return getattr(importlib.import_module(module), name)
+    return import_path(CONFIG_CLASSES[command])
 
 
 class _CommandParser(argparse.ArgumentParser):

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["DEFAULT_PAIR", "check_pair"]
+__all__ = ["DEFAULT_PAIR", "check_distinct", "check_pair"]
 
 #: ``method.pair``'s default: the paper's identity and prompt-following rewards.
 DEFAULT_PAIR: tuple[str, str] = ("identity", "prompt")
+
+
+def check_distinct(pair: Sequence[str]) -> None:
+    """ValueError unless ``pair`` is two different names (whether or not a strategy uses it)."""
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"method.pair must name two different rewards, got {list(pair)}")
 
 
 def check_pair(pair: Sequence[str], names: Iterable[str], *, needed_by: str) -> None:
@@ -19,8 +25,7 @@ def check_pair(pair: Sequence[str], names: Iterable[str], *, needed_by: str) -> 
 
     ``needed_by`` names the strategy in the message (e.g. ``method.shaping=sars``)."""
     names = list(names)
-    if len(pair) != 2 or pair[0] == pair[1]:
-        raise ValueError(f"method.pair must name two different rewards, got {list(pair)}")
+    check_distinct(pair)
     missing = [n for n in pair if n not in names]
     if missing:
         raise ValueError(

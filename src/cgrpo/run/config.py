@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from cgrpo.config.core import option
 from cgrpo.method.objective import GRPOObjective, Objective
-from cgrpo.method.pair import DEFAULT_PAIR, check_pair
+from cgrpo.method.pair import DEFAULT_PAIR, check_distinct, check_pair
 from cgrpo.method.shaping import SARSShaping, Shaping
 from cgrpo.method.weighting import StaticWeights, TimeAwareWeights, Weighting
 from cgrpo.policies.flux.config import FluxConfig
@@ -264,8 +264,7 @@ class TrainConfig:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
         self.rewards = canonical_rewards(self.rewards)
         m = self.method
-        if m.pair[0] == m.pair[1]:
-            raise ValueError(f"method.pair must name two different rewards, got {list(m.pair)}")
+        check_distinct(m.pair)
         if isinstance(m.weighting, StaticWeights):
             m.weighting.check_names(self.rewards)
         for what in (m.shaping, m.weighting):
