@@ -97,6 +97,17 @@ class Settings:
         """The run folder of ``arm`` and ``seed``: ``out/<arm>/seed<k>``."""
         return self.out / arm / f"seed{seed}"
 
+    def eval_config(self, out_dir: Path, images_per_pair: int):
+        """``cgrpo eval``'s settings for a sweep evaluation into ``out_dir``: the held-out
+        pairs of ``eval_prompts`` prompts per subject, ``images_per_pair`` noises each."""
+        from cgrpo.eval.config import EvalConfig
+
+        return EvalConfig(
+            out_dir=str(out_dir),
+            images_per_pair=images_per_pair,
+            prompts_per_subject=self.eval_prompts,
+        )
+
 
 def run_config(settings: Settings, arm: str, seed: int, *, run_dir: Path | None = None):
     """The run's config: the embedded default, the sweep's budget, the arm, its overrides;

@@ -29,7 +29,6 @@ __all__ = [
 def train_and_eval(settings: Settings, arm: str, seed: int) -> None:
     """One run, in its own process: train (resuming from its last checkpoint), then the
     precise end point (``cgrpo eval``, ``eval_final/``)."""
-    from cgrpo.eval.config import EvalConfig
     from cgrpo.eval.protocol import eval_command
     from cgrpo.io import checkpoint as ckpt
     from cgrpo.train.trainer import GRPOTrainer
@@ -39,10 +38,7 @@ def train_and_eval(settings: Settings, arm: str, seed: int) -> None:
         resume = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
         GRPOTrainer(run_config(settings, arm, seed)).train(resume=resume, quiet=True)
     set_aside(run_dir / "eval_final", settings.steps)
-    cfg = EvalConfig(
-        out_dir=str(run_dir / "eval_final"), images_per_pair=settings.eval_images,
-        prompts_per_subject=settings.eval_prompts,
-    )  # fmt: skip
+    cfg = settings.eval_config(run_dir / "eval_final", settings.eval_images)
     eval_command(cfg, run_dir, None, quiet=True)
 
 
@@ -51,7 +47,6 @@ def base_eval(settings: Settings) -> Path:
     ``out/base_eval``; its ``metrics.json``. ``SystemExit`` for one of other settings or
     size than ``settings``'."""
     from cgrpo.config.core import save_config
-    from cgrpo.eval.config import EvalConfig
     from cgrpo.eval.protocol import eval_command
 
     base_dir = settings.out / "base_eval"
@@ -60,10 +55,7 @@ def base_eval(settings: Settings) -> Path:
     if not (base_dir / "metrics.json").is_file():
         base_dir.mkdir(parents=True, exist_ok=True)
         save_config(model, base_dir / "model.yaml")
-        cfg = EvalConfig(
-            out_dir=str(base_dir), images_per_pair=settings.eval_images,
-            prompts_per_subject=settings.eval_prompts,
-        )  # fmt: skip
+        cfg = settings.eval_config(base_dir, settings.eval_images)
         eval_command(cfg, None, base_dir / "model.yaml", quiet=True)
     keys = config_changes(saved_config(base_dir / "model.yaml"), model, ("run.",))  # (runs')
     if keys:
@@ -85,7 +77,6 @@ def budget_eval(settings: Settings, run_dir: Path | None) -> Path:
     """The budget test's evaluation on ``budget_images`` noises per pair of a run of the
     default arm (``run_dir``) or of the base (None), in ``eval_budget/``; the draws the
     final evaluation made (the same seeds) are linked, not drawn again."""
-    from cgrpo.eval.config import EvalConfig
     from cgrpo.eval.protocol import eval_command
 
     base_dir = settings.out / "base_eval"
@@ -104,10 +95,7 @@ def budget_eval(settings: Settings, run_dir: Path | None) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / "source.json", out / "source.json")
             shutil.copytree(src / "images", out / "images", copy_function=os.link)
-        cfg = EvalConfig(
-            out_dir=str(out), images_per_pair=settings.budget_images,
-            prompts_per_subject=settings.eval_prompts,
-        )  # fmt: skip
+        cfg = settings.eval_config(out, settings.budget_images)
         if run_dir:
             eval_command(cfg, run_dir, None, quiet=True)
         else:
