@@ -152,7 +152,7 @@ def pooled(out: object) -> torch.Tensor:
 
 
 class _HFImageEncoder(EmbeddingIdentityReward):
-    """Shared preprocessing for the transformers image encoders."""
+    """Shared preprocessing (:meth:`pixel_values`) of the transformers image encoders."""
 
     def _setup_preprocessing(
         self,
@@ -173,11 +173,32 @@ class _HFImageEncoder(EmbeddingIdentityReward):
             self.crop = self.resize
         self.mean = tuple(mean or proc.get("image_mean") or d_mean)
         self.std = tuple(std or proc.get("image_std") or d_std)
+        self.input_size = self.crop
 
-    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
-        """Model input (N, 3, crop, crop) of images (N, 3, H, W) in [0, 1]."""
-        x = resize_center_crop(images.to(self.device, torch.float32), self.resize, self.crop)
+    def pixel_values(self, images: torch.Tensor, *, cropped: bool = False) -> torch.Tensor:
+        """Model input (N, 3, crop, crop) of images (N, 3, H, W) in [0, 1].
+
+        Whole images: resize the shorter side to ``resize``, centre-crop ``crop``.
+        ``cropped`` (segmented square crops): resample to ``crop`` x ``crop`` only when the
+        size differs, no centre crop. Then ``(x - mean) / std``."""
+        x = images.to(self.device, torch.float32)
+        if not cropped:
+            x = resize_center_crop(x, self.resize, self.crop)
+        elif tuple(x.shape[-2:]) != (self.crop, self.crop):
+            x = torch.nn.functional.interpolate(
+                x, size=(self.crop, self.crop), mode="bicubic", antialias=True
+            )
         return normalize(x, self.mean, self.std).to(self.dtype)
+
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Embeddings (N, D) of model inputs (N, 3, crop, crop)."""
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:  # whole images
+        return self.embed_pixels(self.pixel_values(images))
+
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:  # segmented box crops
+        return self.embed_pixels(self.pixel_values(crops, cropped=True))
 
 
 class Dinov2IdentityReward(_HFImageEncoder):
@@ -229,9 +250,9 @@ class Dinov2IdentityReward(_HFImageEncoder):
             defaults=(256, 224, IMAGENET_MEAN, IMAGENET_STD),
         )
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """DINOv2 embeddings (N, D) (or (N, 2D) for ``cls+mean``)."""
-        h = self.model(pixel_values=self.pixel_values(images)).last_hidden_state
+        h = self.model(pixel_values=pixel_values).last_hidden_state
         cls, patches = h[:, 0], h[:, 1:].mean(dim=1)
         if self.pooling == "cls":
             return cls
@@ -280,10 +301,10 @@ class DinoIdentityReward(_HFImageEncoder):
             use_folder=False,
         )
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """CLS embeddings (N, D) after the final layer norm."""
-        pv = self.pixel_values(images)
-        return self.model(pixel_values=pv, interpolate_pos_encoding=True).last_hidden_state[:, 0]
+        out = self.model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+        return out.last_hidden_state[:, 0]
 
 
 class ClipReward(_HFImageEncoder):
@@ -339,9 +360,9 @@ class ClipReward(_HFImageEncoder):
             folder, resize, crop, mean=mean, std=std, defaults=(224, 224, CLIP_MEAN, CLIP_STD)
         )
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected CLIP image embeddings (N, D)."""
-        return pooled(self.model.get_image_features(pixel_values=self.pixel_values(images)))
+        return pooled(self.model.get_image_features(pixel_values=pixel_values))
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Projected CLIP text embeddings (N, D), unit norm; truncated to the context length."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cgrpo.rewards.images import EmbeddingCache, check_batch, image_key, resolve_device
-from cgrpo.rewards.segment import crop_to_mask, make_segmenter
+from cgrpo.rewards.segment import crop_to_mask, make_segmenter, paint_outside
 
 __all__ = ["EmbeddingIdentityReward"]
 
@@ -29,9 +29,13 @@ class EmbeddingIdentityReward:
     - ``seg_mode``: ``"both"`` segments the reference and the generated image (DINO-Seg as
       the paper describes it); ``"reference"`` segments only the reference (as the paper's
       released code does) and encodes the generated image whole.
-    - segmented images are painted white outside the mask and cropped to a square around
-      it (:func:`crop_to_mask` with ``seg_threshold``, ``seg_margin``) at ``crop_size``
-      pixels before encoding.
+    - ``seg_crop``: ``"box"`` paints a segmented image white outside the mask and crops it
+      to a square around the mask (:func:`crop_to_mask` with ``seg_threshold``,
+      ``seg_margin``) at ``crop_size`` pixels (default: the encoder's input size,
+      :attr:`input_size`); the crop is encoded as it is (:meth:`encode_crops`: no second
+      resize or centre crop). ``"frame"`` only paints outside the mask white and keeps the
+      frame (:func:`paint_outside`), then encodes it like a whole image (:meth:`encode`),
+      as the released code treats its pre-segmented ``_seg.png`` reference.
 
     Reference embeddings are cached by content (:class:`~cgrpo.rewards.images.EmbeddingCache`,
     ``cache_size`` entries): each unique reference is segmented and encoded once, across
@@ -40,6 +44,9 @@ class EmbeddingIdentityReward:
     """
 
     name = "identity"
+    #: Side of the square the encoder sees (its centre crop); segmented box crops are made
+    #: at this size unless ``crop_size`` says otherwise. Subclasses set it.
+    input_size: int = 224
 
     def __init__(
         self,
@@ -47,7 +54,8 @@ class EmbeddingIdentityReward:
         seg_mode: str = "both",
         segmenter_options: dict[str, Any] | None = None,
         *,
-        crop_size: int = 224,
+        seg_crop: str = "box",
+        crop_size: int | None = None,
         seg_threshold: float = 0.5,
         seg_margin: float = 0.05,
         scale: float = 1.0,
@@ -57,12 +65,15 @@ class EmbeddingIdentityReward:
     ) -> None:
         if seg_mode not in ("both", "reference"):
             raise ValueError(f"seg_mode must be 'both' or 'reference', got {seg_mode!r}")
-        if crop_size < 16:
+        if seg_crop not in ("box", "frame"):
+            raise ValueError(f"seg_crop must be 'box' or 'frame', got {seg_crop!r}")
+        if crop_size is not None and crop_size < 16:
             raise ValueError(f"crop_size must be >= 16, got {crop_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.segmenter = make_segmenter(segmenter, **(segmenter_options or {}))
         self.seg_mode = seg_mode
+        self.seg_crop = seg_crop
         self.crop_size = crop_size
         self.seg_threshold = seg_threshold
         self.seg_margin = seg_margin
@@ -78,21 +89,36 @@ class EmbeddingIdentityReward:
         """Embeddings (N, D) of images (N, 3, H, W) in [0, 1] (any size)."""
         raise NotImplementedError
 
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Embeddings (N, D) of segmented square crops (N, 3, S, S) in [0, 1], already framed.
+
+        Default: :meth:`encode`, exact for an encoder whose resize and crop leave a square of
+        :attr:`input_size` as it is; an encoder that would resample or crop it again
+        overrides this to encode the crop as given."""
+        return self.encode(crops)
+
     # -- machinery -----------------------------------------------------------------------
     def prepare(self, images: torch.Tensor, segment: bool) -> torch.Tensor:
-        """Segment and crop (when ``segment`` and a segmenter is set), else pass through."""
+        """Segment, then crop (``seg_crop="box"``, at ``crop_size`` or :attr:`input_size`)
+        or only paint (``"frame"``), when ``segment`` and a segmenter is set; else pass
+        the images through."""
         if not segment or self.segmenter is None:
             return images
         masks = self.segmenter(images)
+        if self.seg_crop == "frame":
+            return paint_outside(images, masks, threshold=self.seg_threshold)
+        size = self.crop_size or self.input_size
         return crop_to_mask(
-            images, masks, self.crop_size, threshold=self.seg_threshold, margin=self.seg_margin
+            images, masks, size, threshold=self.seg_threshold, margin=self.seg_margin
         )
 
     def _embed(self, images: torch.Tensor, segment: bool) -> torch.Tensor:
+        cropped = segment and self.segmenter is not None and self.seg_crop == "box"
+        encode = self.encode_crops if cropped else self.encode
         outs = []
         for i in range(0, images.shape[0], self.batch_size):
             chunk = self.prepare(images[i : i + self.batch_size].to(self.device), segment)
-            outs.append(F.normalize(self.encode(chunk).float(), dim=-1))
+            outs.append(F.normalize(encode(chunk).float(), dim=-1))
         return torch.cat(outs)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ A *segmenter* maps images (N, 3, H, W) in [0, 1] to soft subject masks (N, H, W)
 
 :func:`crop_to_mask` then paints everything outside the mask white and crops each image to
 a square around its mask, the input of DINO-Seg
-(:class:`cgrpo.rewards.identity.EmbeddingIdentityReward`).
+(:class:`cgrpo.rewards.identity.EmbeddingIdentityReward`); :func:`paint_outside` paints
+without cropping (the whole frame, as a pre-segmented ``_seg.png`` reference of the
+paper's released code would be).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "crop_to_mask",
     "make_segmenter",
     "mask_boxes",
+    "paint_outside",
 ]
 
 
@@ -153,6 +156,39 @@ def mask_boxes(masks: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tenso
     return box, found
 
 
+def _composite(
+    images: torch.Tensor, masks: torch.Tensor, *, threshold: float, soft: bool
+) -> torch.Tensor:
+    """``image * m + (1 - m)``, with ``m = 1`` for an empty mask (nothing painted)."""
+    m = masks.float().to(images.device)
+    if not soft:
+        m = (m > threshold).float()
+    found = (m > threshold).flatten(1).any(dim=1)
+    m = torch.where(found[:, None, None], m, torch.ones_like(m))
+    return images.float() * m[:, None] + (1.0 - m[:, None])
+
+
+def paint_outside(
+    images: torch.Tensor, masks: torch.Tensor, *, threshold: float = 0.5, soft: bool = True
+) -> torch.Tensor:
+    """Paint outside the subject white, keeping the frame: (N, 3, H, W).
+
+    ``out = image * m + (1 - m)`` with ``m`` the mask (soft, or hard ``m > threshold`` when
+    ``soft`` is false). An image whose mask has no pixel above ``threshold`` is returned
+    unchanged.
+    """
+    _check_masks(images, masks)
+    return _composite(images, masks, threshold=threshold, soft=soft).clamp(0.0, 1.0)
+
+
+def _check_masks(images: torch.Tensor, masks: torch.Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    n, _, h, w = images.shape
+    if tuple(masks.shape) != (n, h, w):
+        raise ValueError(f"masks must have shape {(n, h, w)}, got {tuple(masks.shape)}")
+
+
 def crop_to_mask(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -172,17 +208,10 @@ def crop_to_mask(
     output. An empty mask keeps the whole image, unpainted and without margin. Resampling is
     bilinear.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    n, _, h, w = images.shape
-    if tuple(masks.shape) != (n, h, w):
-        raise ValueError(f"masks must have shape {(n, h, w)}, got {tuple(masks.shape)}")
-    m = masks.float().to(images.device)
-    if not soft:
-        m = (m > threshold).float()
-    box, found = mask_boxes(m, threshold)
-    m = torch.where(found[:, None, None], m, torch.ones_like(m))
-    comp = images.float() * m[:, None] + (1.0 - m[:, None])
+    _check_masks(images, masks)
+    _, _, h, w = images.shape
+    comp = _composite(images, masks, threshold=threshold, soft=soft)
+    box, found = mask_boxes(masks.float().to(images.device), threshold)
     top, left, bottom, right = box.unbind(dim=1)
     bh, bw = bottom - top, right - left
     grow = torch.where(found, margin * torch.maximum(bh, bw), torch.zeros_like(bh))
