@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from cgrpo.policies.flux.config import FluxConfig
+from cgrpo.policies.flux.config import FluxConfig, fuses_qkv
 from cgrpo.policies.flux.lora import (
     _ADAPTER,
     OLD_ADAPTER,
     adapter_params,
     add_old_adapter,
     inject_lora,
+    join_fused_lora,
     load_lora,
     merge_lora,
     save_lora,
@@ -116,12 +117,15 @@ class LoRAAdapters:
             self.trainable_state_dict(),
             rank=c.lora_rank,
             alpha=self.lora_alpha,
-            targets=c.lora_targets,
+            targets=c.lora_target_names,
         )
 
     def load_lora(self, path: str | Path) -> None:
-        """Load a LoRA written by :meth:`save_lora` into the trainable adapter."""
+        """Load a LoRA written by :meth:`save_lora` into the trainable adapter (a fused-qkv
+        adapter takes the file's split q/k/v LoRAs joined again)."""
         state, _ = load_lora(path)
+        if fuses_qkv(self.config.lora_target_names):
+            state = join_fused_lora(state)
         self.load_trainable_state_dict(state)
 
     def parameter_counts(self) -> dict[str, int]:

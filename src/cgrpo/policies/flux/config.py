@@ -14,7 +14,15 @@ from typing import Literal
 
 from cgrpo.config.core import option
 
-__all__ = ["DEFAULT_LORA_TARGETS", "FluxConfig", "FluxWeightsError"]
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "FUSED_PROJECTIONS",
+    "LORA_PRESETS",
+    "UNO_LORA_TARGETS",
+    "FluxConfig",
+    "FluxWeightsError",
+    "fuses_qkv",
+]
 
 #: LoRA targets, relative to each transformer block: attention q/k/v/out (image and text
 #: streams of the double blocks, the shared attention of the single blocks) and the MLP
@@ -36,6 +44,41 @@ DEFAULT_LORA_TARGETS: list[str] = [
     "proj_mlp",
     "proj_out",
 ]
+
+#: UNO's LoRA (``uno/flux/modules/layers.py``: DoubleStreamBlockLoraProcessor and
+#: SingleStreamBlockLoraProcessor) on diffusers' modules. Double blocks: one LoRA on the
+#: fused qkv and one on the output projection of each stream (image: ``to_qkv``,
+#: ``to_out.0``; text: ``to_added_qkv``, ``to_add_out``). Single blocks: one on the qkv
+#: part of the input projection (``to_qkv``) and one on ``proj_out``, whose input is
+#: ``cat(attention, MLP)`` as UNO's ``proj_lora``. ``to_qkv`` / ``to_added_qkv`` exist only
+#: once the q/k/v projections are fused (:func:`~cgrpo.policies.flux.lora.inject_lora`
+#: fuses them for these targets): a rank-r LoRA on the fused qkv shares one A among q, k
+#: and v, which three rank-r LoRAs on to_q, to_k, to_v do not.
+UNO_LORA_TARGETS: list[str] = [
+    "attn.to_qkv",
+    "attn.to_out.0",
+    "attn.to_added_qkv",
+    "attn.to_add_out",
+    "proj_out",
+]
+
+#: ``flux.lora_preset``: its LoRA targets (None: ``flux.lora_targets`` as given).
+LORA_PRESETS: dict[str, list[str] | None] = {
+    "uno": UNO_LORA_TARGETS,
+    "diffusers_all": DEFAULT_LORA_TARGETS,
+    "custom": None,
+}
+
+#: the separate projections each fused one replaces (diffusers' ``fuse_projections``)
+FUSED_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "to_qkv": ("to_q", "to_k", "to_v"),
+    "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
+}
+
+
+def fuses_qkv(targets: list[str]) -> bool:
+    """Whether LoRA ``targets`` name a fused projection (``...to_qkv`` / ``...to_added_qkv``)."""
+    return any(t.rsplit(".", 1)[-1] in FUSED_PROJECTIONS for t in targets)
 
 
 @dataclass
@@ -71,9 +114,19 @@ class FluxConfig:
     lora_alpha: float | None = option(
         None, "LoRA alpha; the update is scaled by alpha / r (null: alpha = r, scale 1)"
     )
+    lora_preset: Literal["uno", "diffusers_all", "custom"] = option(
+        "diffusers_all",
+        "which layers get the LoRA: uno (UNO's and the paper's: fused qkv + output "
+        "projection of each stream in the double blocks, fused qkv + proj_out in the single "
+        "blocks, A initialised N(0, 1/r) as UNO; 1,867,776 x r parameters on FLUX.1-dev), "
+        "diffusers_all (separate q/k/v, attention outputs and every MLP projection; 4,085,760 "
+        "x r), custom (flux.lora_targets)",
+    )
     lora_targets: list[str] = option(
-        DEFAULT_LORA_TARGETS,
-        "LoRA target modules, relative to every double and single transformer block",
+        [],
+        "lora_preset custom: the LoRA target modules, relative to every double and single "
+        "transformer block (to_qkv / to_added_qkv fuse the q/k/v projections); empty with "
+        "the other presets",
     )
     start_lora: str | None = option(
         None,
@@ -98,14 +151,42 @@ class FluxConfig:
             raise ValueError(f"flux.resolution must be a multiple of 16, got {self.resolution}")
         if self.lora_rank < 1:
             raise ValueError(f"flux.lora_rank must be >= 1, got {self.lora_rank}")
-        if not self.lora_targets:
-            raise ValueError("flux.lora_targets is empty: name at least one module to adapt")
+        self._check_lora_targets()
         if self.uno_ref_size != -1 and (self.uno_ref_size < 16 or self.uno_ref_size % 16):
             raise ValueError(
                 f"flux.uno_ref_size must be -1 or a multiple of 16 >= 16, got {self.uno_ref_size}"
             )
         if not 1 <= self.max_sequence_length <= 512:
             raise ValueError("flux.max_sequence_length must be in [1, 512] (T5 limit in FLUX)")
+
+    def _check_lora_targets(self) -> None:
+        if self.lora_preset not in LORA_PRESETS:
+            raise ValueError(
+                f"flux.lora_preset must be one of {', '.join(LORA_PRESETS)}, "
+                f"got {self.lora_preset!r}"
+            )
+        if self.lora_preset != "custom" and self.lora_targets:
+            raise ValueError(
+                f"flux.lora_targets is read only with flux.lora_preset=custom (it is "
+                f"{self.lora_preset!r}): set flux.lora_preset=custom or leave lora_targets empty"
+            )
+        if self.lora_preset == "custom" and not self.lora_targets:
+            raise ValueError("flux.lora_targets is empty: name at least one module to adapt")
+        separate = {n for names in FUSED_PROJECTIONS.values() for n in names}
+        if fuses_qkv(self.lora_targets) and any(
+            t.rsplit(".", 1)[-1] in separate for t in self.lora_targets
+        ):
+            raise ValueError(
+                "flux.lora_targets names fused (to_qkv/to_added_qkv) and separate "
+                "(to_q/to_k/to_v/add_*_proj) projections: fusing removes the separate ones, "
+                "pick one kind"
+            )
+
+    @property
+    def lora_target_names(self) -> list[str]:
+        """The LoRA targets in effect: the preset's, or ``lora_targets`` for ``custom``."""
+        preset = LORA_PRESETS[self.lora_preset]
+        return list(self.lora_targets if preset is None else preset)
 
 
 class FluxWeightsError(FileNotFoundError):
