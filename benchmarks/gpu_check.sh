@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: full-size random FLUX (FLUX.1-dev's 19 + 38 blocks, 12 B, bf16) with the
-# paper's LoRA (rank 512, every attention and MLP projection) at 512 px, one GRPO step of
+# paper's LoRA (UNO's: flux.lora_preset=uno, rank 512 on the fused qkv and output projection
+# of each stream and block, 956,301,312 parameters) at 512 px, one GRPO step of
 # the paper's setting (G 12, 25 steps, timestep fraction 0.6, micro-batches of 4, gradient
 # checkpointing) for each position scheme (UNO and Kontext), each with its model's own
 # reference preparation (UNO: 512 px, 1024 reference tokens; Kontext: 1024 px, 4096), after
@@ -28,13 +29,13 @@ for scheme in uno kontext; do
   "$PY" benchmarks/flux_step.py --preset full --steps 1 model.device=cuda \
     flux.position_scheme=$scheme flux.reference_preprocess=$scheme flux.dtype=bfloat16 \
     flux.resolution=512 \
-    flux.lora_rank=512 flux.gradient_checkpointing=true grpo.group_size=12 \
+    flux.lora_preset=uno flux.lora_rank=512 flux.gradient_checkpointing=true grpo.group_size=12 \
     grpo.micro_batch_size=4 sampler.num_steps=25 grpo.timestep_fraction=0.6 \
     run.threads=4 > "$OUT/$scheme.txt" 2> "$OUT/$scheme.err" || {
       echo "gpu_check: the $scheme step failed; its last lines:" >&2; tail -20 "$OUT/$scheme.err" >&2; exit 1; }
 done
 
-echo "gpu_check on ${CARD}: full-size random FLUX, bf16, LoRA rank 512, 512 px, G 12, 25 steps, micro-batch 4; references prepared as each model does (uno 512 px, kontext 1024 px)"
+echo "gpu_check on ${CARD}: full-size random FLUX, bf16, UNO's LoRA (lora_preset uno) rank 512, 512 px, G 12, 25 steps, micro-batch 4; references prepared as each model does (uno 512 px, kontext 1024 px)"
 echo "scheme    s sample  s update  s step  peak GB  (state GB: LoRA weights + grads + AdamW)"
 for scheme in uno kontext; do
   row=$(tail -1 "$OUT/$scheme.txt")
