@@ -10,14 +10,19 @@ behind the OpenAI chat-completions API; ``vlm_judge`` speaks that API and nothin
               model: Qwen/Qwen2.5-VL-7B-Instruct, rubric: prompt}
 
 Each image is sent as a base64 PNG data URL in one chat-completions request (with the
-reference image first for the ``identity`` rubric), ``max_concurrency`` requests at a
-time. The judge answers with a score on ``0 .. scale``; the reward is ``score / scale``
-in [0, 1]. Requests time out after ``timeout`` seconds and are retried ``retries`` times
-with exponential backoff (``backoff`` x 2^k seconds) on connection errors, timeouts,
-HTTP 429 and 5xx; other HTTP errors, and a reply without a readable score, fail at once
-with one message quoting the reply. The API key is read from the environment variable
-``api_key_env`` (none needed for a local vLLM). At construction the server's
-``/models`` is asked once (``check``), so a wrong URL fails before any compute.
+reference image first when the rubric compares with it), ``max_concurrency`` requests at a
+time. The rubric (:mod:`cgrpo.rewards.vlm_templates`: ours, 0-10, or the paper's released
+ones, 0-4) fixes the text, the scale, the system message and how the score is read; the
+reward is ``score / scale`` in [0, 1]. Requests time out after ``timeout`` seconds and are
+retried ``retries`` times with exponential backoff (``backoff`` x 2^k seconds) on
+connection errors, timeouts, HTTP 429 and 5xx; other HTTP errors fail at once. A reply
+without a readable score (none, or one off ``0..scale``) fails with one message quoting it
+(``on_unscorable: raise``, the default) or scores 0 (``zero``: the released code's rule,
+``float(m.group(1)) if m else 0``). Transport failures raise in both modes (the release
+also scores 0 when its three tries fail; a dead judge here stops the run instead of
+zeroing every reward). The API key is read from the environment variable ``api_key_env``
+(none needed for a local vLLM). At construction the server's ``/models`` is asked once
+(``check``), so a wrong URL fails before any compute.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,30 +44,13 @@ import numpy as np
 import torch
 
 from cgrpo.io.images import to_uint8
+from cgrpo.rewards.images import EmbeddingCache, image_key
+from cgrpo.rewards.segment import make_segmenter, paint_outside
+from cgrpo.rewards.vlm_templates import RUBRICS, JudgeTemplate
 
 __all__ = ["RUBRICS", "VLMJudgeError", "VLMJudgeReward", "parse_score"]
 
-#: The shipped rubrics: ``{prompt}`` is replaced by the image's prompt; ``{scale}`` by the
-#: top of the scale.
-RUBRICS: dict[str, str] = {
-    "prompt": (
-        "You grade how well an AI-generated image follows its text prompt.\n"
-        'Prompt: "{prompt}"\n'
-        "Check every object, attribute (colour, size, count), background and relation the "
-        "prompt asks for. Give 0 if the image ignores the prompt and {scale} if every "
-        "element is depicted correctly; ignore image quality unless it hides an element.\n"
-        "Answer with one line: Score: <number from 0 to {scale}>"
-    ),
-    "identity": (
-        "The first image is a reference photo of a subject. The second image was generated "
-        'for the prompt "{prompt}" and should show the same subject.\n'
-        "Grade how clearly the second image shows that very subject: its shape, colours, "
-        "markings and distinctive details. Ignore the background, pose, lighting and any "
-        "change the prompt asks for. Give 0 for a different subject and {scale} for the "
-        "same one with every detail kept.\n"
-        "Answer with one line: Score: <number from 0 to {scale}>"
-    ),
-}
+log = logging.getLogger(__name__)
 
 _SCORE = re.compile(r"score\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -71,9 +61,19 @@ class VLMJudgeError(RuntimeError):
     """The judge cannot be reached, refuses, or replies without a score."""
 
 
-def parse_score(reply: str, scale: float) -> float:
+def parse_score(reply: str, scale: float, *, pattern: str | None = None) -> float:
     """The score in a judge's reply: the number after ``Score:``, else the only number;
-    ``ValueError`` (quoting the reply) when there is none, several, or it is off the scale."""
+    with ``pattern``, group 1 of its first match (no fallback). ``ValueError`` (quoting
+    the reply) when there is none, several, it is not a number, or it is off ``0..scale``."""
+    if pattern is not None:
+        m = re.search(pattern, reply)
+        try:
+            value = float(m.group(1)) if m else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise ValueError(f"no score matching {pattern!r} in the judge's reply {reply!r}")
+        return _in_range(value, scale, reply)
     m = _SCORE.search(reply)
     if m is None:
         numbers = _NUMBER.findall(reply)
@@ -84,6 +84,10 @@ def parse_score(reply: str, scale: float) -> float:
         value = float(numbers[0])
     else:
         value = float(m.group(1))
+    return _in_range(value, scale, reply)
+
+
+def _in_range(value: float, scale: float, reply: str) -> float:
     if not 0 <= value <= scale:
         raise ValueError(f"score {value:g} outside 0..{scale:g} in the judge's reply {reply!r}")
     return value
@@ -100,7 +104,19 @@ def _data_url(image: torch.Tensor) -> str:
 
 
 class VLMJudgeReward:
-    """Score each image with a VLM behind an OpenAI-compatible chat-completions server."""
+    """Score each image with a VLM behind an OpenAI-compatible chat-completions server.
+
+    ``rubric``: a shipped rubric (:data:`RUBRICS`: ours ``prompt``, ``identity``; the
+    release's ``release_concept``, ``release_concept_cot``, ``release_text``,
+    ``release_text_cot``). ``template``: your own text in its place (``{prompt}`` and
+    ``{scale}`` filled in; the rubric's other settings kept). ``send_reference``,
+    ``scale``, ``max_tokens``, ``temperature``: ``None`` takes the rubric's.
+    ``on_unscorable``: ``"raise"`` (a reply without a readable score fails) or ``"zero"``
+    (it scores 0, as the released code counts it; counted in ``unscorable``).
+    ``segmenter`` (+ ``segmenter_options``, ``seg_threshold``): paint the reference white
+    outside its subject before sending it (the release sends its ``_seg.png`` reference);
+    each unique reference is segmented once (``cache_size`` kept).
+    """
 
     def __init__(
         self,
@@ -111,38 +127,59 @@ class VLMJudgeReward:
         template: str | None = None,
         send_reference: bool | None = None,
         api_key_env: str = "OPENAI_API_KEY",
-        scale: float = 10.0,
+        scale: float | None = None,
+        on_unscorable: str = "raise",
+        segmenter: object = None,
+        segmenter_options: dict[str, Any] | None = None,
+        seg_threshold: float = 0.5,
+        cache_size: int = 64,
         max_concurrency: int = 8,
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 1.0,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
         check: bool = True,
     ) -> None:
-        """``rubric``: a shipped rubric (:data:`RUBRICS`: ``prompt``, ``identity``);
-        ``template``: your own instead (``{prompt}`` and ``{scale}`` are filled in);
-        ``send_reference``: send the reference before the image (default: with the
-        ``identity`` rubric)."""
-        if template is None and rubric not in RUBRICS:
+        if rubric not in RUBRICS:
             raise ValueError(
                 f"vlm_judge: unknown rubric {rubric!r}; shipped: {sorted(RUBRICS)} "
-                "(or give your own as template)"
+                "(or give your own text as template)"
             )
-        if max_concurrency < 1 or retries < 0 or timeout <= 0 or backoff < 0 or scale <= 0:
+        if on_unscorable not in ("raise", "zero"):
             raise ValueError(
-                "vlm_judge: need max_concurrency >= 1, retries >= 0, timeout > 0, "
-                "backoff >= 0, scale > 0"
+                f"vlm_judge: on_unscorable must be 'raise' or 'zero', got {on_unscorable!r}"
             )
+        base = RUBRICS[rubric]
+        self.rubric = JudgeTemplate(
+            base.text if template is None else template,
+            scale=float(base.scale if scale is None else scale),
+            send_reference=base.send_reference if send_reference is None else send_reference,
+            system=base.system,
+            pattern=base.pattern,
+            max_tokens=base.max_tokens if max_tokens is None else max_tokens,
+            temperature=base.temperature if temperature is None else temperature,
+        )
+        if max_concurrency < 1 or retries < 0 or timeout <= 0 or backoff < 0:
+            raise ValueError(
+                "vlm_judge: need max_concurrency >= 1, retries >= 0, timeout > 0, backoff >= 0"
+            )
+        if self.rubric.scale <= 0:
+            raise ValueError(f"vlm_judge: scale must be > 0, got {self.rubric.scale:g}")
         self.url = base_url.rstrip("/")
         self.model = model
-        self.template = template if template is not None else RUBRICS[rubric]
-        self.send_reference = rubric == "identity" if send_reference is None else send_reference
+        self.template = self.rubric.text
+        self.send_reference = self.rubric.send_reference
+        self.scale = self.rubric.scale
+        self.on_unscorable = on_unscorable
+        self.unscorable = 0
+        self._count_lock = threading.Lock()
+        self.segmenter = make_segmenter(segmenter, **(segmenter_options or {}))
+        self.seg_threshold = seg_threshold
+        self.painted = EmbeddingCache(cache_size)
         self.api_key = os.environ.get(api_key_env, "")
-        self.scale = float(scale)
         self.max_concurrency = max_concurrency
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.max_tokens, self.temperature = max_tokens, temperature
         self.name = f"vlm_judge_{rubric if template is None else 'custom'}"
         self.uses_references = self.send_reference
         if check:
@@ -197,20 +234,29 @@ class VLMJudgeReward:
     # -- scoring -----------------------------------------------------------------------------
 
     def messages(self, image: torch.Tensor, prompt: str, reference: torch.Tensor) -> list[dict]:
-        """The chat-completions ``messages`` for one image."""
-        text = self.template.replace("{prompt}", prompt).replace("{scale}", f"{self.scale:g}")
+        """The chat-completions ``messages`` for one image: the rubric's system message if
+        any, then the rubric text, the reference (when sent) and the image."""
+        # {scale} first, so that a prompt that happens to contain "{scale}" is sent as written
+        text = self.template.replace("{scale}", f"{self.scale:g}").replace("{prompt}", prompt)
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         images = [reference, image] if self.send_reference else [image]
         content += [{"type": "image_url", "image_url": {"url": _data_url(im)}} for im in images]
-        return [{"role": "user", "content": content}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if self.rubric.system is not None:
+            messages.insert(0, {"role": "system", "content": self.rubric.system})
+        return messages
 
     def score_one(self, image: torch.Tensor, prompt: str, reference: torch.Tensor) -> float:
-        body = {
+        """``score / scale`` of one image; an unscorable reply raises or gives 0.0
+        (``on_unscorable``)."""
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": self.messages(image, prompt, reference),
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
         }
+        if self.rubric.max_tokens is not None:
+            body["max_tokens"] = self.rubric.max_tokens
+        if self.rubric.temperature is not None:
+            body["temperature"] = self.rubric.temperature
         reply = self._request("POST", "/chat/completions", body)
         try:
             text = reply["choices"][0]["message"]["content"]
@@ -220,12 +266,31 @@ class VLMJudgeReward:
                 f"{json.dumps(reply)[:300]!r}"
             ) from None
         try:
-            return parse_score(str(text), self.scale) / self.scale
+            return parse_score(str(text), self.scale, pattern=self.rubric.pattern) / self.scale
         except ValueError as exc:
+            if self.on_unscorable == "zero":
+                log.warning("%s: unscorable reply counted as 0: %s", self.name, exc)
+                with self._count_lock:  # score_one runs in max_concurrency threads
+                    self.unscorable += 1
+                return 0.0
             raise VLMJudgeError(
-                f"vlm_judge ({self.model}): {exc}; make the rubric (template) ask for "
-                "'Score: <number>' or raise max_tokens"
+                f"{self.name} ({self.model}): {exc}; make the rubric (template) ask for "
+                "'Score: <number>', raise max_tokens, or set on_unscorable: zero to count "
+                "it as 0 (as the released code does)"
             ) from None
+
+    def paint_references(self, references: torch.Tensor) -> torch.Tensor:
+        """References painted white outside their subject (:func:`paint_outside`), each
+        unique one segmented once; unchanged without a segmenter."""
+        if self.segmenter is None:
+            return references
+        refs = references.float()
+
+        def paint(pos: list[int]) -> torch.Tensor:
+            batch = refs[pos]
+            return paint_outside(batch, self.segmenter(batch), threshold=self.seg_threshold)
+
+        return self.painted.get_many([image_key(r) for r in refs], paint)
 
     @torch.no_grad()
     def __call__(
@@ -236,6 +301,8 @@ class VLMJudgeReward:
                 f"vlm_judge: {len(images)} images, {len(prompts)} prompts and "
                 f"{len(references)} references: give one of each per image"
             )
+        if self.send_reference:
+            references = self.paint_references(references)
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             scores = list(pool.map(self.score_one, images, prompts, references))
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
