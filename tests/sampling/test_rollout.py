@@ -119,3 +119,30 @@ def test_sampling_settings_are_named(setup) -> None:
         sample_groups(policy, cond, 2, sigma_schedule(3), 0.4)  # type: ignore[misc]
     roll = sample_groups(policy, cond, 2, sigmas=sigma_schedule(3), eta=0.4)
     assert roll.num_steps == 3 and roll.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_rewarded_image_is_the_last_steps_clean_prediction(setup) -> None:
+    """With an SDE last step, the rewards score x - sigma * v of that step (the released
+    code's pred_original), not the noisy last sample; with a deterministic last step to
+    sigma = 0 the two are the same tensor values."""
+    policy, cond = setup
+    sig = sigma_schedule(4)
+    roll = sample_groups(
+        policy, cond, 2, sigmas=sig, eta=0.4, ode_tail=0, generator=torch.Generator()
+    )
+    x, s = roll.latents[3], float(sig[3])
+    v = policy.velocity(x, torch.full((6,), s), roll.condition)
+    torch.testing.assert_close(roll.rewarded, x - s * v, rtol=0, atol=1e-6)
+    assert (roll.rewarded - roll.final).abs().mean() > 1e-3  # the last step's noise
+    noisy = sample_groups(
+        policy, cond, 2, sigmas=sig, eta=0.4, ode_tail=0, generator=torch.Generator(),
+        reward_image="sample",
+    )  # fmt: skip
+    assert torch.equal(noisy.rewarded, noisy.final)
+    assert torch.equal(noisy.final, roll.final)  # the choice does not change the sampling
+    tail = sample_groups(
+        policy, cond, 2, sigmas=sig, eta=0.4, ode_tail=1, generator=torch.Generator()
+    )
+    assert torch.equal(tail.rewarded, tail.final)
+    with pytest.raises(ValueError, match="reward_image"):
+        sample_groups(policy, cond, 2, sigmas=sig, eta=0.4, reward_image="x0")

@@ -5,10 +5,10 @@
   recorded SDE transitions (:func:`cgrpo.method.loss.grpo_loss`); its constants are
   ``grpo.clip_range``, ``grpo.adv_clip`` and ``grpo.kl_coef``. Only SDE steps train.
 * ``nft`` (DiffusionNFT, arXiv 2509.16117): likelihood-free. Each sample's shaped
-  advantage becomes an optimality weight ``r = 0.5 + clip(A, -c, c) / (2c)``; its clean
-  final latent ``x0`` is noised forward, ``x_s = (1 - s) x0 + s eps``, and the implicit
-  positive / negative policies built from the current and the *old* policy regress
-  ``x0`` (:func:`cgrpo.method.loss.nft_loss`). Any rollout trains, the ODE included.
+  advantage becomes an optimality weight ``r = 0.5 + clip(A, -c, c) / (2c)``; its rewarded
+  clean latent ``x0`` (``Rollout.rewarded``) is noised forward, ``x_s = (1 - s) x0 + s eps``,
+  and the implicit positive / negative policies built from the current and the *old*
+  policy regress ``x0`` (:func:`cgrpo.method.loss.nft_loss`). Any rollout trains, the ODE included.
 
 **Noise levels and TDW (``nft``).** The training noise levels are the sampling schedule's
 own sigmas: trained step ``t`` (a random ``grpo.timestep_fraction`` of ``0 .. T-1``) uses
@@ -213,7 +213,7 @@ class NFTObjective(Objective):
     def loss(
         self, ctx: LossContext, roll: Rollout, t: int, *, idx: Tensor, adv: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
-        x0 = roll.final[idx]
+        x0 = roll.rewarded[idx]
         s = float(roll.sigmas[t])
         eps = forward_noise(tuple(x0.shape[1:]), ctx.noise_seed, t, samples=idx.cpu() + ctx.offset)
         eps = eps.to(x0.device, x0.dtype)

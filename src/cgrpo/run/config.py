@@ -58,7 +58,21 @@ class DataConfig:
     prompts_per_subject: int = option(
         25, "dreambench: evaluation prompts per subject (25: the 750-pair protocol)"
     )
+    image_root: str | None = option(
+        None, "jsonl: folder the file's image paths are relative to (null: the file's folder)"
+    )
+    fields: dict[str, str] = option(
+        {},
+        "jsonl: the file's key for each of ours (reference, references, prompt, target, "
+        "name), e.g. SynCD's {reference: ref_img, prompt: text, target: img, name: id}; "
+        "empty: our names",
+    )
     eval_root: str | None = option(None, "jsonl: evaluate on this DreamBench folder instead")
+    allow_eval_overlap: bool = option(
+        False,
+        "let the training pairs contain evaluation pairs (same reference file and prompt); "
+        "false: such a run stops at start",
+    )
     skip_bad: bool = option(
         False,
         "jsonl: entries whose images cannot be read are skipped (and counted) instead of "
@@ -96,10 +110,18 @@ class SamplerConfig:
     )
     same_noise: bool = option(True, "one initial noise shared by each group's G samples")
     ode_tail: int = option(
-        0,
+        1,
         "last N steps taken with the deterministic Euler step: no SDE noise left in the final "
-        "sample, no log-prob, never trained (0: all steps SDE, the paper's setting)",
+        "sample, no log-prob, never trained. 1 is the released code's setting: it samples "
+        "its last step with noise but never trains it and rewards the clean prediction, "
+        "which is what a deterministic last step gives (its 0.6 of 24 = 14 trained steps)",
         unit="steps",
+    )
+    reward_image: Literal["clean", "sample"] = option(
+        "clean",
+        "what the rewards score: the last step's clean prediction x - sigma * v (the "
+        "released code's pred_original) or the last sample (with ode_tail 0 it carries the "
+        "last SDE step's noise)",
     )
     schedule: Schedule = option(
         FullSchedule(),

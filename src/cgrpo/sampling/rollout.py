@@ -5,6 +5,11 @@ For every condition the policy draws ``group_size`` samples with the SDE sampler
 group (the paper's setting: the group differs only by the SDE's noise, so the
 advantages compare like with like). Each step's latent and Gaussian log-prob are
 recorded so the update can re-score exactly the transition that was sampled.
+
+The image the rewards score is, by default, the model's clean prediction at the last step,
+``x - sigma * v`` (as the paper's released code rewards its ``pred_original_sample``), not
+the last SDE sample, which still carries that step's noise; with a deterministic last
+step to sigma = 0 the two are the same.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from cgrpo.policies.base import Condition, Policy
-from cgrpo.sampling.sde import compute_dtype, draw_noise, euler_step, sde_step
+from cgrpo.sampling.sde import clean_prediction, compute_dtype, draw_noise, euler_step, sde_step
+
+#: What the rewards score: the last step's clean prediction or the last sample.
+REWARD_IMAGES: tuple[str, ...] = ("clean", "sample")
 
 
 @dataclass
@@ -32,6 +40,9 @@ class Rollout:
         group_ids: (N,) which (reference, prompt) pair each sample belongs to.
         sde_steps: the steps sampled with the SDE, which can be trained (true indices,
             ascending; carried explicitly: a NaN in a log-prob must not change them).
+        rewarded: (N, *latent) the latents the rewards score: the last step's clean
+            prediction ``latents[-2] - sigmas[-2] * v`` (``reward_image="clean"``) or the
+            final sample ``latents[-1]`` (``"sample"``).
     """
 
     latents: torch.Tensor
@@ -40,6 +51,7 @@ class Rollout:
     condition: Condition
     group_ids: torch.Tensor
     sde_steps: tuple[int, ...]
+    rewarded: torch.Tensor
 
     @property
     def num_steps(self) -> int:
@@ -84,6 +96,7 @@ def sample_groups(
     ode_tail: int = 0,
     shard: slice | None = None,
     sde_mask: Sequence[bool] | None = None,
+    reward_image: str = "clean",
 ) -> Rollout:
     """Sample ``group_size`` trajectories for each of the B conditions.
 
@@ -98,9 +111,12 @@ def sample_groups(
     (data parallelism; a group may straddle processes). The noise of every SDE step is drawn
     for all samples at once from ``generator`` and sliced, so a sample is the same whatever
     the number of processes or the micro-batch size; ``group_ids`` stay global.
+    ``reward_image`` (:data:`REWARD_IMAGES`) picks :attr:`Rollout.rewarded`.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if reward_image not in REWARD_IMAGES:
+        raise ValueError(f"reward_image must be one of {REWARD_IMAGES}, got {reward_image!r}")
     if eta <= 0:
         raise ValueError(
             "GRPO rollouts need eta > 0: with eta = 0 the step is deterministic (Euler)"
@@ -150,6 +166,9 @@ def sample_groups(
             inverse=inverse,
         )
         latents[prefix] = xg[inverse]
+    clean = latents[-1]  # filled at the last step (a view: no copy unless asked for)
+    if reward_image == "clean":
+        clean = torch.empty_like(x)
     for t in range(prefix, steps):
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
         noise = None
@@ -160,6 +179,8 @@ def sample_groups(
             sl = slice(lo, lo + mb)
             xb = latents[t, sl]
             v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
+            if t == steps - 1 and reward_image == "clean":
+                clean[sl] = clean_prediction(xb, v, s)
             if not mask[t]:
                 latents[t + 1, sl] = euler_step(xb, v, s, sigma_next=s_next)
                 continue
@@ -169,7 +190,8 @@ def sample_groups(
             latents[t + 1, sl] = nxt
             log_probs[t, sl] = logp
     sde_steps = tuple(t for t in range(steps) if mask[t])
-    return Rollout(latents, log_probs, sigmas.to(x.device), cond, group_ids, sde_steps)
+    sigmas = sigmas.to(x.device)
+    return Rollout(latents, log_probs, sigmas, cond, group_ids, sde_steps, rewarded=clean)
 
 
 def _ode(

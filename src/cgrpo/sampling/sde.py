@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
-__all__ = ["SDE_KINDS", "sigma_schedule", "euler_step", "sde_step"]
+__all__ = ["SDE_KINDS", "clean_prediction", "sigma_schedule", "euler_step", "sde_step"]
 
 #: Valid values of ``kind`` in :func:`sde_step`.
 SDE_KINDS: tuple[str, ...] = ("dance", "flow")
@@ -96,6 +96,19 @@ def _as_sigma(sigma: float | Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
         f"sigma must be a float, a 0-d tensor, a [B] tensor with B={x.shape[0]} or a tensor with "
         f"x.ndim={x.ndim} dims broadcastable to x; got shape {tuple(s.shape)}"
     )
+
+
+def clean_prediction(x: Tensor, velocity: Tensor, sigma: float | Tensor) -> Tensor:
+    """The model's prediction of the clean sample from ``x`` at noise level ``sigma``:
+
+        x0_hat = x - sigma * v
+
+    (from ``x = (1 - sigma) x0 + sigma * noise`` and ``v = noise - x0``). At the last step
+    of a rollout this is the image the paper's released code rewards (its
+    ``pred_original_sample``); when the last step is the deterministic Euler step to
+    ``sigma = 0`` it equals that step's result. The result has ``x``'s dtype.
+    """
+    return x - velocity.to(x.dtype) * _as_sigma(sigma, x, x.dtype)
 
 
 def euler_step(

@@ -93,13 +93,15 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         )
         #: accelerate gives each process its own device
         self.device = self.dist.device or cfg.model.device
+        # the pairs first: a missing file or training on the evaluation pairs stops the run
+        # before any model loads
+        self.data = data if data is not None else build.build_data(cfg)
         # the global RNG seeds what the policy draws when built (the LoRA's A matrices):
         # the same on every process, so FSDP's shards are pieces of one initialisation
         torch.manual_seed(cfg.run.seed)
         self.objective = cfg.method.objective
         self.policy = self._build_policy(policy)
         self.rewards = rewards if rewards is not None else build.build_rewards(cfg, self.device)
-        self.data = data if data is not None else build.build_data(cfg)
         self.shaping, self.weighting = cfg.method.shaping, cfg.method.weighting
         self.pair = tuple(cfg.method.pair)
         self.dist.shard_policy(self.policy)  # FSDP: before the optimizer sees the parameters
@@ -176,6 +178,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
             micro_batch_size=self.cfg.grpo.micro_batch_size or None,
             ode_tail=s.ode_tail,
             shard=self.shard,
+            reward_image=s.reward_image,
             sde_mask=s.schedule.sde_mask(
                 s.num_steps, s.ode_tail, self.step, generator=self.state.generator
             ),
@@ -187,7 +190,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         t0 = time.perf_counter()
         roll, refs, prompts = self.rollout()
         t1 = time.perf_counter()
-        images = self.policy.decode(roll.final)
+        images = self.policy.decode(roll.rewarded)
         scores = self.rewards.score(images, prompts, refs.to(images.device))
         # every process gets the whole step's rewards with their group ids
         scores = {k: self.dist.gather(v) for k, v in scores.items()}
