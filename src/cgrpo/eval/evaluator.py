@@ -3,9 +3,10 @@
 
 - **Pairs**: (reference, prompt, subject, prompt index) of a protocol (:class:`EvalPairs`).
 - **Images**: ``images_per_pair`` per pair, item ``j = i * images_per_pair + k`` is draw
-  ``k`` of pair ``i``, sampled deterministically (Euler ODE on the run's sigma schedule)
-  from its own noise, seeded by ``(seed, i, k)`` alone (:func:`image_seed`): an image does
-  not depend on its batch, the process count, or which command drew it.
+  ``k`` of pair ``i``, sampled deterministically (Euler ODE on the run's sigma schedule, or
+  one at another shift; with the policy's guidance, or another one) from its own noise,
+  seeded by ``(seed, i, k)`` alone (:func:`image_seed`): an image does not depend on its
+  batch, the process count, or which command drew it.
 - **Scores**: the images are quantised to 8 bits (:func:`quantize`, exactly what a PNG
   holds) and scored by named metrics (a :class:`~cgrpo.rewards.set.RewardSet`), so scores
   computed from PNG files on disk equal scores computed in memory.
@@ -20,6 +21,7 @@ two evaluations of the same pairs compare image by image (paired standard errors
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +33,13 @@ from tqdm import tqdm
 
 from cgrpo.data.base import HasEvalTruth, PairSource
 from cgrpo.io.images import to_uint8
-from cgrpo.policies.base import Policy
+from cgrpo.policies.base import HasGuidance, Policy
 from cgrpo.rewards.set import RewardSet
 from cgrpo.run.build import eval_sigmas
 from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist
 from cgrpo.sampling.rollout import sample_ode
+from cgrpo.sampling.sde import sigma_schedule
 
 __all__ = [
     "build_evaluator",
@@ -45,6 +48,7 @@ __all__ = [
     "EvalPairs",
     "EvalResult",
     "Evaluator",
+    "guidance_context",
     "ImageStore",
     "grid_items",
     "image_seed",
@@ -91,6 +95,21 @@ class EvalPairs:
 def image_seed(seed: int, pair: int, k: int) -> int:
     """The noise seed of draw ``k`` of pair ``pair``: ``seed * 1_000_003 + pair * 1_009 + k``."""
     return seed * 1_000_003 + pair * 1_009 + k
+
+
+def guidance_context(
+    policy: Policy, guidance: float | None
+) -> contextlib.AbstractContextManager[None]:
+    """The policy's forwards within get guidance ``guidance`` (None: the policy's own);
+    EvalError when a value is given for a policy without a guidance embedding."""
+    if guidance is None:
+        return contextlib.nullcontext()
+    if not isinstance(policy, HasGuidance):
+        raise EvalError(
+            f"guidance={guidance}: this policy has no guidance embedding (the embedded "
+            "generator); leave guidance null"
+        )
+    return policy.guidance_set_to(guidance)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -163,6 +182,7 @@ class Evaluator:
         images_per_pair: int = 1,
         batch_size: int = 64,
         dist: Dist | None = None,
+        guidance: float | None = None,
     ) -> None:
         if images_per_pair < 1 or batch_size < 1:
             raise EvalError(
@@ -173,6 +193,7 @@ class Evaluator:
         self.pairs, self.metrics, self.sigmas = pairs, metrics, sigmas
         self.seed, self.k, self.batch_size = seed, images_per_pair, batch_size
         self.dist = dist or Dist()
+        self.guidance = guidance  # None: the policy's own
 
     @property
     def num_items(self) -> int:
@@ -217,7 +238,9 @@ class Evaluator:
             self.pairs.references[pair], [self.pairs.prompts[i] for i in pair]
         )
         noise = self.noise(items, tuple(policy.latent_shape())).to(policy.device)
-        return quantize(policy.decode(sample_ode(policy, cond, self.sigmas, noise=noise))).cpu()
+        with guidance_context(policy, self.guidance):
+            latents = sample_ode(policy, cond, self.sigmas, noise=noise)
+        return quantize(policy.decode(latents)).cpu()
 
     @torch.no_grad()
     def run(
@@ -334,16 +357,24 @@ def build_evaluator(
     steps: int = 0,
     seed: int | None = None,
     batch_size: int = 0,
+    shift: float | None = None,
+    guidance: float | None = None,
 ) -> Evaluator:
     """The run's held-out evaluator: :func:`eval_sigmas`, noise seed ``data.eval_seed``,
-    ``data.eval_noises`` images per pair, ``run.eval_batch_size``; each of the keyword
-    settings replaces the run's when given (non-zero / not None)."""
+    ``data.eval_noises`` images per pair, ``run.eval_batch_size``, the policy's guidance;
+    each of the keyword settings replaces the run's when given (non-zero / not None):
+    ``shift`` draws on the run's number of steps at that time shift instead of
+    ``sampler.shift``."""
+    sigmas = eval_sigmas(cfg, steps)
+    if shift is not None:
+        sigmas = sigma_schedule(len(sigmas) - 1, shift)
     return Evaluator(
         pairs,
         metrics,
-        eval_sigmas(cfg, steps),
+        sigmas,
         seed=cfg.data.eval_seed if seed is None else seed,
         images_per_pair=images_per_pair or cfg.data.eval_noises,
         batch_size=batch_size or cfg.run.eval_batch_size,
         dist=dist,
+        guidance=guidance,
     )

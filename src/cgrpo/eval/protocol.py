@@ -11,12 +11,15 @@ Protocols (``protocol``):
 Drawing and scoring is :class:`cgrpo.eval.evaluator.Evaluator`, the same code path as
 training's held-out evaluation: with a run's defaults (``0`` / ``null`` settings take the
 run's own: prompts per subject, images per pair = ``data.eval_noises``, seed =
-``data.eval_seed``, steps, batch size, and the run's rewards as metrics on the embedded
-protocol) ``cgrpo eval --run R base=true`` prints the very table ``cgrpo train`` printed
-for ``R``. The checkpoint's EMA weights are evaluated when it has them (``ema=false``: the
-raw weights). Images are written as PNG and scored as the 8-bit images the PNGs hold, so
-the command is resumable: images already on disk are not drawn again and a resumed
-evaluation gives the same numbers as an uninterrupted one.
+``data.eval_seed``, steps, time shift = ``sampler.shift``, guidance = ``flux.guidance``,
+batch size, and the run's rewards as metrics on the embedded protocol) ``cgrpo eval --run
+R base=true`` prints the very table ``cgrpo train`` printed for ``R``. The checkpoint's
+EMA weights are evaluated when it has them (``ema=false``: the raw weights). Images are
+written as PNG and scored as the 8-bit images the PNGs hold, so the command is resumable:
+images already on disk are not drawn again and a resumed evaluation gives the same
+numbers as an uninterrupted one. ``steps``, ``shift`` (a number, ``auto`` / ``uno``:
+:mod:`cgrpo.sampling.shift`) and ``guidance`` change the sampler for this command only;
+``configs/eval_dreambench.yaml`` sets them as the paper evaluated (25, ``uno``, 4).
 
 Metrics are columns, each a reward of the registry (``metrics``: column -> ``{kind:
 name, ...options}``, as a train config's ``rewards:``): DINO
@@ -65,6 +68,7 @@ from cgrpo.rewards.set import RewardSet
 from cgrpo.rewards.spec import parse_rewards
 from cgrpo.run.build import build_policy, keeps_aspect
 from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+from cgrpo.sampling.shift import SHIFT_RULES, resolution_shift, uno_seq_len
 
 __all__ = ["EvalError", "build_metrics", "evaluate_protocol", "eval_command"]
 
@@ -86,7 +90,7 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
         data = EmbeddedData(d.attribute_prob, n, d.eval_seed)
         refs, prompts, names = data.eval_pairs()
         return EvalPairs.from_lists(refs, prompts, names, truth=data.eval_truth())
-    from cgrpo.data.files import DreamBenchPairs
+    from cgrpo.data.dreambench import DreamBenchPairs
 
     if train_cfg.model.kind == "embedded":
         raise EvalError(
@@ -140,6 +144,47 @@ def _axes(cfg: EvalConfig, train_cfg: TrainConfig, columns: list[str]) -> tuple[
     return x, y
 
 
+def check_settings(cfg: EvalConfig, train_cfg: TrainConfig) -> None:
+    """EvalError for settings the run's model cannot take (checked before any model loads)."""
+    cfg.validate()
+    if train_cfg.model.kind != "embedded":
+        return
+    if cfg.guidance is not None:
+        raise EvalError(
+            f"guidance={cfg.guidance}: the embedded generator has no guidance embedding; "
+            "leave guidance null (it is for FLUX runs)"
+        )
+    if cfg.shift in SHIFT_RULES:
+        raise EvalError(
+            f"shift={cfg.shift}: the resolution rule counts FLUX image tokens; give the "
+            "embedded generator a number or null (the run's sampler.shift)"
+        )
+
+
+def eval_shift(cfg: EvalConfig, train_cfg: TrainConfig, policy: Policy) -> float:
+    """The time shift of the evaluation's sigma schedule: ``cfg.shift`` as a number, else
+    FLUX's resolution rule ``e^mu``, ``mu = 0.5 + 0.65 * (n - 256) / 3840``, on ``n`` = the
+    policy's image tokens (``auto``: 1,024 at 512 px, 1.878) or ``n = (px // 8)^2 // 256``
+    for ``px = flux.resolution``, the count UNO's pipeline passes (``uno``: 16 at 512 px,
+    1.583), else (null) the run's ``sampler.shift`` (:mod:`cgrpo.sampling.shift`)."""
+    if cfg.shift is None:
+        return float(train_cfg.sampler.shift)
+    if cfg.shift == "auto":
+        return resolution_shift(policy.latent_shape()[0])
+    if cfg.shift == "uno":
+        px = train_cfg.flux.resolution
+        return resolution_shift(uno_seq_len(px, px))
+    return float(cfg.shift)
+
+
+def eval_guidance(cfg: EvalConfig, train_cfg: TrainConfig) -> float | None:
+    """The guidance the evaluation draws with: ``cfg.guidance``, else the run's
+    ``flux.guidance`` (None: the embedded generator, which has no guidance)."""
+    if cfg.guidance is not None:
+        return float(cfg.guidance)
+    return None if train_cfg.model.kind == "embedded" else float(train_cfg.flux.guidance)
+
+
 def _check_source(out: Path, source: dict[str, Any]) -> None:
     """Refuse to mix images of another model or other sampling settings into ``out``."""
     path = out / "source.json"
@@ -158,9 +203,10 @@ def _check_source(out: Path, source: dict[str, Any]) -> None:
 
 
 def evaluator_for(
-    cfg: EvalConfig, train_cfg: TrainConfig, pairs: EvalPairs, *, metrics: RewardSet
+    cfg: EvalConfig, train_cfg: TrainConfig, pairs: EvalPairs, *, metrics: RewardSet, shift: float
 ) -> Evaluator:
-    """The run's evaluator with this command's settings where they are set."""
+    """The run's evaluator with this command's settings where they are set (``shift``: the
+    resolved :func:`eval_shift`)."""
     return build_evaluator(
         train_cfg,
         pairs,
@@ -170,6 +216,8 @@ def evaluator_for(
         steps=cfg.steps,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        shift=shift,
+        guidance=cfg.guidance,
     )
 
 
@@ -230,15 +278,20 @@ def evaluate_protocol(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Draw (resumably) and score one policy on the protocol into ``out``."""
+    check_settings(cfg, train_cfg)
     pairs = protocol_pairs(cfg, train_cfg)
-    ev = evaluator_for(cfg, train_cfg, pairs, metrics=metrics)
+    shift = eval_shift(cfg, train_cfg, policy)
+    ev = evaluator_for(cfg, train_cfg, pairs, metrics=metrics, shift=shift)
     steps = len(ev.sigmas) - 1
     text = "\n".join(f"{s}\t{p}" for s, p in zip(pairs.subjects, pairs.prompts, strict=True))
     settings = {
-        "protocol": cfg.protocol, "seed": ev.seed, "steps": steps, "pairs": len(pairs),
-        "prompts_sha1": hashlib.sha1(text.encode()).hexdigest(),
+        "protocol": cfg.protocol, "seed": ev.seed, "steps": steps, "shift": shift,
+        "pairs": len(pairs), "prompts_sha1": hashlib.sha1(text.encode()).hexdigest(),
     }  # fmt: skip
-    _check_source(out, {**source, **settings, "shift": train_cfg.sampler.shift})
+    guidance = eval_guidance(cfg, train_cfg)
+    if guidance is not None:  # none on the embedded generator
+        settings["guidance"] = guidance
+    _check_source(out, {**source, **settings})
     store = PngStore(out, pairs, ev.k)
     res = ev.run(policy, store=store, quiet=quiet, desc=f"eval {out.name}")
     x, y = _axes(cfg, train_cfg, metrics.names)
@@ -262,8 +315,7 @@ def eval_command(
 ) -> str:
     """``cgrpo eval``: evaluate ``run``'s latest checkpoint (and its base with ``cfg.base``),
     or the base model of ``model_config``; returns the printed table."""
-    if cfg.images_per_pair < 0 or cfg.batch_size < 0:
-        raise EvalError("images_per_pair and batch_size must be >= 1 (0: the run's)")
+    cfg.validate()
     last = None
     if run is not None:
         if not (run / "config.yaml").is_file():
@@ -276,6 +328,7 @@ def eval_command(
             raise FileNotFoundError(f"--run {run}: no complete checkpoint under {run}/checkpoints")
     else:
         train_cfg = load_config(TrainConfig, model_config or EMBEDDED_CONFIG, [])
+    check_settings(cfg, train_cfg)
     if train_cfg.run.threads:  # as the run evaluated (thread counts change float sums)
         torch.set_num_threads(train_cfg.run.threads)
     metrics = build_metrics(cfg, train_cfg.model.device, train_cfg)
@@ -309,7 +362,8 @@ def eval_command(
             atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text))
     head = (
         f"{result['protocol']}: {result['pairs']} pairs x {result['images_per_pair']} "
-        f"image(s), {result['steps']} sampler steps"
+        f"image(s), {result['steps']} sampler steps, shift {result['shift']:.4g}"
+        + (f", guidance {result['guidance']:g}" if "guidance" in result else "")
         + (f", {result['weights']} weights" if "weights" in result else "")
     )
     label = "trained" if last is not None else "base"

@@ -10,6 +10,7 @@ FLUX adapters are interchangeable. The latent convention is the one of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -86,6 +87,17 @@ class Shardable(Protocol):
     def shard_modules(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
         """(root module, its repeated blocks): FSDP2 makes a unit of each block, then of the
         root, which holds every trainable parameter the velocity uses."""
+        ...
+
+
+@runtime_checkable
+class HasGuidance(Protocol):
+    """Optional: a guidance-distilled policy (FLUX.1-dev, Kontext, UNO) whose guidance
+    embedding value can be set for a while, e.g. for an evaluation only."""
+
+    def guidance_set_to(self, value: float) -> AbstractContextManager[None]:
+        """Within the context every forward gets guidance ``value``; the policy's own value
+        afterwards. ValueError when the model has no guidance embedding."""
         ...
 
 

@@ -23,7 +23,8 @@ and steps ``x_next = x + (s_next - s) * model_output``; the pipeline passes the 
 1000 internally. So calling the transformer with ``timestep = sigma`` returns exactly the
 velocity ``v = noise - x0`` of :mod:`cgrpo.sampling.sde`, no sign flip or rescale. The guidance
 embedding (FLUX.1-dev / Kontext are guidance-distilled) gets ``FluxConfig.guidance``
-(3.5, the pipelines' default), again un-multiplied (the transformer does the x1000).
+(3.5, the pipelines' default), again un-multiplied (the transformer does the x1000);
+:meth:`FluxPolicy.guidance_set_to` sets another value for a while (``cgrpo eval guidance=``).
 
 Reference policy
     :meth:`FluxPolicy.reference_velocity` is the same forward with the LoRA disabled (the
@@ -39,6 +40,7 @@ packing :mod:`cgrpo.policies.flux.reference`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,8 @@ class FluxPolicy(LoRAAdapters):
 
     #: Images per VAE call in :meth:`encode_condition` / :meth:`decode` (bounds VAE memory).
     vae_batch_size: int = 4
+    #: The guidance value while :meth:`guidance_set_to` is active (None: ``config.guidance``).
+    _guidance: float | None = None
 
     def __init__(
         self,
@@ -292,8 +296,9 @@ class FluxPolicy(LoRAAdapters):
         text = condition["prompt_embeds"].to(self.dtype)
         txt_ids = torch.zeros(text.shape[1], 3, device=self.device)
         guidance = None
-        if getattr(self.transformer.config, "guidance_embeds", False):
-            guidance = torch.full((b,), float(self.config.guidance), device=self.device)
+        if self._has_guidance():
+            value = self.config.guidance if self._guidance is None else self._guidance
+            guidance = torch.full((b,), float(value), device=self.device)
         with self._autocast():
             out = self.transformer(
                 hidden_states=hidden,
@@ -306,6 +311,23 @@ class FluxPolicy(LoRAAdapters):
                 return_dict=False,
             )[0]
         return out[:, :n].to(x.dtype)
+
+    def _has_guidance(self) -> bool:
+        return bool(getattr(self.transformer.config, "guidance_embeds", False))
+
+    @contextlib.contextmanager
+    def guidance_set_to(self, value: float) -> Iterator[None]:
+        """Every forward within gets guidance ``value`` instead of ``config.guidance``."""
+        if not self._has_guidance():
+            raise ValueError(
+                f"guidance={value}: this FLUX transformer has no guidance embedding "
+                "(guidance_embeds=false, e.g. FLUX.1-schnell); leave guidance null"
+            )
+        before, self._guidance = self._guidance, float(value)
+        try:
+            yield
+        finally:
+            self._guidance = before
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self._forward(x, sigma, condition)
