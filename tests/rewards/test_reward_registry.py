@@ -281,3 +281,16 @@ def test_reads_references_is_a_declared_capability() -> None:
     assert not reads_references(Ignores())
     assert isinstance(Ignores(), cgrpo.rewards.ReferenceUse)
     assert not isinstance(Reads(), cgrpo.rewards.ReferenceUse)
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "dino", "clip", "effnet"])
+def test_a_misspelt_option_of_a_reward_that_passes_options_on_is_named(kind: str) -> None:
+    """The identity rewards pass their segmentation options on (``**options``) to their
+    base: a misspelt one is still named, with the valid ones, before any folder is read."""
+    from cgrpo.rewards.set import RewardSet
+    from cgrpo.rewards.spec import parse_rewards
+
+    folder = {"weights" if kind == "effnet" else "path": "no/such/folder"}
+    specs = parse_rewards({"identity": {"kind": kind, **folder, "seg_mod": 1}})
+    with pytest.raises(ValueError, match=r"no option\(s\) \['seg_mod'\]; its options: .*seg_mode"):
+        RewardSet.build(specs, "cpu")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -21,17 +22,33 @@ from cgrpo.rewards.spec import RewardSpec
 __all__ = ["RewardSet"]
 
 
+def _accepted_options(factory: Any) -> set[str] | None:
+    """The option names ``factory`` takes; a class's ``__init__`` that passes ``**options``
+    on is followed to its bases' (None: anything goes, a function or base with ``**``)."""
+    inits = [factory]
+    if inspect.isclass(factory):
+        inits = [c.__init__ for c in factory.__mro__ if c is not object and "__init__" in vars(c)]
+    names: set[str] = set()
+    for f in inits:
+        params = inspect.signature(f).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names - {"self"}
+    return None
+
+
 def _check_options(spec: RewardSpec, where: str) -> None:
-    """Option names against the factory's signature, before anything is built."""
-    params = inspect.signature(REWARDS.get(spec.kind)).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    """Option names against the factory's signature (and, for a class that passes options
+    on, its bases'), before anything is built."""
+    valid = _accepted_options(REWARDS.get(spec.kind))
+    if valid is None:
         return
-    valid = [n for n, p in params.items() if p.kind is not p.VAR_POSITIONAL and n != "device"]
-    bad = [k for k in spec.options if k not in params]
+    bad = [k for k in spec.options if k not in valid]
     if bad:
+        shown = ", ".join(sorted(valid - {"device"})) or "(none)"
         raise ValueError(
             f"{where}.{spec.name}: reward {spec.kind!r} has no option(s) {bad}; "
-            f"its options: {', '.join(valid) or '(none)'}"
+            f"its options: {shown}"
         )
 
 
