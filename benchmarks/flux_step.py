@@ -20,7 +20,7 @@ model before FSDP shards it), and the mean seconds of sampling and update.
         flux.resolution=64 flux.dtype=float32 [run.fsdp=true]
 
 Overrides are training-config keys (``key=value``); the defaults are the paper's
-(configs/uno_dreambench.yaml) with prompts_per_step = the number of processes. A rollout
+(configs/uno_syncd.yaml) with prompts_per_step = the number of processes. A rollout
 schedule other than the paper's ``full`` is one more override, e.g.
 ``sampler.schedule.kind=branch sampler.schedule.k=2 grpo.timestep_fraction=1`` or
 ``sampler.schedule.kind=window sampler.schedule.size=4 grpo.timestep_fraction=1``.
@@ -144,6 +144,8 @@ def measure(preset: str, steps: int, extra: list[str]):
         folder = Path(tmp)
         overrides = [
             "model.kind=flux", "data.kind=jsonl", f"data.path={pairs_file(folder, 8)}",
+            "data.image_root=null", "data.fields={}", "data.eval_root=null",
+            "data.allow_eval_overlap=true",  # timing only: no evaluation
             f"data.prompts_per_step={world}", "flux.start_lora=null", "flux.path=null",
             "flux.max_sequence_length=16", "flux.prompt_cache_dir=null",
             # references at the target's size unless overridden (gpu_check.sh passes each
@@ -155,7 +157,7 @@ def measure(preset: str, steps: int, extra: list[str]):
             "rewards.prompt={kind: colour, measure: redness}",
             *extra,
         ]  # fmt: skip
-        cfg = load_config(TrainConfig, ROOT / "configs" / "uno_dreambench.yaml", overrides)
+        cfg = load_config(TrainConfig, ROOT / "configs" / "uno_syncd.yaml", overrides)
         dist = Dist.from_env(cfg.model.device, cfg.run.fsdp)
         device = torch.device(dist.device or cfg.model.device)
         dtype = torch.bfloat16 if cfg.flux.dtype == "bfloat16" else torch.float32

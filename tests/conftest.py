@@ -108,6 +108,7 @@ def flux_train_config(flux_dir: Path, tmp_path: Path, *overrides: str) -> TrainC
         "model.kind=flux", f"flux.path={flux_dir}", "flux.dtype=float32",
         "flux.resolution=16", "flux.lora_rank=4", "flux.max_sequence_length=8",
         "data.kind=jsonl", f"data.path={pairs}", "data.prompts_per_step=2",
+        "data.allow_eval_overlap=true",
         "grpo.group_size=3", "sampler.num_steps=4", "optim.lr=1e-2",
         f"run.out_dir={tmp_path / 'run'}", "run.threads=1",
         "rewards.identity={kind: colour, measure: brightness}",

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cgrpo.data.base import EmbeddedData, HasEvalTruth, PairSource
-from cgrpo.data.files import DatasetError, DreamBenchPairs, JsonlPairs, PairsWithEval
+from cgrpo.data.base import EmbeddedData, HasEvalTruth, PairSource, PairsWithEval
+from cgrpo.data.dreambench import DreamBenchPairs
+from cgrpo.data.files import DatasetError, JsonlPairs
 from cgrpo.io.images import load_image
 
 DREAMBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "dreambench"

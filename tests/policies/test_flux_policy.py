@@ -7,7 +7,6 @@ saved in diffusers layout and loaded through ``FluxPolicy``'s real from-path con
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -311,9 +310,12 @@ def test_merge_xlabs_style_lora_as_uno_ships_it(flux_dir: Path, tmp_path: Path) 
     assert (delta("transformer_blocks.0.ff.net.2") == 0).all()
 
 
-@pytest.mark.parametrize("name", ["uno_dreambench.yaml", "kontext_dreambench.yaml"])
+@pytest.mark.parametrize("name", ["uno_syncd.yaml", "kontext_syncd.yaml"])
 def test_shipped_configs_parse(name: str) -> None:
-    """The shipped FLUX configs load as a TrainConfig with the paper's settings."""
+    """The shipped FLUX configs load as a TrainConfig with the released settings
+    (docs/paper-fidelity.md): SynCD training pairs read as released, DreamBench evaluation,
+    UNO's LoRA, the clean prediction rewarded, 14 of 24 transitions trained, 3 updates per
+    rollout."""
     from cgrpo.config.core import load_config
     from cgrpo.config.docs import undocumented_keys
     from cgrpo.method.weighting import TimeAwareWeights
@@ -321,8 +323,15 @@ def test_shipped_configs_parse(name: str) -> None:
 
     cfg = load_config(TrainConfig, Path(__file__).resolve().parents[2] / "configs" / name)
     flux = cfg.flux
-    assert cfg.model.kind == "flux" and cfg.data.kind == "dreambench"
-    assert flux.lora_rank == 512 and flux.resolution == 512
+    assert cfg.model.kind == "flux" and cfg.data.kind == "jsonl"
+    assert cfg.data.path == "datasets/train_1w_syncd_embedding.json"
+    assert cfg.data.image_root == "datasets/syncd" and not cfg.data.allow_eval_overlap
+    assert cfg.data.fields == {"reference": "ref_img", "prompt": "text", "target": "img",
+                               "name": "id"}  # fmt: skip
+    assert cfg.data.eval_root and cfg.data.prompts_per_subject == 25
+    assert flux.lora_rank == 512 and flux.resolution == 512 and flux.lora_preset == "uno"
+    assert (cfg.sampler.ode_tail, cfg.sampler.reward_image) == (1, "clean")
+    assert (cfg.data.prompts_per_step, cfg.grpo.updates_per_rollout) == (8, 3)
     assert flux.position_scheme == name.split("_")[0]
     assert undocumented_keys(TrainConfig) == []
     assert (cfg.sampler.num_steps, cfg.sampler.shift, cfg.sampler.eta) == (25, 3.0, 0.4)
@@ -332,7 +341,9 @@ def test_shipped_configs_parse(name: str) -> None:
     assert cfg.method.weighting == TimeAwareWeights()  # the paper's 25-step constants
     assert list(cfg.rewards) == ["identity", "prompt"]
     assert (cfg.rewards["identity"]["kind"], cfg.rewards["prompt"]["kind"]) == ("dinov2", "hpsv3")
-    assert cfg.rewards["identity"]["segmenter"] == "u2netp"
+    identity = cfg.rewards["identity"]
+    assert (identity["segmenter"], identity["seg_mode"], identity["seg_crop"]) == (
+        "u2netp", "reference", "frame")  # fmt: skip
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (2e-5, 1.1e-4, 1.0)
 
 
@@ -397,26 +408,50 @@ def test_random_flux_presets_have_flux_dev_sizes() -> None:
         random_flux("huge")
 
 
-def test_gpu_smoke_recipe_runs_the_shipped_config(flux_dir: Path, tmp_path: Path) -> None:
-    """docs/gpu.md's smoke test: the paper's config on a random tiny FLUX folder with the
-    colour rewards trains, checkpoints the LoRA and evaluates (here on CPU)."""
-    from cgrpo.cli import main
-
+def smoke_args(flux_dir: Path, out: Path, listing: Path, images: Path, db: Path) -> list[str]:
+    """docs/gpu.md's smoke recipe: configs/uno_syncd.yaml on a random tiny FLUX folder with
+    the colour rewards, on a SynCD-format folder, evaluated on DreamBench."""
     here = Path(__file__).resolve().parents[2]
-    data = Path(os.environ.get("CGRPO_DREAMBENCH", here.parent / "shared/data/dreambench"))
-    if not (data / "single_reference.json").is_file():
-        pytest.skip(f"DreamBench not found at {data}")
-    args = [
-        "train", "--config", str(here / "configs" / "uno_dreambench.yaml"), "--quiet",
+    return [
+        "train", "--config", str(here / "configs" / "uno_syncd.yaml"), "--quiet",
         "model.device=cpu", f"flux.path={flux_dir}", "flux.start_lora=null",
         "flux.prompt_cache_dir=null", "flux.resolution=64", "flux.lora_rank=8",
         "flux.uno_ref_size=64",  # UNO prepares a 512 px reference: too many tokens for a CPU
-        f"data.root={data}", "data.prompts_per_step=1", "data.prompts_per_subject=1",
-        "grpo.group_size=4", "sampler.num_steps=4", "run.eval_steps=2", "run.threads=1",
+        f"data.path={listing}", f"data.image_root={images}", f"data.eval_root={db}",
+        "data.prompts_per_step=1", "data.prompts_per_subject=1",
+        "grpo.group_size=3", "sampler.num_steps=4", "run.eval_steps=2", "run.threads=1",
         "rewards.identity={kind: colour}", "rewards.prompt={kind: colour, measure: redness}",
-        "run.steps=2", f"run.out_dir={tmp_path}",
+        "run.steps=2", f"run.out_dir={out}",
     ]  # fmt: skip
-    assert main(args) == 0
-    assert (tmp_path / "checkpoints" / "step_000002").is_dir()
-    summary = json.loads((tmp_path / "eval.json").read_text())
+
+
+def test_gpu_smoke_recipe_trains_on_syncd_and_evaluates_on_dreambench(
+    flux_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The paper config trains 2 steps (3 updates each) on a SynCD-format folder, checkpoints
+    the LoRA and evaluates on DreamBench's 30 subjects; with an evaluation pair in the
+    training list it stops at start with the overlap line and writes no checkpoint."""
+    from cgrpo.cli import main
+    from tests.data.test_syncd import DREAMBENCH, syncd_record, write_syncd
+
+    if not (DREAMBENCH / "single_reference.json").is_file():
+        pytest.skip(f"DreamBench not found at {DREAMBENCH}")
+    records = [syncd_record("14551", "0", "a red post box on a highway."),
+               syncd_record("29507", "1", "a red donut on a plate.")]  # fmt: skip
+    listing, images = write_syncd(tmp_path / "datasets", records)
+    run = tmp_path / "run"
+    assert main(smoke_args(flux_dir, run, listing, images, DREAMBENCH)) == 0
+    assert (run / "checkpoints" / "step_000002").is_dir()
+    summary = json.loads((run / "eval.json").read_text())
     assert summary["trained"]["pairs"] == 30  # one prompt for each DreamBench subject
+    metrics = (run / "metrics.csv").read_text()
+    assert "clip_fraction" in metrics.splitlines()[0]
+    records.append(syncd_record("9", "2", "a backpack in the jungle",
+                                ref=str(DREAMBENCH / "backpack" / "02.jpg")))  # fmt: skip
+    listing, images = write_syncd(tmp_path / "leaky", records)
+    capsys.readouterr()
+    assert main(smoke_args(flux_dir, tmp_path / "leak", listing, images, DREAMBENCH)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 of the 30 evaluation pairs" in err
+    assert "data.allow_eval_overlap=true" in err
+    assert not (tmp_path / "leak" / "checkpoints").exists()

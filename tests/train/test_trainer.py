@@ -495,7 +495,7 @@ def test_reward_entries_merge_across_layers() -> None:
     from cgrpo.config.errors import ConfigError
     from cgrpo.run.config import TrainConfig
 
-    root = Path(__file__).resolve().parents[2] / "configs" / "uno_dreambench.yaml"
+    root = Path(__file__).resolve().parents[2] / "configs" / "uno_syncd.yaml"
     cfg = load_config(TrainConfig, root, ["rewards.identity.kind=colour"])
     assert cfg.rewards["identity"] == {"kind": "colour", "weight": 1.0}
     cfg = load_config(TrainConfig, root, ["rewards.identity.weight=2"])

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from cgrpo.data.overlap import ListsPairs, PairKey
 from cgrpo.world import scene
 
 
@@ -85,3 +86,25 @@ class EmbeddedData:
                 for p, n in zip(prompts, names, strict=True)
             ]
         )
+
+
+class PairsWithEval:
+    """Training pairs from ``train``, evaluation pairs from ``evaluation`` (SynCD ->
+    DreamBench); it lists its pairs when both sources do."""
+
+    def __init__(self, train: PairSource, evaluation: PairSource) -> None:
+        self.train = train
+        self.evaluation = evaluation
+
+    def sample(self, n: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        return self.train.sample(n, rng)
+
+    def eval_pairs(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        return self.evaluation.eval_pairs()
+
+    def train_keys(self) -> set[PairKey]:
+        return self.train.train_keys() if isinstance(self.train, ListsPairs) else set()
+
+    def eval_keys(self) -> list[PairKey]:
+        ev = self.evaluation
+        return ev.eval_keys() if isinstance(ev, ListsPairs) else []

@@ -1,4 +1,4 @@
-"""(reference image, prompt) pairs from files on disk, for the real-model (FLUX) tier.
+"""(reference image, prompt) pairs listed in a JSONL / JSON file, for the real-model tier.
 
 All sources implement :class:`cgrpo.data.base.PairSource`:
 
@@ -17,21 +17,22 @@ its view for the rewards.
   ``{"reference": path, "prompt": str, "target": path (optional)}`` (or
   ``"references": [path, ...]``: several subjects in one image, UNO; ``"image_paths"`` as
   in UNO's ``dreambench_multiip.json`` reads the same), the shape of what
-  subject datasets such as SynCD provide once flattened; relative paths are resolved
-  against the file's folder. ``target`` is checked and kept (``.entries``) but GRPO does
-  not use it (it is online RL: the policy's own samples are scored).
-* :class:`DreamBenchPairs`: the DreamBench folder (``../shared/data/dreambench``): 30
-  subjects, one reference each from ``single_reference.json``, 25 prompts per subject
-  from ``prompts_and_classes.txt`` with the class word in place of
-  ``"{unique_token} {class}"`` (object prompts, or live-subject prompts for cats and dogs).
-* :class:`PairsWithEval`: train on one source, evaluate on another (SynCD -> DreamBench).
+  subject datasets provide; relative paths are resolved against ``image_root`` (default:
+  the file's folder). ``fields`` renames keys, so a dataset's own list is read as it is:
+  the paper's SynCD list (``train_1w_syncd_embedding.json``: ``ref_img``, ``text``,
+  ``img``, ``id``, ... relative to the SynCD image folder) is
+  ``fields={"reference": "ref_img", "prompt": "text", "target": "img", "name": "id"}``.
+  ``target`` is checked and kept (``.entries``) but GRPO does not use it (it is online
+  RL: the policy's own samples are scored).
+
+The DreamBench folder is :mod:`cgrpo.data.dreambench`; training on one source and
+evaluating on another is :class:`cgrpo.data.base.PairsWithEval`.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,25 +40,29 @@ from typing import Any
 
 import torch
 
-from cgrpo.data.base import PairSource
+from cgrpo.data.overlap import PairKey, pair_key
 from cgrpo.data.references import ReferenceBatch, References
 from cgrpo.io.images import check_image, load_image, square_crop
 
 __all__ = [
     "DatasetError",
-    "DreamBenchPairs",
+    "FIELDS",
     "check_files",
     "JsonlPairs",
     "PairEntry",
-    "PairsWithEval",
+    "load_reference",
+    "reference_batch",
 ]
+
+#: the record keys a pair file may rename with ``fields`` (our name -> the file's key)
+FIELDS: tuple[str, ...] = ("reference", "references", "prompt", "target", "name")
 
 
 class DatasetError(ValueError):
     """A data file is missing, empty, malformed or names an unreadable image."""
 
 
-def _load_reference(path: Path, image_size: int | None) -> torch.Tensor:
+def load_reference(path: Path, image_size: int | None) -> torch.Tensor:
     """(3, S, S) float32 in [0, 1]: RGB, shorter side resized to S, centre crop, stored
     orientation (no EXIF rotation); ``image_size=None``: the whole image at its stored size.
     An unreadable file raises :class:`DatasetError`."""
@@ -83,7 +88,7 @@ class PairEntry:
         return self.references[0]
 
 
-def _references(
+def reference_batch(
     groups: list[tuple[Path, ...]],
     load: Callable[[Path, int | None], torch.Tensor],
     image_size: int,
@@ -174,12 +179,19 @@ class JsonlPairs:
         *,
         skip_bad: bool = False,
         keep_aspect: bool = False,
+        image_root: str | Path | None = None,
+        fields: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.image_size = image_size
         self.eval_count = eval_count
         self.keep_aspect = keep_aspect
-        root = self.path.parent
+        root = Path(image_root) if image_root is not None else self.path.parent
+        if not root.is_dir():
+            raise DatasetError(
+                f"image folder of '{self.path}' not found: '{root}' (data.image_root)"
+            )
+        rename = _renaming(fields or {})
 
         def resolve(name: str) -> Path:
             p = Path(name)
@@ -190,6 +202,7 @@ class JsonlPairs:
             where = f"'{self.path}' {line}"
             if not isinstance(rec, dict):
                 raise DatasetError(f"{where} is not an object")
+            rec = {rename.get(k, k): v for k, v in rec.items()}
             refs = _reference_field(rec, where)
             if not isinstance(rec.get("prompt"), str):
                 raise DatasetError(f"{where} needs a string field 'prompt'")
@@ -216,7 +229,9 @@ class JsonlPairs:
 
     def _batch(self, entries: list[PairEntry]) -> tuple[References, list[str]]:
         groups = [e.references for e in entries]
-        refs = _references(groups, _load_reference, self.image_size, keep_aspect=self.keep_aspect)
+        refs = reference_batch(
+            groups, load_reference, self.image_size, keep_aspect=self.keep_aspect
+        )
         return refs, [e.prompt for e in entries]
 
     def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
@@ -227,12 +242,33 @@ class JsonlPairs:
         refs, prompts = self._batch(chosen)
         return refs, prompts, [e.name for e in chosen]
 
+    def train_keys(self) -> set[PairKey]:
+        """Every pair :meth:`sample` can draw."""
+        return {pair_key(e.references, e.prompt) for e in self.entries}
+
+    def eval_keys(self) -> list[PairKey]:
+        """The pairs of :meth:`eval_pairs` (the first ``eval_count``: training pairs too)."""
+        return [pair_key(e.references, e.prompt) for e in self.entries[: self.eval_count]]
+
+
+def _renaming(fields: dict[str, str]) -> dict[str, str]:
+    """The file's key -> our key, from ``fields`` (our key -> the file's key)."""
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise DatasetError(f"data.fields: unknown field(s) {unknown}; choose from {list(FIELDS)}")
+    return {theirs: ours for ours, theirs in fields.items() if theirs != ours}
+
 
 def _reference_field(rec: dict[str, Any], where: str) -> list[str]:
     """A record's reference paths: ``"reference": path`` or ``"references": [path, ...]``
     (several subjects, UNO's multi-reference generation; ``"image_paths"``, the key of UNO's
-    own lists such as ``datasets/dreambench_multiip.json``, is read the same), exactly one."""
+    own lists such as ``datasets/dreambench_multiip.json``, is read the same), exactly one.
+    A list under ``reference`` counts as ``references`` (the release's SynCD loader takes a
+    path or a list under ``ref_img``)."""
     one = rec.get("reference")
+    if isinstance(one, list):  # a list under 'reference' (SynCD's ref_img may be either)
+        rec = {k: v for k, v in rec.items() if k != "reference"} | {"references": one}
+        one = None
     lists = [k for k in ("references", "image_paths") if rec.get(k) is not None]
     many = rec[lists[0]] if len(lists) == 1 else None
     if (one is None) == (not lists) or len(lists) > 1:
@@ -247,135 +283,3 @@ def _reference_field(rec: dict[str, Any], where: str) -> list[str]:
     if not isinstance(many, list) or not many or not all(isinstance(r, str) for r in many):
         raise DatasetError(f"{where}: 'references' must be a non-empty list of string paths")
     return many
-
-
-LIVE_CLASSES = frozenset({"cat", "dog"})
-_PROMPT_LINE = re.compile(r"""^\s*['"](.*)['"]\s*\.format\(""")
-
-
-def _parse_prompts_and_classes(path: Path) -> tuple[dict[str, str], list[str], list[str]]:
-    """(subject -> class, object templates, live-subject templates) with ``{0} {1}`` kept."""
-    if not path.is_file():
-        raise DatasetError(f"DreamBench prompt file not found: '{path}'")
-    classes: dict[str, str] = {}
-    lists: dict[str, list[str]] = {"object": [], "live": []}
-    current: str | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        s = line.strip()
-        if s.startswith("Object Prompts"):
-            current = "object"
-        elif s.startswith("Live Subject Prompts"):
-            current = "live"
-        elif current is None and "," in s and s != "subject_name,class":
-            subject, cls = s.split(",", 1)
-            classes[subject.strip()] = cls.strip()
-        elif current is not None:
-            m = _PROMPT_LINE.match(s)
-            if m:
-                lists[current].append(m.group(1))
-    if not classes or not lists["object"] or not lists["live"]:
-        raise DatasetError(
-            f"'{path}' does not look like DreamBench's prompts_and_classes.txt "
-            "(class table, 'Object Prompts' and 'Live Subject Prompts' lists)"
-        )
-    return classes, lists["object"], lists["live"]
-
-
-class DreamBenchPairs:
-    """DreamBench, single-reference protocol (UNO / Customized-GRPO): 30 x 25 pairs.
-
-    ``sample`` draws a random subject and one of its 25 prompts; ``eval_pairs`` gives
-    ``prompts_per_subject`` prompts per subject (25: the full 750-pair protocol; fewer:
-    evenly spaced over the list, so background, outfit and property prompts all appear).
-    Reference images are loaded once and kept (30 images).
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int = 512,
-        prompts_per_subject: int = 25,
-        *,
-        keep_aspect: bool = False,
-    ) -> None:
-        self.root = Path(root)
-        self.image_size = image_size
-        self.keep_aspect = keep_aspect
-        if not self.root.is_dir():
-            raise DatasetError(f"DreamBench folder not found: '{self.root}'")
-        ref_file = self.root / "single_reference.json"
-        if not ref_file.is_file():
-            raise DatasetError(f"DreamBench reference list not found: '{ref_file}'")
-        try:
-            refs = json.loads(ref_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"'{ref_file}' is not valid JSON: {exc}") from None
-        classes, obj, live = _parse_prompts_and_classes(self.root / "prompts_and_classes.txt")
-        self.subjects: list[str] = sorted(refs)
-        self.classes: dict[str, str] = {}
-        self.references: dict[str, Path] = {}
-        self.prompts: dict[str, list[str]] = {}
-        for s in self.subjects:
-            if s not in classes:
-                raise DatasetError(f"subject '{s}' of '{ref_file}' has no class in the table")
-            path = self.root / s / refs[s]
-            cls = classes[s]
-            templates = live if cls in LIVE_CLASSES else obj
-            self.classes[s] = cls
-            self.references[s] = path
-            self.prompts[s] = [t.replace("{0} {1}", cls) for t in templates]
-        n = len(obj)
-        if not 1 <= prompts_per_subject <= n:
-            raise DatasetError(
-                f"prompts_per_subject must be in [1, {n}], got {prompts_per_subject}"
-            )
-        self.prompts_per_subject = prompts_per_subject
-        check_files(
-            [(f"subject '{s}'", self.references[s]) for s in self.subjects],
-            f"DreamBench folder '{self.root}'", False,
-            fix="Restore those files (see the folder's SOURCE.md) or remove the subjects from "
-            "single_reference.json.",
-        )  # fmt: skip
-        self._images: dict[tuple[Path, int | None], torch.Tensor] = {}
-
-    def _load(self, path: Path, size: int | None) -> torch.Tensor:
-        if (path, size) not in self._images:  # 30 references: each loaded once per size
-            self._images[path, size] = _load_reference(path, size)
-        return self._images[path, size]
-
-    def image(self, subject: str) -> torch.Tensor:
-        """The subject's square reference (3, S, S)."""
-        return self._load(self.references[subject], self.image_size)
-
-    def _refs(self, subjects: list[str]) -> References:
-        groups = [(self.references[s],) for s in subjects]
-        return _references(groups, self._load, self.image_size, keep_aspect=self.keep_aspect)
-
-    def eval_indices(self) -> list[int]:
-        n, k = len(self.prompts[self.subjects[0]]), self.prompts_per_subject
-        return [i * n // k for i in range(k)]
-
-    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
-        subjects = [rng.choice(self.subjects) for _ in range(n)]
-        prompts = [rng.choice(self.prompts[s]) for s in subjects]
-        return self._refs(subjects), prompts
-
-    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
-        idx = self.eval_indices()
-        names = [s for s in self.subjects for _ in idx]
-        prompts = [self.prompts[s][i] for s in self.subjects for i in idx]
-        return self._refs(names), prompts, names
-
-
-class PairsWithEval:
-    """Training pairs from ``train``, evaluation pairs from ``evaluation``."""
-
-    def __init__(self, train: PairSource, evaluation: PairSource) -> None:
-        self.train = train
-        self.evaluation = evaluation
-
-    def sample(self, n: int, rng: random.Random) -> tuple[References, list[str]]:
-        return self.train.sample(n, rng)
-
-    def eval_pairs(self) -> tuple[References, list[str], list[str]]:
-        return self.evaluation.eval_pairs()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from cgrpo.data.base import EmbeddedData, PairSource
+from cgrpo.data.base import EmbeddedData, PairSource, PairsWithEval
+from cgrpo.data.overlap import check_eval_overlap
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.set import RewardSet
 from cgrpo.rewards.spec import parse_rewards
@@ -52,18 +53,33 @@ def build_policy(
 
 
 def build_data(cfg: TrainConfig) -> PairSource:
-    """The pair source named by ``cfg.data.kind``."""
+    """The pair source named by ``cfg.data.kind``; a run whose training pairs contain an
+    evaluation pair stops here, before any model loads, unless
+    ``data.allow_eval_overlap`` (:func:`~cgrpo.data.overlap.check_eval_overlap`)."""
     d = cfg.data
     if d.kind == "embedded":
         return EmbeddedData(d.attribute_prob, d.eval_prompts_per_subject, d.eval_seed)
-    from cgrpo.data.files import DreamBenchPairs, JsonlPairs, PairsWithEval
+    source = _file_pairs(cfg)
+    check_eval_overlap(source, allow=d.allow_eval_overlap)
+    return source
 
+
+def _file_pairs(cfg: TrainConfig) -> PairSource:
+    """A DreamBench folder, or a pair file (evaluated on a DreamBench folder when
+    ``data.eval_root`` names one)."""
+    from cgrpo.data.dreambench import DreamBenchPairs
+    from cgrpo.data.files import JsonlPairs
+
+    d = cfg.data
     size, whole = cfg.flux.resolution, keeps_aspect(cfg)
     if d.kind == "dreambench":
         return DreamBenchPairs(d.root, size, d.prompts_per_subject, keep_aspect=whole)
     if d.path is None:
         raise ValueError("data.kind=jsonl needs data.path (a JSONL file of reference/prompt pairs)")
-    train = JsonlPairs(d.path, size, skip_bad=d.skip_bad, keep_aspect=whole)
+    train = JsonlPairs(
+        d.path, size, skip_bad=d.skip_bad, keep_aspect=whole, image_root=d.image_root,
+        fields=d.fields,
+    )  # fmt: skip
     multi = next((e for e in train.entries if len(e.references) > 1), None)
     if multi is not None and (cfg.model.kind != "flux" or cfg.flux.position_scheme != "uno"):
         raise ValueError(

@@ -150,7 +150,8 @@ class UpdatePhase:
         )
 
     def _chunks(self) -> list[torch.Tensor]:
-        """This process's samples in ``grpo.updates_per_rollout`` chunks (local indices).
+        """This process's samples in ``grpo.updates_per_rollout`` chunks (local indices; their
+        sizes differ by at most one).
 
         One shuffle of the whole step's samples, drawn alike on every process (so the
         generator, and with it every later step, does not depend on the process count);
@@ -160,7 +161,7 @@ class UpdatePhase:
         perm = torch.randperm(total, generator=self.state.generator)
         mine = perm[(perm >= self.shard.start) & (perm < self.shard.stop)]
         order = mine - self.shard.start
-        return [c for c in order.chunk(cfg.grpo.updates_per_rollout) if len(c)]
+        return [c for c in order.tensor_split(cfg.grpo.updates_per_rollout) if len(c)]
 
     def _shaped_for_loss(
         self, adv: dict[str, torch.Tensor], ids: torch.Tensor, *, steps: list[int], num_steps: int
