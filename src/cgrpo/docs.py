@@ -19,7 +19,11 @@ def configuration_markdown() -> str:
         "Override any key on the command line as `section.key=value`, or in a YAML file given\n"
         "with `--config` (see [config.md](config.md)).\n\n"
         "## `cgrpo train` (`cgrpo.run.config.TrainConfig`)\n\n"
-        "Defaults are the paper's released setting; `cgrpo/configs/embedded.yaml` (what\n"
+        "Defaults are the paper's method constants (25 steps, shift 3, eta 0.4, G 12, clip\n"
+        "1e-4, TDW, SARS gamma 0.4, lr 2e-5, ...). `configs/uno_syncd.yaml` and\n"
+        "`configs/kontext_syncd.yaml` set the rest of the released setting (SynCD data, UNO's\n"
+        "LoRA layers, unbiased group std, 3 updates per rollout: see\n"
+        "[paper-fidelity.md](paper-fidelity.md)); `cgrpo/configs/embedded.yaml` (what\n"
         "`cgrpo train` loads without `--config`) changes a few for the CPU world and says why.\n\n"
         + config_markdown_table(TrainConfig)
         + "\n\n## `cgrpo pretrain` (`cgrpo.world.pretrain.PretrainConfig`)\n\n"

@@ -291,3 +291,38 @@ def test_sde_and_ode_give_the_same_final_distribution() -> None:
         mean_sde, cov_sde = _sample(kind, eta, 1.0, seed=1)
         torch.testing.assert_close(mean_sde, mean_ode, atol=MEAN_ATOL, rtol=0)
         torch.testing.assert_close(cov_sde, cov_ode, atol=COV_ATOL + 0.03, rtol=VAR_RTOL)
+
+
+def _release_flux_step(x, v, sigma, sigma_next, eta, prev):
+    """The released code's ``flux_step`` (Safeoffellow/Customized-GRPO,
+    train/train_customized_grpo.py) with ``sde_solver=True``, transcribed: its mean through
+    the score estimate, and its log-prob, whose ``- log(std) - log sqrt(2 pi)`` line is a
+    separate statement there and so never subtracted."""
+    dsigma = sigma_next - sigma
+    x0 = x - sigma * v
+    score = -(x - x0 * (1 - sigma)) / sigma**2
+    mean = x + dsigma * v + (-0.5 * eta**2 * score) * dsigma
+    std = eta * math.sqrt(sigma - sigma_next)
+    log_prob = (-((prev - mean) ** 2) / (2 * std**2)).mean(dim=(1, 2, 3))
+    return mean, log_prob
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.96), (0.5, 0.45), (0.111, 0.0)])
+def test_dance_step_is_the_released_step_and_its_ratio(sigma: float, sigma_next: float) -> None:
+    """sampler.kind=dance has the release's mean; the log-prob differs from the release's
+    only by the constant -log(std) - log sqrt(2 pi) it drops (a bug there, kept fixed
+    here), so the PPO ratio of two velocities is the release's."""
+    g = torch.Generator().manual_seed(3)
+    x, v, v_new = (torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    prev, lp, mean, std = sde_step(
+        x, v, sigma, sigma_next=sigma_next, eta=0.4, generator=g, kind="dance"
+    )
+    ref_mean, ref_lp = _release_flux_step(x, v, sigma, sigma_next, 0.4, prev)
+    torch.testing.assert_close(mean, ref_mean)
+    const = -math.log(float(std)) - 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(lp, ref_lp + const)
+    lp_new = sde_step(
+        x, v_new, sigma, sigma_next=sigma_next, eta=0.4, prev_sample=prev, kind="dance"
+    )[1]
+    ref_new = _release_flux_step(x, v_new, sigma, sigma_next, 0.4, prev)[1]
+    torch.testing.assert_close(torch.exp(lp_new - lp), torch.exp(ref_new - ref_lp))

@@ -1,10 +1,12 @@
 """The training configuration of ``cgrpo train``: one typed dataclass, sections per concern.
 
-Defaults are the paper's released setting (Customized-GRPO on UNO: 25 steps, shift 3,
+Defaults are the paper's method constants (Customized-GRPO on UNO: 25 steps, shift 3,
 eta 0.4, G = 12, clip 1e-4, advantage clip 5, timestep fraction 0.6, gamma 0.4, TDW,
-AdamW lr 2e-5 ...). The embedded CPU world needs a few other values (fewer steps, a
-higher learning rate, smaller groups); they live in ``cgrpo/configs/embedded.yaml``,
-which ``cgrpo train`` loads when no ``--config`` is given, and which says why.
+AdamW lr 2e-5 ...); ``configs/uno_syncd.yaml`` and ``configs/kontext_syncd.yaml`` set the
+rest of the released setting (docs/paper-fidelity.md). The embedded CPU world needs a few
+other values (fewer steps, a higher learning rate, smaller groups); they live in
+``cgrpo/configs/embedded.yaml``, which ``cgrpo train`` loads when no ``--config`` is
+given, and which says why.
 
 Load with :func:`cgrpo.config.core.load_config` (YAML file + ``section.key=value`` overrides).
 """
