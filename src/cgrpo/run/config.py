@@ -122,8 +122,10 @@ class SamplerConfig:
     reward_image: Literal["clean", "sample"] = option(
         "clean",
         "what the rewards score: the last step's clean prediction x - sigma * v (the "
-        "released code's pred_original) or the last sample (with ode_tail 0 it carries the "
-        "last SDE step's noise)",
+        "released code's pred_original) or the final sample. With a deterministic last step "
+        "(ode_tail >= 1 on the full schedule) they are the same image; when the last step is "
+        "an SDE step (ode_tail 0, a window or branch reaching it) the sample carries its "
+        "noise and clean does not, so that step's transition gets no credit under clean",
     )
     schedule: Schedule = option(
         FullSchedule(),
