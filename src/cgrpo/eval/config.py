@@ -49,6 +49,12 @@ class EvalConfig:
     batch_size: int = option(
         0, "images drawn and scored per batch (0: the run's run.eval_batch_size)", unit="images"
     )
+    micro_batch_size: int = option(
+        0,
+        "images per pass of the models within a batch; the images do not depend on it "
+        "(0: the run's run.eval_micro_batch_size)",
+        unit="images",
+    )
     out_dir: str = option("runs/eval", "output folder (images, metrics, grid)")
     base: bool = option(False, "also evaluate the starting policy, under out_dir/base")
     ema: bool = option(True, "evaluate the checkpoint's EMA weights when it has them")
@@ -66,7 +72,13 @@ class EvalConfig:
 
     def validate(self) -> None:
         """ValueError naming the key of the first bad value (before any model loads)."""
-        for key in ("images_per_pair", "batch_size", "steps", "prompts_per_subject"):
+        for key in (
+            "images_per_pair",
+            "batch_size",
+            "micro_batch_size",
+            "steps",
+            "prompts_per_subject",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 1 (0: the run's), got {getattr(self, key)}")
         if self.guidance is not None and not _positive(self.guidance):

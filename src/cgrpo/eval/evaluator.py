@@ -7,6 +7,11 @@
   one at another shift; with the policy's guidance, or another one) from its own noise,
   seeded by ``(seed, i, k)`` alone (:func:`image_seed`): an image does not depend on its
   batch, the process count, or which command drew it.
+- **Micro-batches**: a batch's images are drawn ``micro_batch_size`` at a time (condition,
+  sampling and decoding), so the models never see more than that many; the images are
+  the same for any micro-batch size (bit for bit on CPU; a GPU may pick other kernels for
+  another batch size). Drawing runs under ``torch.no_grad()`` and leaves
+  the policy as it is (a FLUX LoRA is applied unmerged, as in training).
 - **Scores**: the images are quantised to 8 bits (:func:`quantize`, exactly what a PNG
   holds) and scored by named metrics (a :class:`~cgrpo.rewards.set.RewardSet`), so scores
   computed from PNG files on disk equal scores computed in memory.
@@ -183,17 +188,23 @@ class Evaluator:
         batch_size: int = 64,
         dist: Dist | None = None,
         guidance: float | None = None,
+        micro_batch_size: int = 0,
     ) -> None:
+        """``batch_size``: images drawn and scored per batch; ``micro_batch_size``: images
+        per pass of the models within a batch (0: the whole batch)."""
         if images_per_pair < 1 or batch_size < 1:
             raise EvalError(
                 f"images per pair ({images_per_pair}) and batch size ({batch_size}) must be >= 1"
             )
+        if micro_batch_size < 0:
+            raise EvalError(f"micro batch size must be >= 0 (0: the batch), got {micro_batch_size}")
         if len(pairs) == 0:
             raise EvalError("the evaluation has no pairs; check the protocol's data")
         self.pairs, self.metrics, self.sigmas = pairs, metrics, sigmas
         self.seed, self.k, self.batch_size = seed, images_per_pair, batch_size
         self.dist = dist or Dist()
         self.guidance = guidance  # None: the policy's own
+        self.micro_batch_size = micro_batch_size
 
     @property
     def num_items(self) -> int:
@@ -232,7 +243,15 @@ class Evaluator:
             ]
         )
 
+    @torch.no_grad()
     def _draw(self, policy: Policy, items: list[int]) -> torch.Tensor:
+        """The 8-bit images of ``items``, ``micro_batch_size`` at a time (CPU)."""
+        mb = self.micro_batch_size or len(items)
+        return torch.cat(
+            [self._draw_micro(policy, items[lo : lo + mb]) for lo in range(0, len(items), mb)]
+        )
+
+    def _draw_micro(self, policy: Policy, items: list[int]) -> torch.Tensor:
         pair = [j // self.k for j in items]
         cond = policy.encode_condition(
             self.pairs.references[pair], [self.pairs.prompts[i] for i in pair]
@@ -359,9 +378,11 @@ def build_evaluator(
     batch_size: int = 0,
     shift: float | None = None,
     guidance: float | None = None,
+    micro_batch_size: int = 0,
 ) -> Evaluator:
     """The run's held-out evaluator: :func:`eval_sigmas`, noise seed ``data.eval_seed``,
-    ``data.eval_noises`` images per pair, ``run.eval_batch_size``, the policy's guidance;
+    ``data.eval_noises`` images per pair, ``run.eval_batch_size``,
+    ``run.eval_micro_batch_size``, the policy's guidance;
     each of the keyword settings replaces the run's when given (non-zero / not None):
     ``shift`` draws on the run's number of steps at that time shift instead of
     ``sampler.shift``."""
@@ -377,4 +398,5 @@ def build_evaluator(
         batch_size=batch_size or cfg.run.eval_batch_size,
         dist=dist,
         guidance=guidance,
+        micro_batch_size=micro_batch_size or cfg.run.eval_micro_batch_size,
     )

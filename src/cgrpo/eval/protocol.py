@@ -216,6 +216,7 @@ def evaluator_for(
         steps=cfg.steps,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size,
         shift=shift,
         guidance=cfg.guidance,
     )

@@ -240,6 +240,12 @@ class RunConfig:
         "images drawn and scored per batch in evaluation (cgrpo eval uses the same)",
         unit="images",
     )
+    eval_micro_batch_size: int = option(
+        0,
+        "images per pass of the models (condition, sampler, decoder) within an evaluation "
+        "batch; the images do not depend on it (0: the whole batch; cgrpo eval uses the same)",
+        unit="images",
+    )
     log_with: list[str] = option(
         ["tensorboard"],
         "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow, aim, ... "
@@ -288,6 +294,11 @@ class TrainConfig:
             )
         if self.grpo.updates_per_rollout < 1:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
+        if self.run.eval_micro_batch_size < 0:
+            raise ValueError(
+                "run.eval_micro_batch_size must be >= 0 (0: the whole batch), got "
+                f"{self.run.eval_micro_batch_size}"
+            )
         self.rewards = canonical_rewards(self.rewards)
         m = self.method
         check_distinct(m.pair)
