@@ -277,10 +277,12 @@ def evaluate_protocol(
     out: Path,
     source: dict[str, Any],
     quiet: bool = False,
+    pairs: EvalPairs | None = None,
 ) -> dict[str, Any]:
-    """Draw (resumably) and score one policy on the protocol into ``out``."""
+    """Draw (resumably) and score one policy on the protocol into ``out`` (its ``pairs``,
+    when the caller has already read them)."""
     check_settings(cfg, train_cfg)
-    pairs = protocol_pairs(cfg, train_cfg)
+    pairs = pairs if pairs is not None else protocol_pairs(cfg, train_cfg)
     shift = eval_shift(cfg, train_cfg, policy)
     ev = evaluator_for(cfg, train_cfg, pairs, metrics=metrics, shift=shift)
     steps = len(ev.sigmas) - 1
@@ -332,6 +334,11 @@ def eval_command(
     check_settings(cfg, train_cfg)
     if train_cfg.run.threads:  # as the run evaluated (thread counts change float sums)
         torch.set_num_threads(train_cfg.run.threads)
+    # everything that can fail on a file before the transformer loads: the pairs, the
+    # FLUX folders, the metric models
+    pairs = protocol_pairs(cfg, train_cfg)
+    if train_cfg.model.kind == "flux":
+        train_cfg.flux.check_files()
     metrics = build_metrics(cfg, train_cfg.model.device, train_cfg)
     policy = build_policy(train_cfg, keep_reference=False)
     out = Path(cfg.out_dir)
@@ -346,6 +353,7 @@ def eval_command(
             out=out / "base" if last else out,
             source=src,
             quiet=quiet,
+            pairs=pairs,
         )
     if last is None:
         result = base
@@ -355,7 +363,7 @@ def eval_command(
         policy.load_trainable_state_dict(weights)
         src = {"model": str(run), "checkpoint": last.name, "weights": "ema" if is_ema else "raw"}
         result = evaluate_protocol(
-            policy, train_cfg, cfg, metrics=metrics, out=out, source=src, quiet=quiet
+            policy, train_cfg, cfg, metrics=metrics, out=out, source=src, quiet=quiet, pairs=pairs
         )
         if base is not None:
             result["base"] = {k: v for k, v in base.items() if k in _SUMMARY_KEYS}

@@ -96,12 +96,16 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         # the pairs first: a missing file or training on the evaluation pairs stops the run
         # before any model loads
         self.data = data if data is not None else build.build_data(cfg)
+        if policy is None and cfg.model.kind == "flux":
+            cfg.flux.check_files()  # before the rewards load
+        # the rewards before the policy: a reward that cannot load stops the run before
+        # the (12B) transformer does
+        self.rewards = rewards if rewards is not None else build.build_rewards(cfg, self.device)
         # the global RNG seeds what the policy draws when built (the LoRA's A matrices):
         # the same on every process, so FSDP's shards are pieces of one initialisation
         torch.manual_seed(cfg.run.seed)
         self.objective = cfg.method.objective
         self.policy = self._build_policy(policy)
-        self.rewards = rewards if rewards is not None else build.build_rewards(cfg, self.device)
         self.shaping, self.weighting = cfg.method.shaping, cfg.method.weighting
         self.pair = tuple(cfg.method.pair)
         self.dist.shard_policy(self.policy)  # FSDP: before the optimizer sees the parameters

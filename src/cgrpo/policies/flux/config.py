@@ -182,6 +182,20 @@ class FluxConfig:
                 "pick one kind"
             )
 
+    def check_files(self) -> None:
+        """Every file the policy will read exists (each component folder of ``path``, the
+        ``start_lora`` file), else one line naming it and the fix; reads no weights, so
+        a run can check before anything loads."""
+        root = Path(self.path) if self.path else None
+        for name in _COMPONENTS:
+            _check_component(root, name)
+        if self.start_lora and not Path(self.start_lora).is_file():
+            raise FluxWeightsError(
+                f"flux.start_lora: LoRA file '{self.start_lora}' not found (UNO's is "
+                "dit_lora.safetensors from bytedance-research/UNO, see docs/gpu.md); set "
+                "flux.start_lora=null to train from the base model"
+            )
+
     @property
     def lora_target_names(self) -> list[str]:
         """The LoRA targets in effect: the preset's, or ``lora_targets`` for ``custom``."""
