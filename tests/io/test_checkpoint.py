@@ -1,5 +1,6 @@
-"""Tests for :mod:`cgrpo.io.checkpoint`: step folders written atomically (meta.json last),
-found again after a crash, pruned, and loaded with or without their EMA."""
+"""Tests for :mod:`cgrpo.io.checkpoint`: step folders written whole (meta.json last, in a
+temp folder renamed into place), found again after a crash, pruned, and loaded with or
+without their EMA."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from cgrpo.io.checkpoint import (
     save_checkpoint,
 )
 from cgrpo.io.rng_state import get_rng_state
-from cgrpo.io.tensor_files import load_tensors
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -81,11 +81,12 @@ def test_meta_is_written_last(
         tmp_path, 1, _model(), state={"step": 1}, ema_tensors=_model(9) if with_ema else None
     )
     ema = ["ema.safetensors"] if with_ema else []
-    assert order == ["model.safetensors", *ema, "state.pt", "meta.json", "latest.json"]
+    files = ["model.safetensors", *ema, "state.pt", "meta.json"]
+    assert order == [*files, "step_000001", "latest.json"]  # the folder renamed into place
 
 
 @pytest.mark.parametrize(
-    "fail_on", ["model.safetensors", "ema.safetensors", "state.pt", "meta.json"]
+    "fail_on", ["model.safetensors", "ema.safetensors", "state.pt", "meta.json", "step_000002"]
 )
 def test_killed_save_keeps_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_on: str
@@ -95,7 +96,8 @@ def test_killed_save_keeps_previous_checkpoint(
     real_replace = os.replace
 
     def dying_replace(src: Any, dst: Any) -> None:
-        if Path(dst).name == fail_on and Path(dst).parent.name == "step_000002":
+        # a file into step 2's temp folder, or that folder into place
+        if Path(dst).name == fail_on and ".step_000002.tmp-" in str(src):
             raise KeyboardInterrupt("killed")
         real_replace(src, dst)
 
@@ -106,9 +108,9 @@ def test_killed_save_keeps_previous_checkpoint(
 
     assert latest_checkpoint(tmp_path) == tmp_path / "step_000001"
     _assert_checkpoint_equals(tmp_path / "step_000001", 1, model1, {"step": 1})
-    with pytest.raises(CheckpointError, match="incomplete"):
-        load_checkpoint(tmp_path / "step_000002")
-    assert _leftovers(tmp_path / "step_000002") == []
+    with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
+        load_checkpoint(tmp_path / "step_000002")  # never renamed into place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step_000001"]
 
 
 def test_killed_midway_through_tensor_write(
@@ -124,14 +126,12 @@ def test_killed_midway_through_tensor_write(
 
     monkeypatch.setattr(tensor_files, "_st_save_file", partial_save_file)
     with pytest.raises(OSError, match="killed"):
-        save_checkpoint(tmp_path, 1, _model(2), state={"step": 1})  # re-save of the same step
+        save_checkpoint(tmp_path, 1, _model(2), state={"step": 2})  # re-save of the same step
     monkeypatch.undo()
-    # step 1 was being overwritten, so it no longer counts as complete; nothing else exists.
-    assert latest_checkpoint(tmp_path) is None
-    # but its previous model file is intact (the new one never replaced it)
-    assert torch.equal(
-        load_tensors(tmp_path / "step_000001" / "model.safetensors")["w"], model1["w"]
-    )
+    # the re-save never touched step 1's folder: it is complete and the previous save's
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_000001"
+    _assert_checkpoint_equals(tmp_path / "step_000001", 1, model1, {"step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step_000001"]
 
 
 def test_latest_json_pointing_at_incomplete_folder_falls_back(tmp_path: Path) -> None:

@@ -10,9 +10,14 @@ Layout written by :func:`save_checkpoint`::
         state.pt                  optimizer/scheduler/RNG state (loaded with weights_only=True)
         meta.json                 written LAST: marks the folder complete, records file sizes
 
-Every file is written through :func:`~cgrpo.io.atomic.atomic_write` (a crash leaves the old
-file or the new one, never a torn one); the tensor and state files are those of
-:mod:`cgrpo.io.tensor_files`, so nothing here unpickles arbitrary objects.
+A step folder is written whole: its files go into a hidden temp folder
+(``.step_00000N.tmp-<pid>-<random>``) which is renamed to ``step_00000N`` once complete, so
+a crash mid-save leaves the previous folder of that step (a re-save) or none, never a
+partial one; a re-save moves the old folder aside (``.replaced-step_00000N-<random>``),
+renames the new one into place and deletes the old. Leftovers of a crashed save are
+cleared by the next save (an old folder moved aside but not replaced is put back). Each
+file is written through :func:`~cgrpo.io.atomic.atomic_write`; the tensor and state files
+are those of :mod:`cgrpo.io.tensor_files`, so nothing here unpickles arbitrary objects.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "STATE_FILE",
     "META_FILE",
     "LATEST_FILE",
+    "checkpoint_size",
     "checkpoint_step",
     "is_complete_checkpoint",
     "latest_checkpoint",
@@ -145,6 +151,46 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
+def checkpoint_size(folder: str | os.PathLike[str]) -> dict[str, int]:
+    """The bytes of each file of a step folder (``meta.json`` included), by file name."""
+    return {f.name: f.stat().st_size for f in sorted(Path(folder).iterdir()) if f.is_file()}
+
+
+_TMP_RE = re.compile(r"^\.(step_\d+)\.tmp-")
+_REPLACED_RE = re.compile(r"^\.replaced-(step_\d+)-")
+
+
+def _clear_leftovers(root: Path) -> None:
+    """Remove the temp folders of crashed saves; an old step folder moved aside by a save
+    that crashed before renaming its new one into place is put back (when complete)."""
+    for child in list(root.iterdir()):
+        if _TMP_RE.match(child.name) or child.name.startswith(".deleting-"):
+            shutil.rmtree(child, ignore_errors=True)
+    for child in list(root.iterdir()):
+        m = _REPLACED_RE.match(child.name)
+        if m is None:
+            continue
+        home = root / m.group(1)
+        if not home.exists() and is_complete_checkpoint(child):
+            os.replace(child, home)
+        else:
+            shutil.rmtree(child, ignore_errors=True)
+    _fsync_dir(root)
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``folder``; an existing ``folder`` (a re-save)
+    is moved aside first and deleted after."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".replaced-{folder.name}-{secrets.token_hex(4)}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _remove_step_dir(folder: Path) -> None:
     """Delete a step folder: first rename it out of the way so no half-deleted one remains."""
     trash = folder.with_name(f".deleting-{folder.name}-{secrets.token_hex(4)}")
@@ -166,9 +212,9 @@ def save_checkpoint(
 
     Writes ``model.safetensors``, ``ema.safetensors`` (with ``ema_tensors``) and ``state.pt``
     (each atomically), then ``meta.json`` LAST (it marks the folder complete and records the
-    file sizes), then atomically updates ``latest.json``. Re-saving an existing step first
-    removes its ``meta.json`` so a crash mid-way never leaves a folder that looks complete
-    but mixes two saves.
+    file sizes) into a hidden temp folder, renames it to the step folder (replacing a
+    re-saved step's folder whole: a crash at any point leaves the previous folder or the
+    new one, see the module docstring), then atomically updates ``latest.json``.
 
     Args:
         directory: Checkpoint root (created if needed).
@@ -199,26 +245,30 @@ def save_checkpoint(
         raise ValueError(f"ema_tensors must have the names of model_tensors; differing: {odd[:4]}")
 
     root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(root)
     folder = root / _step_dir_name(step)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / META_FILE).unlink(missing_ok=True)  # incomplete until meta.json is rewritten
-    if ema_tensors is None:
-        (folder / EMA_FILE).unlink(missing_ok=True)  # an earlier save's EMA is not this one's
-    _fsync_dir(folder)
-
-    save_tensors(folder / MODEL_FILE, model_tensors)
-    if ema_tensors is not None:
-        save_tensors(folder / EMA_FILE, ema_tensors)
-    save_state(folder / STATE_FILE, state)
-    written = _FILES if ema_tensors is None else _FILES_WITH_EMA
-    meta_obj = {
-        **extra,
-        "step": step,
-        "format": CHECKPOINT_FORMAT,
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "file_sizes": {name: (folder / name).stat().st_size for name in written},
-    }
-    _write_json(folder / META_FILE, meta_obj)
+    tmp = root / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        save_tensors(tmp / MODEL_FILE, model_tensors)
+        if ema_tensors is not None:
+            save_tensors(tmp / EMA_FILE, ema_tensors)
+        save_state(tmp / STATE_FILE, state)
+        written = _FILES if ema_tensors is None else _FILES_WITH_EMA
+        meta_obj = {
+            **extra,
+            "step": step,
+            "format": CHECKPOINT_FORMAT,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "file_sizes": {name: (tmp / name).stat().st_size for name in written},
+        }
+        _write_json(tmp / META_FILE, meta_obj)
+        _fsync_dir(tmp)
+        _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _write_json(root / LATEST_FILE, {"step": step, "path": folder.name})
 
     if keep_last is not None:

@@ -73,8 +73,9 @@ class Policy(Protocol):
         """The parameters GRPO updates (all of the tiny model; LoRA weights for FLUX)."""
         ...
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores of the policy."""
+    def trainable_state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores of the policy: copies, or with ``copy=False`` the
+        tensors themselves, detached (a checkpoint copies them to CPU one at a time)."""
         ...
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
@@ -122,8 +123,9 @@ class HasOldPolicy(Protocol):
         """``old <- decay * old + (1 - decay) * current``, weight by weight."""
         ...
 
-    def old_state_dict(self) -> dict[str, torch.Tensor]:
-        """The old policy's weights (for checkpoints; sharded tensors stay sharded)."""
+    def old_state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        """The old policy's weights (for checkpoints; sharded tensors stay sharded):
+        copies, or with ``copy=False`` the tensors themselves, detached."""
         ...
 
     def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...

@@ -131,8 +131,9 @@ class EmbeddedPolicy:
             cur = full_tensor(p).to(old[name].device, old[name].dtype)
             old[name].mul_(decay).add_(cur, alpha=1.0 - decay)
 
-    def old_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._old().state_dict().items()}
+    def old_state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        old = self._old().state_dict().items()
+        return {k: v.detach().clone() if copy else v.detach() for k, v in old}
 
     def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._old().load_state_dict(state)
@@ -147,8 +148,9 @@ class EmbeddedPolicy:
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+    def trainable_state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict().items()
+        return {k: v.detach().clone() if copy else v.detach() for k, v in state}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)

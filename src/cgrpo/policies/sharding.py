@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["full_tensor", "local_tensor", "shard_like"]
+__all__ = ["cpu_copy", "full_tensor", "local_tensor", "shard_like"]
 
 
 def full_tensor(t: Any, keep: bool = True) -> Any:
@@ -24,6 +24,19 @@ def full_tensor(t: Any, keep: bool = True) -> Any:
         return t
     whole = t.detach().full_tensor()
     return whole.cpu() if keep else None
+
+
+def cpu_copy(t: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """A whole copy of ``t`` in CPU memory, of its own (a later change of ``t`` does not
+    reach it): a sharded tensor gathered (:func:`full_tensor`, a collective), any other
+    copied straight to CPU. Called tensor by tensor, a device holds at most one extra
+    tensor at a time (a checkpoint never clones all weights on the device).
+    ``keep=False``: None (only helps gather)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        return full_tensor(t, keep)
+    return t.detach().to("cpu", copy=True) if keep else None
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,12 @@ preemption and when ``run.time_budget`` stops the run; read back by ``--resume``
 A checkpoint holds the raw trainable weights, their EMA (when on), the
 :class:`~cgrpo.train.state.TrainState` and, for ``method.objective=nft``, the old policy;
 tensors are written whole, so it resumes on any number of processes, with or without FSDP
-(:mod:`cgrpo.io.checkpoint` is the folder format).
+(:mod:`cgrpo.io.checkpoint` is the folder format, written whole: a temp folder renamed into
+place). What is written is copied to CPU memory tensor by tensor (a sharded tensor
+gathered first, :func:`~cgrpo.policies.sharding.cpu_copy`; the optimizer state through
+``get_optimizer_state_dict`` with ``cpu_offload``), so a checkpoint never holds a second
+copy of the weights on the device; the EMA weights are swapped in place
+(:meth:`cgrpo.train.ema.EMA.swapped`). Each save prints its folder and size.
 
 :class:`Checkpointing` is one part of :class:`cgrpo.train.trainer.GRPOTrainer` (which
 builds the attributes it names).
@@ -12,17 +17,27 @@ builds the attributes it names).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from cgrpo.config.core import config_to_dict
-from cgrpo.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cgrpo.io.checkpoint import (
+    checkpoint_size,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cgrpo.method.objective import Objective
 from cgrpo.policies.base import Policy
+from cgrpo.policies.sharding import cpu_copy
 from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist
 from cgrpo.train.state import TrainState
 
-__all__ = ["Checkpointing"]
+__all__ = ["Checkpointing", "size_line"]
 
 
 class Checkpointing:
@@ -54,19 +69,18 @@ class Checkpointing:
         main = self.dist.is_main  # with FSDP the others help gather, then drop the result
         if not main and not self.dist.fsdp:
             return None
-        full = self.dist.full
-        tensors = {k: full(v, main) for k, v in self.policy.trainable_state_dict().items()}
+        tensors = _on_cpu(self.policy.trainable_state_dict(copy=False), main)
         ema = None
         if self.state.ema is not None:
             with self.state.ema.swapped():
-                ema = {k: full(v, main) for k, v in self.policy.trainable_state_dict().items()}
+                ema = _on_cpu(self.policy.trainable_state_dict(copy=False), main)
         state = self.state.state_dict(self.dist, keep=main)
         if self.objective.uses_old_policy():
-            old = self.policy.old_state_dict()  # a HasOldPolicy (checked when built)
-            state["old_policy"] = {k: full(v, main) for k, v in old.items()}
+            old = self.policy.old_state_dict(copy=False)  # a HasOldPolicy (checked when built)
+            state["old_policy"] = _on_cpu(old, main)
         if not main:
             return None
-        return save_checkpoint(
+        folder = save_checkpoint(
             self.run_dir / "checkpoints",
             self.state.step,
             tensors,
@@ -75,12 +89,14 @@ class Checkpointing:
             keep_last=self.cfg.run.keep_last,
             ema_tensors=ema,
         )
+        tqdm.write(size_line(folder))
+        return folder
 
     def load(self, path: str | Path) -> None:
         """Restore policy, optimizer, EMA, all RNG states and the step from a checkpoint
         (written by any number of processes, sharded or not)."""
         tensors, state, _ = load_checkpoint(path)
-        own = self.policy.trainable_state_dict()
+        own = self.policy.trainable_state_dict(copy=False)
         self.policy.load_trainable_state_dict(
             {k: self.dist.like(v, own[k]) if k in own else v for k, v in tensors.items()}
         )
@@ -91,7 +107,7 @@ class Checkpointing:
                     f"checkpoint '{path}' holds no old policy, which method.objective="
                     f"{self.objective.kind} needs: resume with the run's own config"
                 )
-            own_old = self.policy.old_state_dict()
+            own_old = self.policy.old_state_dict(copy=False)
             self.policy.load_old_state_dict(
                 {k: self.dist.like(v, own_old[k]) for k, v in state["old_policy"].items()}
             )
@@ -105,3 +121,28 @@ class Checkpointing:
                 "start without --resume or point run.out_dir at the run to continue"
             )
         self.load(last)
+
+
+def _on_cpu(tensors: Mapping[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    """CPU copies of ``tensors``, one at a time (:func:`cpu_copy`); ``keep=False``: this
+    process only helps gather sharded ones (the result is empty)."""
+    out = {k: cpu_copy(v, keep) for k, v in tensors.items()}
+    return out if keep else {}
+
+
+def _human(n: float) -> str:
+    """Bytes in decimal units: ``512 B``, ``1.5 KB``, ``8.4 GB``."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"
+
+
+def size_line(folder: Path) -> str:
+    """``checkpoint <folder>: <total> (<file> <size>, ...)``, decimal units (1 MB = 10^6 B)."""
+    sizes = checkpoint_size(folder)
+    files = ", ".join(f"{n} {_human(b)}" for n, b in sizes.items() if n != "meta.json")
+    return f"checkpoint {folder}: {_human(sum(sizes.values()))} ({files})"

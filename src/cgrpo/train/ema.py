@@ -27,16 +27,21 @@ class EMA:
         for e, p in zip(self.shadow, self.params, strict=True):
             e.lerp_(p.detach(), 1 - self.decay)
 
+    @torch.no_grad()
+    def _exchange(self) -> None:
+        """Each parameter's values and its EMA's trade places, one tensor at a time (one
+        temporary tensor, never a second copy of all weights)."""
+        for p, e in zip(self.params, self.shadow, strict=True):
+            t = p.detach().clone()
+            p.copy_(e)
+            e.copy_(t)
+
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
-        """Within the block the parameters hold the EMA weights; restored after."""
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, e in zip(self.params, self.shadow, strict=True):
-                p.copy_(e)
+        """Within the block the parameters hold the EMA weights (and :attr:`shadow` the
+        raw ones); both are back after."""
+        self._exchange()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved, strict=True):
-                    p.copy_(s)
+            self._exchange()

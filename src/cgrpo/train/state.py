@@ -7,10 +7,13 @@ without FSDP. The optimizer state goes through ``torch.distributed.checkpoint.st
 ``cpu_offload``): gathered into CPU memory on the main process, keyed by each parameter's
 name in the policy's root module (not by its position in the optimizer), and sharded
 again on load (a policy without a root module, i.e. not
-:class:`~cgrpo.policies.base.Shardable`, keeps it by index). The EMA is gathered / sharded
-with :meth:`cgrpo.run.distributed.Dist.full` / :meth:`~cgrpo.run.distributed.Dist.like` (it
-is not optimizer state). A checkpoint an older cgrpo wrote (optimizer state by index for a
-named policy, no ``train_seconds``) is refused with one :class:`CheckpointError` naming it.
+:class:`~cgrpo.policies.base.Shardable`, keeps it by index, copied to CPU tensor by
+tensor). The EMA is copied to CPU tensor by tensor (gathered when sharded,
+:func:`~cgrpo.policies.sharding.cpu_copy`) and sharded again with
+:meth:`~cgrpo.run.distributed.Dist.like` (it is not optimizer state): what a checkpoint
+writes is in CPU memory, never a second copy on the device. A checkpoint an older cgrpo
+wrote (optimizer state by index for a named policy, no ``train_seconds``) is refused with
+one :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from cgrpo.io.atomic import CheckpointError
 from cgrpo.io.rng_state import get_rng_state, set_rng_state
+from cgrpo.policies.sharding import cpu_copy
 from cgrpo.run.distributed import Dist
 from cgrpo.train.ema import EMA
 
@@ -73,10 +77,10 @@ class TrainState:
     # -- what a checkpoint holds --------------------------------------------------------
 
     def state_dict(self, dist: Dist, keep: bool = True) -> dict[str, Any]:
-        """Full (unsharded) tensors; with FSDP every process must call it, and ``keep=False``
-        ones only help gather (see :meth:`Dist.full`)."""
+        """Full (unsharded) tensors in CPU memory; with FSDP every process must call it,
+        and ``keep=False`` ones only help gather (see :func:`cpu_copy`)."""
         py = self.data_rng.getstate()
-        ema = None if self.ema is None else [dist.full(e, keep) for e in self.ema.shadow]
+        ema = None if self.ema is None else [cpu_copy(e, keep) for e in self.ema.shadow]
         return {
             "step": self.step,
             "consecutive_skips": self.consecutive_skips,
@@ -133,7 +137,8 @@ class TrainState:
             # (never stepped: DCP would give the optimizer a zero step, changing the run)
             optim = self.optimizer.state_dict()
             optim["state"] = {
-                i: {k: dist.full(v, keep) for k, v in s.items()} for i, s in optim["state"].items()
+                i: {k: cpu_copy(v, keep) if torch.is_tensor(v) else v for k, v in s.items()}
+                for i, s in optim["state"].items()
             }
             return optim
         from torch.distributed.checkpoint.state_dict import (

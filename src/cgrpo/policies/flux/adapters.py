@@ -83,16 +83,16 @@ class LoRAAdapters:
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
         return iter(self._lora_params)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+    def trainable_state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(self.transformer, adapter_name=_ADAPTER)
-        return {k: v.detach().clone() for k, v in state.items()}
+        return {k: v.detach().clone() if copy else v.detach() for k, v in state.items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
 
-        own = self.trainable_state_dict()
+        own = self.trainable_state_dict(copy=False)
         unknown = sorted(set(state) - set(own))
         missing = sorted(set(own) - set(state))
         if unknown or missing:
@@ -155,8 +155,9 @@ class LoRAAdapters:
             q = old[name.replace(f".{_ADAPTER}.", f".{OLD_ADAPTER}.")]
             q.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
-    def old_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._old_params().items()}
+    def old_state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        old = self._old_params().items()
+        return {k: v.detach().clone() if copy else v.detach() for k, v in old}
 
     def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         old = self._old_params()
