@@ -1,4 +1,4 @@
-"""Command line: ``cgrpo train | pretrain | sample | eval | compare``.
+"""Command line: ``cgrpo train | pretrain | sample | export | eval | compare``.
 
 Every command takes ``key=value`` overrides of its typed config (``section.key=value``
 for nested keys); ``--help`` lists every key with its default, unit and meaning.
@@ -84,14 +84,22 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         sub,
         "sample",
         "Generate images with the embedded generator (base weights or a run's latest "
-        "checkpoint: its EMA weights when it has them, sampled with the run's sampler "
-        "settings). A reference is an embedded subject name (colour-pattern-shape, e.g. "
-        "red-hstripes-circle) or an image file.",
+        "checkpoint) or a FLUX run's trained model (its checkpoint on its flux.path): the "
+        "checkpoint's EMA weights when it has them, sampled with the run's sampler settings. "
+        "A reference is an embedded subject name (colour-pattern-shape, e.g. "
+        "red-hstripes-circle) or an image file; a FLUX run takes image files, prepared as "
+        "its training prepared them (several: UNO's multi-subject generation).",
         summary="Images for given references + prompts from a run or the base model.",
     )
     sp.add_argument("--run", type=Path, default=None, help="run folder (its latest checkpoint)")
-    sp.add_argument("--weights", type=Path, default=None, help="generator safetensors")
-    sp.add_argument("--reference", required=True, help="subject name or image path")
+    sp.add_argument("--step", type=int, default=None, help="the run's checkpoint of step N")
+    sp.add_argument("--weights", type=Path, default=None, help="embedded generator safetensors")
+    sp.add_argument(
+        "--reference",
+        action="append",
+        required=True,
+        help="subject name or image path (repeatable for UNO's several references)",
+    )
     sp.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
     sp.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
     sp.add_argument(
@@ -105,6 +113,25 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     sp.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     sp.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    xp = _command(
+        sub,
+        "export",
+        "Write a FLUX run's trained LoRA (its latest checkpoint's EMA weights, or --step N's, "
+        "--raw for the raw ones) as one safetensors file, and its model card (README.md "
+        "beside it). --format diffusers: FluxPipeline / FluxKontextPipeline.load_lora_weights "
+        "loads it at the trained scale; --format uno: bytedance/UNO's LoRA keys, the run's "
+        "UNO starting LoRA (flux.start_lora) included, for UNO's own loader.",
+        summary="A FLUX run's LoRA as diffusers or UNO safetensors + model card.",
+    )
+    xp.add_argument("--run", type=Path, required=True, help="cgrpo train run folder (FLUX)")
+    xp.add_argument("--step", type=int, default=None, help="its checkpoint of step N")
+    xp.add_argument("--format", choices=["diffusers", "uno"], default="diffusers", dest="fmt")
+    xp.add_argument("--raw", action="store_true", help="raw weights instead of the EMA ones")
+    xp.add_argument("--base-model", default=None, help="Hub id for the card (default: by model)")
+    xp.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
 
 
 def _add_eval_and_compare(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +164,8 @@ def _add_eval_and_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``cgrpo`` parser: one sub-command each for train, pretrain, sample, eval, compare."""
+    """The ``cgrpo`` parser: one sub-command each for train, pretrain, sample, export, eval,
+    compare."""
     ap = argparse.ArgumentParser(
         prog="cgrpo",
         description="Customized-GRPO: RL fine-tuning of subject-driven image generators.",
@@ -145,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     _add_train_and_pretrain(sub)
     _add_sample(sub)
+    _add_export(sub)
     _add_eval_and_compare(sub)
     return ap
 
@@ -183,6 +212,24 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import shlex
+
+    from cgrpo.eval.export import export_lora
+
+    words = ["cgrpo", "export", "--run", str(args.run), "--format", args.fmt]
+    words += ["--step", str(args.step)] if args.step is not None else []
+    words += ["--raw"] if args.raw else []
+    words += ["--base-model", args.base_model] if args.base_model else []
+    words += ["--out", str(args.out)]
+    lora, card = export_lora(
+        args.run, args.out, step=args.step, fmt=args.fmt, ema=not args.raw,
+        command=shlex.join(words), base_model=args.base_model,
+    )  # fmt: skip
+    print(f"wrote {lora} and its model card {card}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from cgrpo.eval.config import EvalConfig
 
@@ -206,6 +253,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _train,
     "pretrain": _pretrain,
     "sample": _sample,
+    "export": _export,
     "eval": _eval,
     "compare": _compare,
 }

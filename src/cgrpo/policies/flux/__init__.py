@@ -14,6 +14,8 @@ Modules, each documenting its part:
   ids of the reference tokens (``kontext`` or ``uno``);
 - :mod:`~cgrpo.policies.flux.lora`: the trainable LoRA, its safetensors files and merging
   a starting LoRA (e.g. UNO's) into the base weights;
+- :mod:`~cgrpo.policies.flux.uno_lora`: a trained LoRA in bytedance/UNO's file format
+  (its processors' ``qkv_lora`` / ``proj_lora`` keys), a starting UNO LoRA concatenated in;
 - :mod:`~cgrpo.policies.flux.adapters`: the policy's LoRA adapters: the trained one
   (parameters, state dict, files, the starting model with it bypassed) and nft's old
   policy as a second adapter;
