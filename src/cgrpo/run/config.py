@@ -191,7 +191,26 @@ DEFAULT_REWARDS: dict[str, Any] = {
 
 @dataclass
 class OptimConfig:
-    lr: float = option(2e-5, "AdamW learning rate (constant)")
+    lr: float = option(
+        2e-5, "AdamW learning rate (after the warm-up; the peak of optim.schedule=cosine)"
+    )
+    schedule: Literal["constant", "cosine"] = option(
+        "constant",
+        "learning rate along training after the warm-up: constant (optim.lr) or cosine "
+        "(from optim.lr at the end of the warm-up to 0 at optim.schedule_steps; "
+        "docs/trainer.md)",
+    )
+    warmup: int = option(
+        0,
+        "linear warm-up: step s < warmup trains at optim.lr * (s + 1) / (warmup + 1) (0: none)",
+        unit="steps",
+    )
+    schedule_steps: int = option(
+        0,
+        "the cosine's length: the step where it reaches 0 (0: run.steps); set it to keep "
+        "the schedule when a resumed run changes run.steps",
+        unit="steps",
+    )
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.999, "AdamW beta2")
     eps: float = option(1e-8, "AdamW epsilon")
@@ -294,6 +313,7 @@ class TrainConfig:
             )
         if self.grpo.updates_per_rollout < 1:
             raise ValueError("grpo.updates_per_rollout must be >= 1")
+        self._check_lr_schedule()
         if self.run.eval_micro_batch_size < 0:
             raise ValueError(
                 "run.eval_micro_batch_size must be >= 0 (0: the whole batch), got "
@@ -308,3 +328,18 @@ class TrainConfig:
             if what.uses_pair():
                 strategy = f"method.{what.registry.family}={what.kind}"
                 check_pair(m.pair, self.rewards, needed_by=strategy)
+
+    def _check_lr_schedule(self) -> None:
+        o = self.optim
+        if o.warmup < 0 or o.schedule_steps < 0:
+            raise ValueError(
+                f"optim.warmup ({o.warmup}) and optim.schedule_steps ({o.schedule_steps}) "
+                "must be >= 0"
+            )
+        horizon = o.schedule_steps or self.run.steps
+        if o.schedule == "cosine" and horizon <= o.warmup:
+            raise ValueError(
+                f"optim.schedule=cosine decays from the end of the warm-up ({o.warmup} "
+                f"steps) to step {horizon} (optim.schedule_steps, 0: run.steps): make "
+                "optim.warmup smaller or optim.schedule_steps larger"
+            )

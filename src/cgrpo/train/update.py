@@ -30,6 +30,7 @@ from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist
 from cgrpo.sampling.rollout import Rollout
 from cgrpo.train.errors import TrainingError
+from cgrpo.train.lr_schedule import set_lr
 from cgrpo.train.state import TrainState
 
 __all__ = ["UpdatePhase"]
@@ -91,6 +92,7 @@ class UpdatePhase:
         ids = (roll.group_ids if group_ids is None else group_ids).to(self.policy.device)
         # weights are looked up on the full schedule, at the true index
         shaped = self._shaped_for_loss(adv, ids, steps=steps, num_steps=roll.num_steps)
+        lr = set_lr(self.state.optimizer, self.cfg, self.state.step)  # optim.schedule
         snap = self.state.snapshot() if len(chunks) > 1 else None
         optimizer = self.state.optimizer
         totals: dict[str, float] = {}
@@ -115,6 +117,8 @@ class UpdatePhase:
         out = self._mean_over_processes({k: v / max(count, 1) for k, v in totals.items()})
         out["grad_norm"] = float(np.mean(grad_norms))
         out["trained_steps"] = float(len(steps))
+        if lr is not None:
+            out["lr"] = lr
         if obj.uses_old_policy():
             out["old_decay"] = d = obj.decay(self.state.step + 1)
             self.policy.soft_update_old(d)  # a HasOldPolicy (checked when built)
