@@ -1,4 +1,4 @@
-"""Command line: ``cgrpo train | pretrain | sample | export | eval | compare``.
+"""Command line: ``cgrpo train | pretrain | sample | export | setup | eval | compare``.
 
 Every command takes ``key=value`` overrides of its typed config (``section.key=value``
 for nested keys); ``--help`` lists every key with its default, unit and meaning.
@@ -134,6 +134,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     xp.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
 
 
+def _add_setup(sub: argparse._SubParsersAction) -> None:
+    sp = _command(
+        sub,
+        "setup",
+        "Make the environment a reward needs. hpsv3: a virtualenv for the HPS-v3 worker "
+        "(its package pins transformers 4.45.2, which this project's cannot share): creates "
+        "--venv, pip-installs hpsv3 there, checks that it imports, writes its model config "
+        "pointing at the local Qwen2-VL-7B-Instruct folder (--qwen), and prints the reward "
+        "options that use them.",
+        summary="The HPS-v3 worker's virtualenv, in one command.",
+    )
+    sp.add_argument("what", choices=["hpsv3"], help="what to set up")
+    sp.add_argument("--venv", type=Path, required=True, help="the virtualenv folder to make")
+    sp.add_argument("--qwen", type=Path, default=None, help="local Qwen2-VL-7B-Instruct folder")
+    sp.add_argument("--package", default="hpsv3", help="pip requirement (default hpsv3)")
+    sp.add_argument(
+        "--pip-arg", action="append", default=[], help="extra pip argument (repeatable)"
+    )
+
+
 def _add_eval_and_compare(sub: argparse._SubParsersAction) -> None:
     ep = _command(
         sub,
@@ -174,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_and_pretrain(sub)
     _add_sample(sub)
     _add_export(sub)
+    _add_setup(sub)
     _add_eval_and_compare(sub)
     return ap
 
@@ -241,6 +262,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup(args: argparse.Namespace) -> int:
+    from cgrpo.rewards.hpsv3_setup import setup_hpsv3
+
+    lines = setup_hpsv3(
+        args.venv, qwen=args.qwen, package=args.package, pip_args=tuple(args.pip_arg)
+    )
+    print(f"HPS-v3 worker ready in {args.venv}; use it in a config as:")
+    print("  prompt: {kind: hpsv3, checkpoint_path: <HPSv3.safetensors>, " + ", ".join(lines) + "}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from cgrpo.eval.compare import compare_command
 
@@ -254,6 +286,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": _pretrain,
     "sample": _sample,
     "export": _export,
+    "setup": _setup,
     "eval": _eval,
     "compare": _compare,
 }

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from cgrpo.io.images import load_image, resize_center_crop
 from cgrpo.rewards import REWARDS, make_reward
 from cgrpo.rewards.hf import check_hf_folder, pooled
+from cgrpo.rewards.hpsv3 import HPSv3Error
 from cgrpo.rewards.images import EmbeddingCache
 from cgrpo.rewards.segment import SEGMENTERS, crop_to_mask, make_segmenter, mask_boxes
 
@@ -498,7 +499,7 @@ def test_hpsv3_missing_package_and_checkpoint(
     ckpt = tmp_path / "HPSv3.safetensors"
     ckpt.write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "hpsv3", None)  # makes `import hpsv3` raise ImportError
-    with pytest.raises(ImportError, match=r"optional package 'hpsv3'.*separate virtualenv"):
+    with pytest.raises(HPSv3Error, match=r"optional package 'hpsv3'.*cgrpo setup hpsv3"):
         make_reward("hpsv3", checkpoint_path=str(ckpt))
 
 

@@ -34,18 +34,23 @@ import torch
 from cgrpo.io.images import to_uint8
 from cgrpo.rewards.images import check_batch, resolve_device
 
-__all__ = ["HPSv3Reward"]
+__all__ = ["HPSv3Error", "HPSv3Reward"]
 
 _HOWTO = (
     "download MizzenAI/HPSv3 (HPSv3.safetensors) and Qwen/Qwen2-VL-7B-Instruct on a machine "
     "with internet, copy them here, and point config_path's model_name_or_path at the Qwen folder"
 )
 _INSTALL = (
-    "install it in a separate virtualenv (`python -m venv hps && hps/bin/pip install hpsv3`; it "
+    "make its own virtualenv with `cgrpo setup hpsv3 --venv hps --qwen <Qwen2-VL folder>` (it "
     "pins transformers==4.45.2, which clashes with this project) and pass "
     "python='hps/bin/python', or `pip install hpsv3` into an environment that accepts its pins"
 )
 _MARK = "@@cgrpo-hpsv3@@ "
+
+
+class HPSv3Error(ValueError):
+    """The HPS-v3 package or worker is missing or broken; one line naming the fix."""
+
 
 # Runs inside the hpsv3 environment: load once, then answer requests: a JSON header line
 # {"prompts", "shape": [n, h, w], "batch_size"} followed by n*h*w*3 bytes of RGB pixels.
@@ -159,9 +164,9 @@ class HPSv3Reward:
         try:
             from hpsv3 import HPSv3RewardInferencer  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise ImportError(
+            raise HPSv3Error(
                 f"hpsv3 reward: the optional package 'hpsv3' is not importable ({exc}); {_INSTALL}"
-            ) from exc
+            ) from None
         self.inferencer = HPSv3RewardInferencer(
             config_path=self.config_path, checkpoint_path=self.checkpoint_path, device=self.device
         )
@@ -186,7 +191,9 @@ class HPSv3Reward:
         msg = self._read()
         if not msg.get("ready"):
             self.close()
-            raise RuntimeError(f"hpsv3 reward: worker failed to start: {msg.get('error')}")
+            raise HPSv3Error(
+                f"hpsv3 reward: worker failed to start in {python} ({msg.get('error')}); {_INSTALL}"
+            )
 
     def _read(self) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
@@ -208,12 +215,12 @@ class HPSv3Reward:
             self.proc.stdin.write(arr.tobytes())
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise RuntimeError(
+            raise HPSv3Error(
                 f"hpsv3 reward: the worker has exited (code {self.proc.poll()}); see its stderr"
             ) from None
         msg = self._read()
         if "scores" not in msg:
-            raise RuntimeError(f"hpsv3 reward: worker error: {msg.get('error')}")
+            raise HPSv3Error(f"hpsv3 reward: worker error: {msg.get('error')}")
         return [float(s) for s in msg["scores"]]
 
     def _score_in_process(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
@@ -235,7 +242,7 @@ class HPSv3Reward:
                     chunk, ps = imgs[i : i + self.batch_size], prompts[i : i + self.batch_size]
                     scores += self._score_in_process(chunk, ps)
         if len(scores) != imgs.shape[0]:
-            raise RuntimeError(f"hpsv3 reward: got {len(scores)} scores for {imgs.shape[0]} images")
+            raise HPSv3Error(f"hpsv3 reward: got {len(scores)} scores for {imgs.shape[0]} images")
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
     def close(self) -> None:
