@@ -74,7 +74,15 @@ def _add_train_and_pretrain(sub: argparse._SubParsersAction) -> None:
         "CPU world (cgrpo/configs/embedded.yaml).",
     )
     tp.add_argument("--config", type=Path, default=None, help="YAML config file")
-    tp.add_argument("--resume", action="store_true", help="continue the run in run.out_dir")
+    tp.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH_OR_STEP",
+        help="continue the run in run.out_dir from its latest checkpoint; --resume N: from "
+        "its step N; --resume PATH: from that checkpoint folder",
+    )
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
     _command(sub, "pretrain", "Pretrain the embedded base generator (flow matching).")
 
@@ -203,13 +211,20 @@ def _train(args: argparse.Namespace) -> int:
     from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 
     path = args.config if args.config is not None else EMBEDDED_CONFIG
+    resume = args.resume
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        args.overrides.insert(0, resume)  # `--resume key=value`: an override, not a path
+        resume = True
     cfg = load_config(TrainConfig, path, args.overrides)  # checked before torch loads
     from cgrpo.eval.summary import summary_table
+    from cgrpo.train.checkpointing import resume_checkpoint
     from cgrpo.train.preemption import PREEMPTED_EXIT_CODE, Preempted
     from cgrpo.train.trainer import GRPOTrainer
 
+    if resume:  # a missing checkpoint stops here, before any model loads
+        resume = resume_checkpoint(resume, cfg.run.out_dir)
     try:
-        summary = GRPOTrainer(cfg).train(resume=args.resume, quiet=args.quiet)
+        summary = GRPOTrainer(cfg).train(resume=resume, quiet=args.quiet)
     except Preempted as e:
         print(f"cgrpo train: {e}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE

@@ -26,7 +26,10 @@ from tqdm import tqdm
 from cgrpo.config.core import config_to_dict
 from cgrpo.io.checkpoint import (
     checkpoint_size,
+    checkpoint_step,
+    is_complete_checkpoint,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -37,7 +40,7 @@ from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist
 from cgrpo.train.state import TrainState
 
-__all__ = ["Checkpointing", "size_line"]
+__all__ = ["Checkpointing", "resume_checkpoint", "size_line"]
 
 
 class Checkpointing:
@@ -112,15 +115,48 @@ class Checkpointing:
                 {k: self.dist.like(v, own_old[k]) for k, v in state["old_policy"].items()}
             )
 
-    def _resume(self) -> None:
-        """Load the run's latest complete checkpoint (``--resume``)."""
-        last = latest_checkpoint(self.run_dir / "checkpoints")
+    def _resume(self, which: bool | int | str | Path = True) -> None:
+        """Load the checkpoint ``--resume`` names (:func:`resume_checkpoint`)."""
+        self.load(resume_checkpoint(which, self.run_dir))
+
+
+def resume_checkpoint(which: bool | int | str | Path, run_dir: str | Path) -> Path:
+    """The checkpoint folder ``--resume [PATH_OR_STEP]`` names: ``True`` (no value) the
+    latest complete one of ``run_dir/checkpoints``; a step number (an int, or a string of
+    digits) that step's folder there; anything else a path: a step folder, or a
+    checkpoints folder or run folder (its latest). One-line FileNotFoundError when there is none."""
+    root = Path(run_dir) / "checkpoints"
+    if which is True:
+        last = latest_checkpoint(root)
         if last is None:
             raise FileNotFoundError(
-                f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}; "
-                "start without --resume or point run.out_dir at the run to continue"
+                f"--resume: no complete checkpoint under {root}; start without --resume or "
+                "point run.out_dir at the run to continue"
             )
-        self.load(last)
+        return last
+    steps = [s for s, _ in list_checkpoints(root)]
+    if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+        step = int(which)
+        if step not in steps:
+            have = ", ".join(map(str, steps)) or "none"
+            raise FileNotFoundError(
+                f"--resume {step}: no complete checkpoint of step {step} under {root} "
+                f"(complete steps there: {have}); name one of them, or a checkpoint folder"
+            )
+        return dict(list_checkpoints(root))[step]
+    path = Path(which)
+    if checkpoint_step(path.name) is not None and is_complete_checkpoint(path):
+        return path
+    if path.is_dir() and checkpoint_step(path.name) is None:
+        for folder in (path, path / "checkpoints"):  # a checkpoints folder or a run folder
+            last = latest_checkpoint(folder)
+            if last is not None:
+                return last
+    what = "an incomplete checkpoint folder" if path.is_dir() else "no such folder"
+    raise FileNotFoundError(
+        f"--resume {path}: {what}; give a complete step folder (.../checkpoints/step_000100), "
+        "a checkpoints or run folder, or a step number of run.out_dir"
+    )
 
 
 def _on_cpu(tensors: Mapping[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:

@@ -221,15 +221,18 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def train(self, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    def train(self, resume: bool | int | str | Path = False, quiet: bool = False) -> dict[str, Any]:
         """Run to ``run.steps``; returns the evaluation summary (base and trained).
+        ``resume`` (``--resume``): True continues from the latest checkpoint of
+        ``run.out_dir``, a step number from that step's, a path from that checkpoint
+        folder (:func:`~cgrpo.train.checkpointing.resume_checkpoint`).
 
         On SIGTERM / SIGUSR1 the step in flight finishes, a checkpoint is written and
         :class:`~cgrpo.train.preemption.Preempted` is raised (``--resume`` continues exactly)."""
         cfg, st, main = self.cfg, self.state, self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            self._resume()
+            self._resume(resume)
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
         log = MetricsLog(
