@@ -4,9 +4,11 @@ curves plot, and image grids.
 - :class:`MetricsLog`: one row per logged step, appended to ``metrics.csv`` (rewritten only
   when a new column first appears, or once on resume to drop rows after the resume point)
   and sent to accelerate's trackers (``Accelerator(log_with=...)``: TensorBoard by default,
-  W&B / MLflow / Aim / ... by ``run.log_with``).
+  W&B / MLflow / Aim / ... by ``run.log_with``); :meth:`MetricsLog.image` sends an image
+  grid to the trackers that take images (TensorBoard, W&B, Aim, ClearML, SwanLab).
 - :func:`plot_curves`: each reward's mean +- std along training and the relation shares.
-- :func:`save_grid`: one row per group: its reference, then its samples (PNG).
+- :func:`save_grid`: one row per group: its reference, then its samples (PNG; the pixels
+  are returned for the trackers).
 
 Every file is written through :func:`cgrpo.io.atomic.atomic_write` (temp file + rename),
 except the CSV's appended lines (a crash can at most cut the last line, which resume drops).
@@ -89,6 +91,21 @@ class MetricsLog:
             values = {k: v for k, v in row.items() if k != "step"}
             self.tracker.log(values, step=int(row["step"]))
 
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Send one image (H, W, 3 uint8, e.g. :func:`save_grid`'s) to every tracker that
+        takes images, at ``step``; the others (MLflow, Comet, DVCLive, Trackio through
+        accelerate) get none: the PNG file is the record."""
+        if not self.write or self.tracker is None:
+            return
+        for t in self.tracker.trackers:
+            name = getattr(t, "name", "")
+            if name == "tensorboard":
+                t.log_images({tag: image[None]}, step=step, dataformats="NHWC")
+            elif name in ("wandb", "swanlab"):
+                t.log_images({tag: [image]}, step=step)
+            elif name in ("aim", "clearml"):
+                t.log_images({tag: image}, step=step)
+
     def _rewrite(self) -> None:
         if not self.keys:
             self.path.unlink(missing_ok=True)
@@ -164,8 +181,9 @@ def plot_curves(rows: list[dict[str, float]], path: Path, names: Sequence[str]) 
 
 def save_grid(
     path: Path, references: torch.Tensor, images: torch.Tensor, *, group_size: int
-) -> None:
-    """One row per group: its reference, then its ``group_size`` samples (PNG).
+) -> np.ndarray:
+    """One row per group: its reference, then its ``group_size`` samples (PNG); returns
+    the PNG's pixels (H, W, 3 uint8).
 
     ``references``: (B, 3, h, w), one per sample as the rewards see them
     (:func:`cgrpo.data.references.reward_view`); a group's first is drawn."""
@@ -186,3 +204,4 @@ def save_grid(
     img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return np.asarray(img)

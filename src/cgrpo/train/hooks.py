@@ -99,9 +99,10 @@ class EvalLogHooks:
             log.log(row)
         if self.dist.is_main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
             path = self.run_dir / "images" / f"step_{step:06d}.png"
-            save_grid(
+            grid = save_grid(
                 path, reward_view(res.references), res.images, group_size=self.cfg.grpo.group_size
             )
+            log.image("train/samples", grid, step)  # TensorBoard / W&B images too
 
     def _end_summary(self, summary: dict[str, Any], log: MetricsLog) -> None:
         """The reward curves, and the trained policy's evaluation into ``summary``."""
