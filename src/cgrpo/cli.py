@@ -217,6 +217,7 @@ def _train(args: argparse.Namespace) -> int:
         resume = True
     cfg = load_config(TrainConfig, path, args.overrides)  # checked before torch loads
     from cgrpo.eval.summary import summary_table
+    from cgrpo.run.distributed import ProcessFailed
     from cgrpo.train.checkpointing import resume_checkpoint
     from cgrpo.train.preemption import PREEMPTED_EXIT_CODE, Preempted
     from cgrpo.train.trainer import GRPOTrainer
@@ -228,6 +229,9 @@ def _train(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"cgrpo train: {e}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    except ProcessFailed as e:  # the same line on every process
+        print(f"cgrpo train: error: {e}", file=sys.stderr)
+        return 1
     base, trained, truth = (summary.get(k) for k in ("base", "trained", "truth"))
     print(summary_table(base, trained, "trained", truth=truth))
     print(f"run folder: {cfg.run.out_dir}")

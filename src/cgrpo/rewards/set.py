@@ -92,15 +92,38 @@ class RewardSet:
         multi = isinstance(references, ReferenceBatch) and max(references.counts) > 1
         out = {}
         for name, m in self.models.items():
-            if not multi or not reads_references(m):
-                out[name] = m(images, prompts, view).float().cpu()
-                continue
-            assert isinstance(references, ReferenceBatch)
-            total = torch.zeros(len(prompts))
-            for k in range(max(references.counts)):
-                rows, ref_k = references.views(k)
-                score = m(images[rows.to(images.device)], [prompts[i] for i in rows.tolist()],
-                          ref_k.to(images.device))  # fmt: skip
-                total[rows] += score.float().cpu()
-            out[name] = total / torch.tensor(references.counts, dtype=torch.float32)
+            try:
+                out[name] = _score_one(
+                    m, images, prompts, references=references, view=view, multi=multi
+                )
+            except Exception as e:  # its type kept; the note names the reward
+                _add_note(e, f"reward {name!r}")
+                raise
         return out
+
+
+def _score_one(
+    m: RewardModel,
+    images: torch.Tensor,
+    prompts: list[str],
+    *,
+    references: References,
+    view: torch.Tensor,
+    multi: bool,
+) -> torch.Tensor:
+    """One reward of a batch (see :meth:`RewardSet.score`)."""
+    if not multi or not reads_references(m):
+        return m(images, prompts, view).float().cpu()
+    assert isinstance(references, ReferenceBatch)
+    total = torch.zeros(len(prompts))
+    for k in range(max(references.counts)):
+        rows, ref_k = references.views(k)
+        score = m(images[rows.to(images.device)], [prompts[i] for i in rows.tolist()],
+                  ref_k.to(images.device))  # fmt: skip
+        total[rows] += score.float().cpu()
+    return total / torch.tensor(references.counts, dtype=torch.float32)
+
+
+def _add_note(e: BaseException, note: str) -> None:
+    """``e.add_note(note)`` (PEP 678; written out on Python 3.10, which lacks it)."""
+    e.__notes__ = [*getattr(e, "__notes__", ()), note]

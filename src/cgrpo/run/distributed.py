@@ -12,7 +12,13 @@
   the gradients, which with equal shards is the mean over all samples;
 - only the main process writes logs, images and checkpoints. Weights, optimizer and all
   RNG states are identical on every process, so a checkpoint resumes on any number of
-  processes.
+  processes;
+- a part of the step that raises on one process (sampling, rewards, a loss of the
+  update) stops every process with the same one-line :class:`ProcessFailed`
+  (:meth:`Dist.agree`), instead of leaving the others in the next collective.
+
+The processes may sit on several machines (``accelerate launch --num_machines N
+--machine_rank k``, configs/accelerate/two_node.yaml): nothing here depends on which.
 
 With ``run.fsdp=true`` the policy's trainable network is **sharded** instead of
 replicated: torch FSDP2 (``fully_shard``) makes one unit per transformer block
@@ -36,14 +42,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from cgrpo.policies.base import Condition, Policy, Shardable
 from cgrpo.policies.sharding import full_tensor, local_tensor, shard_like
 
-__all__ = ["Dist", "launched_world_size"]
+__all__ = ["Dist", "ProcessFailed", "launched_world_size"]
+
+T = TypeVar("T")
 
 _FSDP_PLUGIN_ERROR = (
     "accelerate was launched with distributed_type FSDP (ACCELERATE_USE_FSDP=true): cgrpo "
@@ -56,6 +64,20 @@ _DEEPSPEED_ERROR = (
     "does not support. For sharded weights, gradients and optimizer state (as ZeRO-3) "
     "launch with configs/accelerate/multi_gpu.yaml and set run.fsdp=true"
 )
+
+
+class ProcessFailed(RuntimeError):
+    """A part of a step raised on some process; every process raises this, with the same
+    one-line message (see :meth:`Dist.agree`)."""
+
+
+def _describe(e: BaseException) -> tuple[str, str, str]:
+    """An exception in one line's parts: the notes that say where it arose (e.g.
+    ``reward 'x'``, added by :meth:`cgrpo.rewards.set.RewardSet.score`), its type, and its
+    message's first line."""
+    notes = "".join(f", {n}" for n in getattr(e, "__notes__", ()))
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return notes, type(e).__name__, lines[0] if lines else "(no message)"
 
 
 def launched_world_size() -> int:
@@ -152,6 +174,32 @@ class Dist:
         from accelerate.utils import gather_object
 
         return gather_object(items)
+
+    def agree(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()``; when it raises on any process, every process raises the same one-line
+        :class:`ProcessFailed` (``what``, where and on which process it failed, its type and
+        message) instead of going on to a collective that the failed process never joins.
+
+        Costs one 1-element all-gather when nothing failed (nothing with one process, where
+        ``fn``'s exception passes as it is). An error in the middle of ``fn``'s own
+        collectives (FSDP's all-gathers in a forward) is not caught this way: the others
+        wait in that collective."""
+        if self.accelerator is None:
+            return fn()
+        err: Exception | None = None
+        try:
+            out = fn()
+        except Exception as e:  # any failure: the other processes must hear of it
+            err = e
+        if not bool(self.gather(torch.tensor([err is not None])).any()):
+            return out
+        told = self.gather_objects([None if err is None else _describe(err)])
+        failed = [r for r, d in enumerate(told) if d is not None]
+        notes, kind, text = told[failed[0]]
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise ProcessFailed(
+            f"{what}{notes}: {kind} on rank {failed[0]} of {self.world}{others}: {text}"
+        ) from err
 
     def padded_share(self, n: int) -> tuple[list[int], int]:
         """This process's items of ``n`` (every ``world``-th, from its rank), padded by

@@ -190,12 +190,21 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         refs = refs.repeat_interleave(g, dim=0)[self.shard]
         return roll, refs, [p for p in prompts for _ in range(g)][self.shard]
 
+    def _score(
+        self, roll: Rollout, refs: References, prompts: list[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This process's images and their rewards, by name."""
+        images = self.policy.decode(roll.rewarded)
+        return images, self.rewards.score(images, prompts, refs.to(images.device))
+
     def train_step(self) -> StepResult:
         t0 = time.perf_counter()
-        roll, refs, prompts = self.rollout()
+        # a part that raises on any process stops every process with one message
+        # (Dist.agree), before the gather below where the others would wait for it
+        n = self.step + 1
+        roll, refs, prompts = self.dist.agree(self.rollout, f"step {n}, sampling")
         t1 = time.perf_counter()
-        images = self.policy.decode(roll.rewarded)
-        scores = self.rewards.score(images, prompts, refs.to(images.device))
+        images, scores = self.dist.agree(lambda: self._score(roll, refs, prompts), f"step {n}")
         # every process gets the whole step's rewards with their group ids
         scores = {k: self.dist.gather(v) for k, v in scores.items()}
         group_ids = self.dist.gather(roll.group_ids.cpu())

@@ -16,6 +16,7 @@ the attributes it names); the loop calls :meth:`UpdatePhase.update` once per ste
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -193,11 +194,14 @@ class UpdatePhase:
         mb = self.cfg.grpo.micro_batch_size or len(chunk)
         work = [(t, lo) for t in steps for lo in range(0, len(chunk), mb)]
         finite, losses = True, []
+        what = f"step {self.state.step + 1}, update"
         for j, (t, lo) in enumerate(work):
             idx = chunk[lo : lo + mb].to(self.policy.device)
-            # every process runs the same backward passes; DDP syncs on the last one
+            # every process runs the same backward passes; DDP syncs on the last one. A loss
+            # that raised on any process stops all of them before it (Dist.agree)
             with self.dist.no_sync(sync=j == len(work) - 1):
-                loss, stats = self.objective.loss(ctx, roll, t, idx=idx, adv=shaped[t][idx])
+                loss_of = partial(self.objective.loss, ctx, roll, t, idx=idx, adv=shaped[t][idx])
+                loss, stats = self.dist.agree(loss_of, what)
                 finite = finite and bool(torch.isfinite(loss))
                 (loss * len(idx) / (len(chunk) * len(steps))).backward()
             losses.append(stats)
