@@ -84,6 +84,19 @@ def held(params: list[torch.nn.Parameter]) -> int:
     return sum(Dist.local(p).numel() for p in params)
 
 
+def tokens(trainer: GRPOTrainer) -> dict[str, int]:
+    """Tokens of one sample in the transformer: text (T5), image (target) and reference."""
+    import random
+
+    refs, prompts = trainer.data.sample(1, random.Random(0))
+    cond = trainer.policy.encode_condition(refs, prompts)
+    return {
+        "text_tokens": int(cond["prompt_embeds"].shape[1]),
+        "image_tokens": int(trainer.policy.latent_shape()[0]),
+        "reference_tokens": int(cond["reference_tokens"].shape[1]),
+    }
+
+
 def state_gb(trainer: GRPOTrainer) -> float:
     """Bytes this process stores of the training state: transformer weights (frozen and
     LoRA), LoRA gradients and AdamW moments."""
@@ -128,12 +141,26 @@ def main() -> None:
     ap.add_argument("--preset", default="medium", choices=["tiny", "medium", "full"])
     ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
     ap.add_argument("--variants", action="store_true", help="time every schedule x objective")
+    ap.add_argument(
+        "--reward-params",
+        type=float,
+        default=0.0,
+        help="prompt reward: a stand-in of this many parameters (benchmarks/sized_reward.py; "
+        "8.29e9 = HPS-v3's Qwen2-VL-7B) instead of the model-free colour reward",
+    )
+    ap.add_argument("--reward-device", default="", help="its device (default: the process's)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if args.variants:
         variants(args)
         return
-    rows, dist, cfg, counts, build_s, device = measure(args.preset, args.steps, args.overrides)
+    overrides = list(args.overrides)
+    if args.reward_params:
+        import sized_reward  # noqa: F401  (registers reward kind "sized")
+
+        where = f", device: {args.reward_device}" if args.reward_device else ""
+        overrides.append(f"rewards.prompt={{kind: sized, params: {args.reward_params}{where}}}")
+    rows, dist, cfg, counts, build_s, device = measure(args.preset, args.steps, overrides)
     report(rows, dist, cfg, counts, build_s, device, args.preset)
 
 
@@ -147,7 +174,7 @@ def measure(preset: str, steps: int, extra: list[str]):
             "data.image_root=null", "data.fields={}", "data.eval_root=null",
             "data.allow_eval_overlap=true",  # timing only: no evaluation
             f"data.prompts_per_step={world}", "flux.start_lora=null", "flux.path=null",
-            "flux.max_sequence_length=16", "flux.prompt_cache_dir=null",
+            "flux.prompt_cache_dir=null",
             # references at the target's size unless overridden (gpu_check.sh passes each
             # model's own: UNO's 512 px, Kontext's 1024 px)
             "flux.reference_preprocess=square",
@@ -172,18 +199,19 @@ def measure(preset: str, steps: int, extra: list[str]):
         lora = trainer.params
         frozen = [p for p in policy.transformer.parameters() if not p.requires_grad]
         trainer.train_step()  # warm-up
-        phases: dict[str, list[float]] = {"sample": [], "update": [], "total": []}
+        phases: dict[str, list[float]] = {"sample": [], "reward": [], "update": [], "total": []}
         for _ in range(steps):
             t = time.perf_counter()
             m = trainer.train_step().metrics
-            phases["sample"].append(m["sec_sample"])
-            phases["update"].append(m["sec_update"])
+            for k in ("sample", "reward", "update"):
+                phases[k].append(m[f"sec_{k}"])
             phases["total"].append(time.perf_counter() - t)
         row = {
             "rank": dist.rank,
             "frozen_held": held(frozen),
             "lora_held": held(lora),
             "state_gb": round(state_gb(trainer), 2),
+            **tokens(trainer),
             **dict(
                 zip(("now_gb", "peak_gb"), (round(v, 2) for v in memory_gb(device)), strict=True)
             ),
@@ -200,22 +228,30 @@ def report(rows, dist, cfg, counts, build_s, device, preset) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     mode = "FSDP" if dist.fsdp else "DDP" if world > 1 else "single"
     print(f"device: {name} x {world} process(es), {mode}; torch threads {torch.get_num_threads()}")
-    frozen_b, lora_m = counts["frozen"] / 1e9, counts["lora"] / 1e6
+    frozen_b, r0 = counts["frozen"] / 1e9, rows[0]
     print(
-        f"preset {preset}: frozen {frozen_b:.3f} B, LoRA {lora_m:.1f} M "
+        f"preset {preset}: frozen {frozen_b:.3f} B, LoRA {counts['lora']:,} parameters "
         f"(rank {cfg.flux.lora_rank}, {counts['lora_layers']} layers), {cfg.flux.dtype}, "
         f"{cfg.flux.resolution} px, G {cfg.grpo.group_size}, {cfg.sampler.num_steps} steps, "
         f"micro-batch {cfg.grpo.micro_batch_size or 'all'}; built in {build_s:.1f} s"
     )
+    print(
+        f"tokens per sample: text {r0['text_tokens']}, image {r0['image_tokens']}, "
+        f"reference {r0['reference_tokens']}; rewards: "
+        + ", ".join(f"{k} ({v['kind']})" for k, v in cfg.rewards.items())
+    )
     mem = "CUDA allocated" if device.type == "cuda" else "resident set"
     print(f"state GB: weights + LoRA grads + AdamW held; now / peak GB: {mem}")
-    print("rank  frozen held  LoRA held  state GB  now GB  peak GB  s sample  s update  s step")
+    print(
+        "rank  frozen held  LoRA held  state GB  now GB  peak GB  s sample  s reward  "
+        "s update  s step"
+    )
     for r in rows:
         print(
             f"{r['rank']:>4}  {r['frozen_held'] / counts['frozen']:>10.1%}  "
             f"{r['lora_held'] / counts['lora']:>8.1%}  {r['state_gb']:>8.2f}  "
-            f"{r['now_gb']:>6.2f}  {r['peak_gb']:>7.2f}  "
-            f"{r['sec_sample']:>8.2f}  {r['sec_update']:>8.2f}  {r['sec_total']:>6.2f}"
+            f"{r['now_gb']:>6.2f}  {r['peak_gb']:>7.2f}  {r['sec_sample']:>8.2f}  "
+            f"{r['sec_reward']:>8.2f}  {r['sec_update']:>8.2f}  {r['sec_total']:>6.2f}"
         )
     sys.stdout.flush()
 

@@ -218,15 +218,19 @@ def test_gpu_check_stops_at_once_without_cuda() -> None:
 
         pytest.skip("a GPU is present: the check itself runs (minutes), not its refusal")
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
-    assert (
-        proc.returncode == 2
-        and "no CUDA device" in proc.stderr
-        and "nothing was run" in proc.stderr
-    )
+
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "benchmarks/gpu_check.sh", *args], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+
+    for scheme in ("uno", "kontext"):
+        proc = check(scheme)
+        assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+        assert "nothing was run" in proc.stderr and proc.stdout == ""
+    proc = check()  # one scheme per command: named, or a usage line
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bash benchmarks/gpu_check.sh")
 
 
 def test_competitive_degradation_records_outlive_the_run_folders(
@@ -290,3 +294,20 @@ def test_competitive_degradation_records_outlive_the_run_folders(
         "data.eval_prompts_per_subject=1", *TINY, check=False,
     )  # fmt: skip
     assert "evaluated 16 pairs x 1 noises, this command asks for 24 x 1" in out
+
+
+def test_memory_table_counts_the_papers_lora_and_prints_both_schemes() -> None:
+    """benchmarks/memory_table.py: the exact LoRA count docs/gpu.md quotes, one table per
+    scheme, Kontext's longer reference costing more activations, HPS-v3 adding its 16.6 GB."""
+    out = _run("benchmarks/memory_table.py")
+    assert "LoRA (uno, rank 512) 956,301,312 in 152 layers" in out
+    tables = {s: out.split(f"\n{s}: ")[1] for s in ("uno", "kontext")}
+    act = {s: float(t.split("activations, micro-batch 4")[1].split("|")[1].split()[0])
+           for s, t in tables.items()}  # fmt: skip
+    assert act["kontext"] > 2 * act["uno"] > 0
+    for t in tables.values():
+        own = float(t.split("on its own GPU / server** |")[1].split()[0])
+        shared = float(t.split("on the training GPU** |")[1].split()[0])
+        assert abs(shared - own - 16.6) < 0.11
+    docs = (ROOT / "docs" / "gpu.md").read_text()
+    assert out.strip() in docs  # docs/gpu.md quotes the script as it prints
