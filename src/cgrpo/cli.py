@@ -1,4 +1,5 @@
-"""Command line: ``cgrpo train | pretrain | sample | export | setup | eval | compare``.
+"""Command line: ``cgrpo train | pretrain | sample | export | setup | serve-reward | eval |
+compare``.
 
 Every command takes ``key=value`` overrides of its typed config (``section.key=value``
 for nested keys); ``--help`` lists every key with its default, unit and meaning.
@@ -162,6 +163,21 @@ def _add_setup(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
+    rp = _command(
+        sub,
+        "serve-reward",
+        "Serve reward models over HTTP (the http reward kind scores through it; "
+        "docs/rewards.md): the rewards: section of --config (any kinds, each on its own "
+        "device), GET /health and POST /score, one request at a time per reward model.",
+        summary="Reward models on their own GPU(s), behind an HTTP server.",
+    )
+    rp.add_argument("--config", type=Path, required=True, help="YAML file with a rewards: section")
+    rp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    rp.add_argument("--port", type=int, default=8600, help="port to listen on (default 8600)")
+    rp.add_argument("--verbose", action="store_true", help="log every request on stderr")
+
+
 def _add_eval_and_compare(sub: argparse._SubParsersAction) -> None:
     ep = _command(
         sub,
@@ -203,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_export(sub)
     _add_setup(sub)
+    _add_serve_reward(sub)
     _add_eval_and_compare(sub)
     return ap
 
@@ -292,6 +309,13 @@ def _setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_reward(args: argparse.Namespace) -> int:
+    from cgrpo.rewards.server import serve
+
+    serve(args.config, args.host, args.port, verbose=args.verbose)
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from cgrpo.eval.compare import compare_command
 
@@ -306,6 +330,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sample": _sample,
     "export": _export,
     "setup": _setup,
+    "serve-reward": _serve_reward,
     "eval": _eval,
     "compare": _compare,
 }

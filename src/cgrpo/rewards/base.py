@@ -81,6 +81,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "dino": "cgrpo.rewards.hf:DinoIdentityReward",
     "clip": "cgrpo.rewards.hf:ClipReward",
     "hpsv3": "cgrpo.rewards.hpsv3:HPSv3Reward",
+    "http": "cgrpo.rewards.remote:RemoteReward",
     "vlm_judge": "cgrpo.rewards.vlm_judge:VLMJudgeReward",
 }
 
