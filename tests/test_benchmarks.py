@@ -34,6 +34,13 @@ def test_step_cost_prints_phases(tiny_weights: Path) -> None:
         assert word in out
 
 
+def test_reward_overlap_prints_both_modes(tiny_weights: Path) -> None:
+    args = ["--steps", "1", "--ms-per-image", "1", "--micro-batch", "2"]
+    out = _run("benchmarks/reward_overlap.py", *args, f"model.weights={tiny_weights}", *TINY)
+    for word in ("after    step", "overlap  step", "overlap saves", "between the modes"):
+        assert word in out
+
+
 def test_competitive_degradation_writes_report_and_resumes(
     tmp_path: Path, tiny_weights: Path
 ) -> None:

@@ -127,6 +127,13 @@ class SamplerConfig:
         "an SDE step (ode_tail 0, a window or branch reaching it) the sample carries its "
         "noise and clean does not, so that step's transition gets no credit under clean",
     )
+    overlap_rewards: bool = option(
+        False,
+        "score the rollout while it is sampled: each finished micro-batch "
+        "(grpo.micro_batch_size) is decoded and scored on a worker thread while the next is "
+        "sampled; same images and scores (docs/rewards.md). Pays off when a reward waits (a "
+        "reward server, a VLM judge, a reward model on another GPU)",
+    )
     schedule: Schedule = option(
         FullSchedule(),
         "rollout schedule: which steps are SDE (trained) and which ODE: full (the paper's: "

@@ -14,7 +14,7 @@ step to sigma = 0 the two are the same.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,7 @@ def sample_groups(
     shard: slice | None = None,
     sde_mask: Sequence[bool] | None = None,
     reward_image: str = "clean",
+    on_chunk: Callable[[slice, torch.Tensor], None] | None = None,
 ) -> Rollout:
     """Sample ``group_size`` trajectories for each of the B conditions.
 
@@ -112,26 +113,16 @@ def sample_groups(
     for all samples at once from ``generator`` and sliced, so a sample is the same whatever
     the number of processes or the micro-batch size; ``group_ids`` stay global.
     ``reward_image`` (:data:`REWARD_IMAGES`) picks :attr:`Rollout.rewarded`.
+
+    ``on_chunk(rows, rewarded[rows])``: called as each micro-batch's samples are finished
+    (the reward scoring overlap, :mod:`cgrpo.train.scoring_overlap`). The micro-batches are
+    then sampled one after another through all steps instead of step by step; every step's
+    noise is drawn up front, in the same order, so the rollout is the same either way.
     """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if reward_image not in REWARD_IMAGES:
-        raise ValueError(f"reward_image must be one of {REWARD_IMAGES}, got {reward_image!r}")
-    if eta <= 0:
-        raise ValueError(
-            "GRPO rollouts need eta > 0: with eta = 0 the step is deterministic (Euler)"
-        )
+    _check(group_size, eta=eta, reward_image=reward_image, batch=condition.batch_size)
     num_groups = condition.batch_size
-    if num_groups == 0:
-        raise ValueError("empty batch: a rollout needs at least one (reference, prompt) pair")
     steps = len(sigmas) - 1
-    if sde_mask is None:
-        if not 0 <= ode_tail < steps:
-            raise ValueError(f"ode_tail={ode_tail} must be in [0, {steps - 1}] for {steps} steps")
-        sde_mask = [t < steps - ode_tail for t in range(steps)]
-    mask = [bool(m) for m in sde_mask]
-    if len(mask) != steps or not any(mask):
-        raise ValueError(f"sde_mask needs {steps} entries with at least one SDE step: {mask}")
+    mask = _sde_mask(steps, ode_tail, sde_mask)
     shard = shard or slice(0, num_groups * group_size)
     cond = condition.repeat_interleave(group_size).index(shard)
     x = initial_noise(policy, num_groups, group_size, same_noise=same_noise, generator=generator)
@@ -169,29 +160,67 @@ def sample_groups(
     clean = latents[-1]  # filled at the last step (a view: no copy unless asked for)
     if reward_image == "clean":
         clean = torch.empty_like(x)
-    for t in range(prefix, steps):
+
+    def noise_of(t: int) -> torch.Tensor | None:  # one draw per step, all processes' samples
+        full = (total, *x.shape[1:])
+        if not mask[t]:
+            return None
+        return draw_noise(full, compute_dtype(x), generator, device=x.device)[shard]
+
+    def advance(t: int, sl: slice, noise: torch.Tensor | None) -> None:  # step t of rows sl
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
-        noise = None
-        if mask[t]:  # one draw for the whole step, all processes' samples
-            full = (total, *x.shape[1:])
-            noise = draw_noise(full, compute_dtype(x), generator, device=x.device)[shard]
-        for lo in range(0, n, mb):
-            sl = slice(lo, lo + mb)
-            xb = latents[t, sl]
-            v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
-            if t == steps - 1 and reward_image == "clean":
-                clean[sl] = clean_prediction(xb, v, s)
-            if not mask[t]:
-                latents[t + 1, sl] = euler_step(xb, v, s, sigma_next=s_next)
-                continue
-            nxt, logp, _, _ = sde_step(
-                xb, v, s, sigma_next=s_next, eta=eta, kind=kind, noise=noise[sl]
-            )
-            latents[t + 1, sl] = nxt
-            log_probs[t, sl] = logp
+        xb = latents[t, sl]
+        v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
+        if t == steps - 1 and reward_image == "clean":
+            clean[sl] = clean_prediction(xb, v, s)
+        if noise is None:
+            latents[t + 1, sl] = euler_step(xb, v, s, sigma_next=s_next)
+            return
+        nxt, logp, _, _ = sde_step(xb, v, s, sigma_next=s_next, eta=eta, kind=kind, noise=noise[sl])
+        latents[t + 1, sl] = nxt
+        log_probs[t, sl] = logp
+
+    chunks = [slice(lo, min(lo + mb, n)) for lo in range(0, n, mb)]
+    if on_chunk is None:  # step by step
+        for t in range(prefix, steps):
+            noise = noise_of(t)
+            for sl in chunks:
+                advance(t, sl, noise)
+    else:  # micro-batch by micro-batch, each handed on when finished
+        noises = [noise_of(t) for t in range(prefix, steps)]
+        for sl in chunks:
+            for t in range(prefix, steps):
+                advance(t, sl, noises[t - prefix])
+            on_chunk(sl, clean[sl])
     sde_steps = tuple(t for t in range(steps) if mask[t])
     sigmas = sigmas.to(x.device)
     return Rollout(latents, log_probs, sigmas, cond, group_ids, sde_steps, rewarded=clean)
+
+
+def _check(group_size: int, *, eta: float, reward_image: str, batch: int) -> None:
+    """:func:`sample_groups`'s arguments, each bad one a ValueError naming it."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if reward_image not in REWARD_IMAGES:
+        raise ValueError(f"reward_image must be one of {REWARD_IMAGES}, got {reward_image!r}")
+    if eta <= 0:
+        raise ValueError(
+            "GRPO rollouts need eta > 0: with eta = 0 the step is deterministic (Euler)"
+        )
+    if batch == 0:
+        raise ValueError("empty batch: a rollout needs at least one (reference, prompt) pair")
+
+
+def _sde_mask(steps: int, ode_tail: int, sde_mask: Sequence[bool] | None) -> list[bool]:
+    """One bool per step (default: SDE on all but the last ``ode_tail`` steps), checked."""
+    if sde_mask is None:
+        if not 0 <= ode_tail < steps:
+            raise ValueError(f"ode_tail={ode_tail} must be in [0, {steps - 1}] for {steps} steps")
+        sde_mask = [t < steps - ode_tail for t in range(steps)]
+    mask = [bool(m) for m in sde_mask]
+    if len(mask) != steps or not any(mask):
+        raise ValueError(f"sde_mask needs {steps} entries with at least one SDE step: {mask}")
+    return mask
 
 
 def _ode(

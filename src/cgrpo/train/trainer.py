@@ -58,6 +58,7 @@ from cgrpo.train.ema import EMA
 from cgrpo.train.errors import TrainingError
 from cgrpo.train.hooks import EvalLogHooks, StepResult
 from cgrpo.train.preemption import Preempted, Preemption
+from cgrpo.train.scoring_overlap import OverlappedScoring
 from cgrpo.train.state import TrainState
 from cgrpo.train.update import UpdatePhase
 
@@ -117,6 +118,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         self.shard = self.dist.shard(cfg.data.prompts_per_step * cfg.grpo.group_size)
         self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
         self._saved: tuple[int, int] | None = None  # (step, skips) of the last checkpoint
+        self._scoring: OverlappedScoring | None = None  # sampler.overlap_rewards
         self.eval_pairs: EvalPairs | None = None
         self.evaluator: Evaluator | None = None
         self.mid_evaluator: Evaluator | None = None
@@ -170,6 +172,15 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         cond = self.policy.encode_condition(refs, prompts)
         s, g = self.cfg.sampler, self.cfg.grpo.group_size
         sampler = OldPolicyView(self.policy) if self.objective.samples_with_old() else self.policy
+        refs = refs.repeat_interleave(g, dim=0)[self.shard]
+        prompts = [p for p in prompts for _ in range(g)][self.shard]
+        if self._scoring is not None:  # a rollout whose scores were never collected
+            self._scoring.close()
+        self._scoring = None  # sampler.overlap_rewards: scored chunk by chunk while sampling
+        if s.overlap_rewards:
+            self._scoring = OverlappedScoring(
+                self.policy.decode, self.rewards, references=refs, prompts=prompts
+            )
         roll = sample_groups(
             sampler,
             cond,
@@ -186,14 +197,17 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
             sde_mask=s.schedule.sde_mask(
                 s.num_steps, s.ode_tail, self.step, generator=self.state.generator
             ),
+            on_chunk=self._scoring,
         )
-        refs = refs.repeat_interleave(g, dim=0)[self.shard]
-        return roll, refs, [p for p in prompts for _ in range(g)][self.shard]
+        return roll, refs, prompts
 
     def _score(
         self, roll: Rollout, refs: References, prompts: list[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """This process's images and their rewards, by name."""
+        if self._scoring is not None:  # sampler.overlap_rewards: scored while sampling
+            scoring, self._scoring = self._scoring, None
+            return scoring.result()
         images = self.policy.decode(roll.rewarded)
         return images, self.rewards.score(images, prompts, refs.to(images.device))
 

@@ -1,0 +1,65 @@
+"""Scoring a step's images while the rest of the step is still being sampled.
+
+With ``sampler.overlap_rewards: true`` the rollout samples its micro-batches
+(``grpo.micro_batch_size``) one after another (:func:`cgrpo.sampling.rollout.sample_groups`'s
+``on_chunk``); as each is finished it is decoded here, on the training thread, and handed
+to one worker thread that scores it with the run's rewards while the next micro-batch is
+sampled. A reward that waits (a server, a VLM judge over HTTP, a reward model on another
+GPU) then costs only what is left after the last micro-batch. The rollout draws the same
+noise in the same order either way, and every reward scores each image on its own, so the
+images and scores are those of scoring after the rollout (tests/train/test_scoring_overlap.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from cgrpo.data.references import References
+from cgrpo.rewards.set import RewardSet
+
+__all__ = ["OverlappedScoring"]
+
+
+class OverlappedScoring:
+    """The ``on_chunk`` callback of a rollout: decode each finished chunk, score it on a
+    worker thread; :meth:`result` gives the whole rollout's images and scores, in order.
+
+    ``references`` and ``prompts``: one per sample of this process's rollout."""
+
+    def __init__(
+        self,
+        decode: Callable[[torch.Tensor], torch.Tensor],
+        rewards: RewardSet,
+        *,
+        references: References,
+        prompts: list[str],
+    ) -> None:
+        self.decode, self.rewards = decode, rewards
+        self.references, self.prompts = references, prompts
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cgrpo-rewards")
+        self._jobs: list[tuple[torch.Tensor, Future[dict[str, torch.Tensor]]]] = []
+
+    def __call__(self, rows: slice, rewarded: torch.Tensor) -> None:
+        images = self.decode(rewarded)
+        refs = self.references[rows].to(images.device)
+        job = self._pool.submit(self.rewards.score, images, self.prompts[rows], refs)
+        self._jobs.append((images, job))
+
+    def result(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """All chunks' images and their rewards by name (waits for the last chunk); a
+        reward's error is raised here."""
+        try:
+            parts = [(images, job.result()) for images, job in self._jobs]
+        finally:
+            self.close()
+        if not parts:
+            raise RuntimeError("the rollout handed no samples to the reward scoring")
+        images = torch.cat([p[0] for p in parts])
+        return images, {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+
+    def close(self) -> None:
+        """Stop the worker (chunks not started yet are dropped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,138 @@
+"""sampler.overlap_rewards: scoring while sampling gives the rollout and scores of scoring
+after it, and really runs while the rollout continues."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgrpo.data.base import EmbeddedData
+from cgrpo.policies.embedded import EmbeddedPolicy
+from cgrpo.rewards.base import make_reward
+from cgrpo.rewards.set import RewardSet
+from cgrpo.sampling.rollout import sample_groups
+from cgrpo.sampling.sde import sigma_schedule
+from cgrpo.train.trainer import GRPOTrainer
+from tests.conftest import fast_config
+
+
+@pytest.mark.parametrize("same_noise", [True, False])
+@pytest.mark.parametrize("reward_image", ["clean", "sample"])
+def test_chunked_rollout_is_the_same_rollout(
+    tiny_weights: Path, same_noise: bool, reward_image: str
+) -> None:
+    policy = EmbeddedPolicy(weights=tiny_weights)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(policy.model.head[-1].weight, std=0.05)
+    refs, prompts = EmbeddedData().sample(3, random.Random(0))
+    cond = policy.encode_condition(refs, prompts)
+    mask = [False, True, True, False]  # an ODE prefix (shared by a group), an ODE tail
+
+    def roll(on_chunk=None):
+        gen = torch.Generator().manual_seed(5)
+        return sample_groups(
+            policy, cond, 4, sigmas=sigma_schedule(4), eta=0.5, same_noise=same_noise,
+            generator=gen, micro_batch_size=5, sde_mask=mask, reward_image=reward_image,
+            on_chunk=on_chunk,
+        )  # fmt: skip
+
+    chunks: list[tuple[slice, torch.Tensor]] = []
+    plain, chunked = roll(), roll(lambda rows, x: chunks.append((rows, x.clone())))
+    assert [(c.start, c.stop) for c, _ in chunks] == [(0, 5), (5, 10), (10, 12)]
+    assert torch.equal(plain.latents, chunked.latents)
+    torch.testing.assert_close(plain.log_probs, chunked.log_probs, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(plain.rewarded, chunked.rewarded)
+    assert torch.equal(torch.cat([x for _, x in chunks]), plain.rewarded)
+
+
+def _trainer(tmp_path: Path, weights: Path, *args: str) -> GRPOTrainer:
+    cfg = fast_config(tmp_path, weights, "run.eval=false", "grpo.micro_batch_size=3", *args)
+    return GRPOTrainer(cfg)
+
+
+def test_overlapped_steps_equal_plain_steps(tmp_path: Path, tiny_weights: Path) -> None:
+    plain = _trainer(tmp_path / "a", tiny_weights)
+    overlapped = _trainer(tmp_path / "b", tiny_weights, "sampler.overlap_rewards=true")
+    for step in range(2):
+        a, b = plain.train_step(), overlapped.train_step()
+        plain.state.step += 1
+        overlapped.state.step += 1
+        assert a.skipped == b.skipped
+        for k, v in a.metrics.items():  # equal up to the rewards' batch-size rounding
+            if not k.startswith("sec_"):
+                assert b.metrics[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+        if step == 0:  # the same rollout: the same images
+            assert torch.equal(a.images, b.images)
+    for p, q in zip(plain.params, overlapped.params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_overlapped_scores_are_the_chunks_scored_after_the_rollout(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    trainer = _trainer(tmp_path, tiny_weights, "sampler.overlap_rewards=true")
+    roll, refs, prompts = trainer.rollout()
+    images, scores = trainer._score(roll, refs, prompts)
+    assert torch.equal(images, trainer.policy.decode(roll.rewarded))
+    chunks = [slice(0, 3), slice(3, 6), slice(6, 8)]  # grpo.micro_batch_size=3 of 2 x 4
+    after = [trainer.rewards.score(images[r], prompts[r], refs[r]) for r in chunks]
+    whole = trainer.rewards.score(images, prompts, refs)
+    assert list(scores) == ["identity", "prompt"]
+    for name, got in scores.items():
+        assert torch.equal(got, torch.cat([a[name] for a in after])), name
+        torch.testing.assert_close(got, whole[name], rtol=1e-5, atol=1e-6)
+
+
+class _WaitsForSampling:
+    """A reward whose first call waits until the policy is called again: it can only
+    return when the scoring runs while the rollout goes on."""
+
+    name = "waits"
+
+    def __init__(self, sampled: threading.Event) -> None:
+        self.sampled, self.overlapped, self.threads = sampled, None, set()
+        self.inner = make_reward("embedded_identity")
+
+    def __call__(self, images, prompts, references):
+        self.threads.add(threading.current_thread().name)
+        if self.overlapped is None:
+            self.sampled.clear()
+            self.overlapped = self.sampled.wait(timeout=20)
+        return self.inner(images, prompts, references)
+
+
+def test_scoring_runs_while_the_rollout_goes_on(tmp_path: Path, tiny_weights: Path) -> None:
+    sampled = threading.Event()
+    reward = _WaitsForSampling(sampled)
+    cfg = fast_config(tmp_path, tiny_weights, "run.eval=false", "grpo.micro_batch_size=2",
+                      "sampler.overlap_rewards=true")  # fmt: skip
+    models = {"identity": reward, "prompt": make_reward("embedded_prompt")}
+    trainer = GRPOTrainer(cfg, rewards=RewardSet(models, {"identity": 1.0, "prompt": 1.0}))
+    velocity = trainer.policy.velocity
+
+    def noted(*a, **k):
+        sampled.set()
+        return velocity(*a, **k)
+
+    trainer.policy.velocity = noted
+    trainer.train_step()
+    assert reward.overlapped is True
+    assert threading.current_thread().name not in reward.threads
+
+
+def test_a_failing_reward_fails_the_overlapped_step(tmp_path: Path, tiny_weights: Path) -> None:
+    class Broken:
+        name = "broken"
+
+        def __call__(self, images, prompts, references):
+            raise ValueError("broken reward: fix its options")
+
+    cfg = fast_config(tmp_path, tiny_weights, "run.eval=false", "grpo.micro_batch_size=2",
+                      "sampler.overlap_rewards=true")  # fmt: skip
+    trainer = GRPOTrainer(cfg, rewards=RewardSet({"b": Broken()}, {"b": 1.0}))
+    with pytest.raises(ValueError, match="broken reward"):
+        trainer.train_step()
