@@ -6,7 +6,7 @@ scored on a worker thread while the next is sampled. Every reward is made slow b
 ``--ms-per-image`` of waiting per image it scores (a stand-in for a reward server or a VLM
 judge: the training process waits, its CPU is free), so the figures show what the overlap
 hides, not the embedded rewards' own cost. The two modes' steps alternate (the load of a
-shared machine drifts); prints the mean and min step seconds of each mode, their sample
+shared machine drifts); prints the median and min step seconds of each mode, their sample
 + reward phases, and the largest difference of a reward mean between them (the samples
 are the same; the scores differ only by a reward's batch-size rounding).
 
@@ -100,12 +100,12 @@ def main() -> None:
         step = [t["step"] for t in rows]
         both = [t["sample"] + t["reward"] for t in rows]
         print(
-            f"{name} step {statistics.mean(step):6.2f} s (min {min(step):.2f})  "
-            f"sample + reward {statistics.mean(both):5.2f} s (min {min(both):.2f})  "
-            f"[sample {statistics.mean(t['sample'] for t in rows):.2f}, "
-            f"reward {statistics.mean(t['reward'] for t in rows):.2f}]"
+            f"{name} step median {statistics.median(step):6.2f} s (min {min(step):.2f})  "
+            f"sample + reward median {statistics.median(both):5.2f} s (min {min(both):.2f})  "
+            f"[sample {statistics.median(t['sample'] for t in rows):.2f}, "
+            f"reward {statistics.median(t['reward'] for t in rows):.2f}]"
         )
-    after, over = (statistics.mean(t["sample"] + t["reward"] for t in times[k]) for k in times)
+    after, over = (statistics.median(t["sample"] + t["reward"] for t in times[k]) for k in times)
     print(
         f"overlap saves {after - over:.2f} s of sample + reward per step ({1 - over / after:.0%})"
     )

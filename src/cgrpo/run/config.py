@@ -131,7 +131,8 @@ class SamplerConfig:
         False,
         "score the rollout while it is sampled: each finished micro-batch "
         "(grpo.micro_batch_size) is decoded and scored on a worker thread while the next is "
-        "sampled; same images and scores (docs/rewards.md). Pays off when a reward waits (a "
+        "sampled; same images, same scores up to a reward's batch-size rounding "
+        "(docs/rewards.md). Pays off when a reward waits (a "
         "reward server, a VLM judge, a reward model on another GPU)",
     )
     schedule: Schedule = option(

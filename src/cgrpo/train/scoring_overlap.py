@@ -6,8 +6,9 @@ With ``sampler.overlap_rewards: true`` the rollout samples its micro-batches
 to one worker thread that scores it with the run's rewards while the next micro-batch is
 sampled. A reward that waits (a server, a VLM judge over HTTP, a reward model on another
 GPU) then costs only what is left after the last micro-batch. The rollout draws the same
-noise in the same order either way, and every reward scores each image on its own, so the
-images and scores are those of scoring after the rollout (tests/train/test_scoring_overlap.py).
+noise in the same order either way, so the images are the same; the scores are those of
+the same micro-batches scored after the rollout, and differ from one whole-batch call only
+by a reward's batch-size rounding (tests/train/test_scoring_overlap.py).
 """
 
 from __future__ import annotations
