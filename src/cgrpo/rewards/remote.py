@@ -21,13 +21,11 @@ references is taken from it (they are sent only then).
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import torch
 
+from cgrpo.rewards.http_json import TransportError, request_json
 from cgrpo.rewards.score_request import ScoreRequest
 
 __all__ = ["RemoteReward", "RemoteRewardError"]
@@ -71,36 +69,30 @@ class RemoteReward:
             self._check_server()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        """One exchange with retries; the parsed JSON reply."""
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url + path, data, headers, method=method)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                said = _error_of(exc.read())
-                if exc.code not in _RETRY_STATUS:
-                    raise RemoteRewardError(
-                        f"http reward: {self.url}{path} refused (HTTP {exc.code}): {said}"
-                    ) from None
-                last = f"HTTP {exc.code}: {said}"
-            except json.JSONDecodeError:
+        """One exchange with retries (:func:`~cgrpo.rewards.http_json.request_json`); the
+        parsed JSON reply, else one :class:`RemoteRewardError` line."""
+        where = f"{self.url}{path}"
+        try:
+            return request_json(
+                where, body, method=method, timeout=self.timeout, retries=self.retries,
+                backoff=self.backoff, retry_status=_RETRY_STATUS,
+            )  # fmt: skip
+        except TransportError as exc:
+            if exc.kind == "refused":
+                said = _error_of(exc.body)
                 raise RemoteRewardError(
-                    f"http reward: {self.url}{path} sent a reply that is not JSON: is url a "
-                    "reward server (cgrpo serve-reward)?"
+                    f"http reward: {where} refused (HTTP {exc.status}): {said}"
                 ) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        raise RemoteRewardError(
-            f"http reward: no answer from {self.url}{path} after {self.retries + 1} attempts "
-            f"(last: {last}); start the server (`cgrpo serve-reward --config <rewards.yaml> "
-            "--port <port>`) or fix rewards.<name>.url / timeout"
-        )
+            if exc.kind == "not_json":
+                raise RemoteRewardError(
+                    f"http reward: {where} sent a reply that is not JSON: is url a reward "
+                    "server (cgrpo serve-reward)?"
+                ) from None
+            raise RemoteRewardError(
+                f"http reward: no answer from {where} after {exc.attempts} attempts (last: "
+                f"{exc.last}); start the server (`cgrpo serve-reward --config <rewards.yaml> "
+                "--port <port>`) or fix rewards.<name>.url / timeout"
+            ) from None
 
     def _check_server(self) -> None:
         served = self._request("GET", "/health", None).get("rewards")

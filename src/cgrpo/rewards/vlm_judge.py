@@ -34,9 +34,6 @@ import logging
 import os
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +41,7 @@ import numpy as np
 import torch
 
 from cgrpo.io.images import to_uint8
+from cgrpo.rewards.http_json import TransportError, request_json
 from cgrpo.rewards.images import EmbeddingCache, image_key
 from cgrpo.rewards.segment import make_segmenter, paint_outside
 from cgrpo.rewards.vlm_templates import RUBRICS, JudgeTemplate
@@ -188,39 +186,32 @@ class VLMJudgeReward:
     # -- transport -------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        """One HTTP exchange with retries; the parsed JSON reply."""
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: str = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url + path, data, headers, method=method)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                text = exc.read().decode("utf-8", "replace")[:300]
-                if exc.code not in _RETRY_STATUS:
-                    raise VLMJudgeError(
-                        f"vlm_judge: {self.url}{path} answered HTTP {exc.code}: {text!r}; "
-                        "check rewards.<name>.model and the API key variable (api_key_env)"
-                    ) from None
-                last = f"HTTP {exc.code}: {text!r}"
-            except json.JSONDecodeError as exc:
+        """One HTTP exchange with retries (:func:`~cgrpo.rewards.http_json.request_json`);
+        the parsed JSON reply, else one :class:`VLMJudgeError` line."""
+        where = f"{self.url}{path}"
+        auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            return request_json(
+                where, body, method=method, headers=auth, timeout=self.timeout,
+                retries=self.retries, backoff=self.backoff, retry_status=_RETRY_STATUS,
+            )  # fmt: skip
+        except TransportError as exc:
+            if exc.kind == "refused":
+                text = exc.body.decode("utf-8", "replace")[:300]
                 raise VLMJudgeError(
-                    f"vlm_judge: {self.url}{path} sent a reply that is not JSON ({exc}): is "
+                    f"vlm_judge: {where} answered HTTP {exc.status}: {text!r}; check "
+                    "rewards.<name>.model and the API key variable (api_key_env)"
+                ) from None
+            if exc.kind == "not_json":
+                raise VLMJudgeError(
+                    f"vlm_judge: {where} sent a reply that is not JSON ({exc.last}): is "
                     "base_url the server's OpenAI-compatible /v1 root?"
                 ) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        raise VLMJudgeError(
-            f"vlm_judge: no answer from {self.url}{path} after {self.retries + 1} attempts "
-            f"(last: {last}); start the server (e.g. `vllm serve {self.model}`) or fix "
-            "rewards.<name>.base_url / timeout"
-        )
+            raise VLMJudgeError(
+                f"vlm_judge: no answer from {where} after {exc.attempts} attempts (last: "
+                f"{exc.last}); start the server (e.g. `vllm serve {self.model}`) or fix "
+                "rewards.<name>.base_url / timeout"
+            ) from None
 
     def _check_server(self) -> None:
         models = self._request("GET", "/models", None)
