@@ -28,6 +28,7 @@ class Judge:
         self.lock = threading.Lock()
         self.delay = 0.0
         self.answer: Callable[[dict], str] | None = None
+        self.models: object = {"object": "list", "data": [{"id": "stub-vl"}]}  # GET /models
 
 
 def _handler(judge: Judge) -> type[BaseHTTPRequestHandler]:
@@ -47,7 +48,7 @@ def _handler(judge: Judge) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": "stub-vl"}]})
+                self._send(200, judge.models)
             else:
                 self._send(404, {"error": "no such route"})
 

@@ -17,8 +17,9 @@ from typing import Any
 __all__ = ["CheckpointError", "atomic_write"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read safely (corrupt, truncated or unsafe)."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file exists but cannot be read safely (corrupt, truncated or unsafe).
+    Also a ``ValueError``: a bad input the user fixes, which the CLI prints as one line."""
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -55,8 +55,9 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class VLMJudgeError(RuntimeError):
-    """The judge cannot be reached, refuses, or replies without a score."""
+class VLMJudgeError(RuntimeError, ValueError):
+    """The judge cannot be reached, refuses, or replies without a score. Also a
+    ``ValueError``: the CLI prints it as one line, not a traceback."""
 
 
 def parse_score(reply: str, scale: float, *, pattern: str | None = None) -> float:
@@ -164,6 +165,11 @@ class VLMJudgeReward:
             )
         if self.rubric.scale <= 0:
             raise ValueError(f"vlm_judge: scale must be > 0, got {self.rubric.scale:g}")
+        if not re.match(r"^https?://[^/\s]+", str(base_url)):
+            raise ValueError(
+                f"vlm_judge: rewards.<name>.base_url must be an http(s) URL of the server's "
+                f"OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1; got {base_url!r}"
+            )
         self.url = base_url.rstrip("/")
         self.model = model
         self.template = self.rubric.text
@@ -215,7 +221,14 @@ class VLMJudgeReward:
 
     def _check_server(self) -> None:
         models = self._request("GET", "/models", None)
-        names = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+        listed = models.get("data") if isinstance(models, dict) else None
+        if not isinstance(listed, list):
+            raise VLMJudgeError(
+                f"vlm_judge: {self.url}/models did not answer an OpenAI model list "
+                f"({{'data': [...]}}) but {json.dumps(models)[:200]!r}: is base_url the "
+                "server's OpenAI-compatible /v1 root?"
+            )
+        names = [m.get("id") for m in listed if isinstance(m, dict)]
         if names and self.model not in names:
             raise VLMJudgeError(
                 f"vlm_judge: {self.url} serves {names}, not {self.model!r}: set "
