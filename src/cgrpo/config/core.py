@@ -65,6 +65,7 @@ from cgrpo.config.docs import (
     validation_message,
 )
 from cgrpo.config.errors import ConfigError
+from cgrpo.config.ranges import check_ranges, parse_check
 from cgrpo.config.registry import Registry
 from cgrpo.config.validation import accepts, validate
 from cgrpo.config.yaml_format import Dumper, read_yaml, yaml_scalar
@@ -78,7 +79,9 @@ _MUTABLE_DEFAULT_TYPES = (list, dict, set, bytearray)
 _MISSING = dataclasses.MISSING
 
 
-def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
+def option(
+    default: Any, help: str, unit: str | None = None, *, check: str | None = None, **kw: Any
+) -> Any:
     """Declare a documented dataclass field.
 
     Args:
@@ -87,6 +90,8 @@ def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
             :data:`dataclasses.MISSING` for a required key.
         help: One-line description shown by :func:`describe_config` and in the docs table.
         unit: Optional unit of measure (``"steps"``, ``"px"``, ...).
+        check: Optional range of a number, e.g. ``">= 1"`` or ``"> 0, finite"``
+            (:mod:`cgrpo.config.ranges`), checked when a config is built.
         **kw: Forwarded to :func:`dataclasses.field` (``metadata`` entries are merged).
 
     Returns:
@@ -97,6 +102,9 @@ def option(default: Any, help: str, unit: str | None = None, **kw: Any) -> Any:
     metadata["help"] = help
     if unit is not None:
         metadata["unit"] = unit
+    if check is not None:
+        parse_check(check)  # a malformed range fails where it is declared
+        metadata["check"] = check
     if "default_factory" in kw:
         if default is not _MISSING:
             raise TypeError("option(): pass either a default or default_factory, not both")
@@ -275,13 +283,15 @@ def _build(cls: type[T], layers: Sequence[Any]) -> T:
             unknown_key_message(cls, section, name, prefix=prefix, kind=kind[0] if kind else None)
         ) from None
     try:
-        return validate(cls, data)
+        built = validate(cls, data)
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False)
         error = (errors[0].get("ctx") or {}).get("error")
         if isinstance(error, ConfigError):  # raised by a __post_init__
             raise error from None
         raise ConfigError(validation_message(cls, data, errors)) from None
+    check_ranges(built)
+    return built
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:

@@ -194,6 +194,8 @@ def _options(cls: type, prefix: str, instance: Any) -> Iterator[OptionInfo]:
         tp = hints.get(name, Any)
         default = getattr(instance, name) if instance is not None else field_default(f)
         help_text = str(f.metadata.get("help", ""))
+        if f.metadata.get("check"):
+            help_text += f"; valid: {f.metadata['check']}"
         unit = f.metadata.get("unit")
         section, reg = section_class(tp), family(tp)
         if section is None and reg is None:

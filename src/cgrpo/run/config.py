@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgrpo.config.core import option
+from cgrpo.config.ranges import check_ranges
 from cgrpo.method.objective import GRPOObjective, Objective
 from cgrpo.method.pair import DEFAULT_PAIR, check_distinct, check_pair
 from cgrpo.method.shaping import SARSShaping, Shaping
@@ -58,7 +59,9 @@ class DataConfig:
     root: str = option("../shared/data/dreambench", "dreambench: the DreamBench folder")
     path: str | None = option(None, "jsonl: pairs file (JSONL or JSON list of reference/prompt)")
     prompts_per_subject: int = option(
-        25, "dreambench: evaluation prompts per subject (25: the 750-pair protocol)"
+        25,
+        "dreambench: evaluation prompts per subject (25: the 750-pair protocol)",
+        check=">= 1",
     )
     image_root: str | None = option(
         None, "jsonl: folder the file's image paths are relative to (null: the file's folder)"
@@ -85,28 +88,40 @@ class DataConfig:
         "(reference, prompt) pairs per training step, all processes together; each gets a "
         "group of G samples, and the step's pairs x G samples are split evenly over the "
         "processes",
+        check=">= 1",
     )
     attribute_prob: float = option(
         0.45,
         "embedded: probability that a prompt mentions each attribute (bg, place, size, colour)",
+        check=">= 0, <= 1",
     )
     eval_prompts_per_subject: int = option(
-        32, "embedded: evaluation prompts per held-out subject", unit="prompts"
+        32,
+        "embedded: evaluation prompts per held-out subject",
+        unit="prompts",
+        check=">= 1",
     )
-    eval_seed: int = option(3407, "seed of the evaluation prompts and noise (the paper's)")
+    eval_seed: int = option(
+        3407,
+        "seed of the evaluation prompts and noise (the paper's)",
+        check=">= 0, < 9223372036854775808",
+    )
     eval_noises: int = option(
         1,
         "initial noises per held-out pair in the base and final evaluation (the mid-run "
         "evaluations use the first); more noises shrink the paired standard error",
         unit="images",
+        check=">= 1",
     )
 
 
 @dataclass
 class SamplerConfig:
-    num_steps: int = option(25, "denoising steps T", unit="steps")
-    shift: float = option(3.0, "FLUX time shift of the sigma schedule")
-    eta: float = option(0.4, "SDE noise level of rollouts (0 would be the deterministic ODE)")
+    num_steps: int = option(25, "denoising steps T", unit="steps", check=">= 1")
+    shift: float = option(3.0, "FLUX time shift of the sigma schedule", check="> 0, finite")
+    eta: float = option(
+        0.4, "SDE noise level of rollouts (0 would be the deterministic ODE)", check=">= 0, finite"
+    )
     kind: Literal["dance", "flow"] = option(
         "dance", "diffusion coefficient: dance g = eta (the paper's); flow g = eta*sqrt(s/(1-s))"
     )
@@ -118,6 +133,7 @@ class SamplerConfig:
         "its last step with noise but never trains it and rewards the clean prediction, "
         "which is what a deterministic last step gives (its 0.6 of 24 = 14 trained steps)",
         unit="steps",
+        check=">= 0",
     )
     reward_image: Literal["clean", "sample"] = option(
         "clean",
@@ -144,25 +160,37 @@ class SamplerConfig:
 
 @dataclass
 class GRPOConfig:
-    group_size: int = option(12, "G: samples per (reference, prompt) pair", unit="samples")
-    clip_range: float = option(1e-4, "PPO ratio clip epsilon")
-    adv_clip: float = option(5.0, "advantages clamped to +- this")
-    adv_eps: float = option(1e-8, "epsilon of the group normalisation (r - mean) / (std + eps)")
+    group_size: int = option(
+        12, "G: samples per (reference, prompt) pair", unit="samples", check=">= 1"
+    )
+    clip_range: float = option(1e-4, "PPO ratio clip epsilon", check=">= 0, finite")
+    adv_clip: float = option(5.0, "advantages clamped to +- this", check="> 0")
+    adv_eps: float = option(
+        1e-8, "epsilon of the group normalisation (r - mean) / (std + eps)", check="> 0, finite"
+    )
     std: Literal["population", "unbiased"] = option(
         "population",
         "std of the group normalisation: population (1/G) or unbiased (1/(G-1), torch's "
         "default, which the paper's code uses)",
     )
     timestep_fraction: float = option(
-        0.6, "share of the denoising steps trained per rollout (random subset, true indices)"
+        0.6,
+        "share of the denoising steps trained per rollout (random subset, true indices)",
+        check="> 0, <= 1",
     )
     updates_per_rollout: int = option(
-        1, "optimizer steps per rollout: samples are shuffled and split into this many chunks"
+        1,
+        "optimizer steps per rollout: samples are shuffled and split into this many chunks",
+        check=">= 1",
     )
     micro_batch_size: int = option(
-        0, "samples per forward/backward pass (0: the whole chunk); gradients accumulate"
+        0,
+        "samples per forward/backward pass (0: the whole chunk); gradients accumulate",
+        check=">= 0",
     )
-    kl_coef: float = option(0.0, "weight of the KL penalty to the starting policy (paper: 0)")
+    kl_coef: float = option(
+        0.0, "weight of the KL penalty to the starting policy (paper: 0)", check=">= 0, finite"
+    )
 
 
 @dataclass
@@ -200,7 +228,9 @@ DEFAULT_REWARDS: dict[str, Any] = {
 @dataclass
 class OptimConfig:
     lr: float = option(
-        2e-5, "AdamW learning rate (after the warm-up; the peak of optim.schedule=cosine)"
+        2e-5,
+        "AdamW learning rate (after the warm-up; the peak of optim.schedule=cosine)",
+        check="> 0, finite",
     )
     schedule: Literal["constant", "cosine"] = option(
         "constant",
@@ -212,42 +242,54 @@ class OptimConfig:
         0,
         "linear warm-up: step s < warmup trains at optim.lr * (s + 1) / (warmup + 1) (0: none)",
         unit="steps",
+        check=">= 0",
     )
     schedule_steps: int = option(
         0,
         "the cosine's length: the step where it reaches 0 (0: run.steps); set it to keep "
         "the schedule when a resumed run changes run.steps",
         unit="steps",
+        check=">= 0",
     )
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.999, "AdamW beta2")
-    eps: float = option(1e-8, "AdamW epsilon")
-    weight_decay: float = option(1.1e-4, "AdamW weight decay")
-    grad_clip: float = option(1.0, "gradient-norm clip (0: off)")
-    ema_decay: float = option(0.0, "EMA of the trained weights used for evaluation (0: off)")
+    beta1: float = option(0.9, "AdamW beta1", check=">= 0, < 1")
+    beta2: float = option(0.999, "AdamW beta2", check=">= 0, < 1")
+    eps: float = option(1e-8, "AdamW epsilon", check="> 0, finite")
+    weight_decay: float = option(1.1e-4, "AdamW weight decay", check=">= 0, finite")
+    grad_clip: float = option(1.0, "gradient-norm clip (0: off)", check=">= 0, finite")
+    ema_decay: float = option(
+        0.0, "EMA of the trained weights used for evaluation (0: off)", check=">= 0, < 1"
+    )
 
 
 @dataclass
 class RunConfig:
     out_dir: str = option("runs/cgrpo", "run folder: config, logs, images, plots, checkpoints")
-    steps: int = option(200, "training steps (rollout + update each)", unit="steps")
-    seed: int = option(0, "seed of data, noise and step subsets")
+    steps: int = option(200, "training steps (rollout + update each)", unit="steps", check=">= 0")
+    seed: int = option(
+        0, "seed of data, noise and step subsets", check=">= 0, < 9223372036854775808"
+    )
     time_budget: float = option(
         0.0,
         "stop training once the steps taken have spent this long on rollout, rewards and "
         "update (evaluation and checkpoints not counted; kept across resume; 0: off): runs "
         "of different methods at one wall-clock budget",
         unit="s",
+        check=">= 0",
     )
-    threads: int = option(0, "torch CPU threads (0: torch's default)")
-    log_every: int = option(1, "CSV/tensorboard row every N steps", unit="steps")
-    image_every: int = option(25, "image grid every N steps (0: off)", unit="steps")
+    threads: int = option(0, "torch CPU threads (0: torch's default)", check=">= 0")
+    log_every: int = option(1, "CSV/tensorboard row every N steps", unit="steps", check=">= 1")
+    image_every: int = option(25, "image grid every N steps (0: off)", unit="steps", check=">= 0")
     checkpoint_every: int = option(
-        25, "checkpoint every N steps (0: only at the end)", unit="steps"
+        25,
+        "checkpoint every N steps (0: only at the end)",
+        unit="steps",
+        check=">= 0",
     )
-    keep_last: int = option(2, "checkpoints kept (older ones are deleted)")
+    keep_last: int = option(2, "checkpoints kept (older ones are deleted)", check=">= 1")
     max_skips: int = option(
-        5, "consecutive steps skipped for NaN/inf rewards or loss before the run stops"
+        5,
+        "consecutive steps skipped for NaN/inf rewards or loss before the run stops",
+        check=">= 0",
     )
     fsdp: bool = option(
         False,
@@ -256,22 +298,27 @@ class RunConfig:
         "of replicating them (DDP)",
     )
     eval: bool = option(True, "evaluate base and trained policy on held-out pairs and print both")
-    eval_steps: int = option(0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps")
+    eval_steps: int = option(
+        0, "sampler steps of evaluation (0: sampler.num_steps)", unit="steps", check=">= 0"
+    )
     eval_every: int = option(
         0,
         "also evaluate on the held-out pairs every N steps, logged as eval/<reward> (0: off)",
         unit="steps",
+        check=">= 0",
     )
     eval_batch_size: int = option(
         64,
         "images drawn and scored per batch in evaluation (cgrpo eval uses the same)",
         unit="images",
+        check=">= 1",
     )
     eval_micro_batch_size: int = option(
         0,
         "images per pass of the models (condition, sampler, decoder) within an evaluation "
         "batch; the images do not depend on it (0: the whole batch; cgrpo eval uses the same)",
         unit="images",
+        check=">= 0",
     )
     log_with: list[str] = option(
         ["tensorboard"],
@@ -299,19 +346,14 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # every key's declared range first (also for direct construction)
         if self.grpo.group_size < 2:
             raise ValueError("grpo.group_size must be >= 2: advantages compare samples in a group")
-        if self.data.prompts_per_step < 1:
-            raise ValueError("data.prompts_per_step must be >= 1")
-        if self.sampler.num_steps < 1:
-            raise ValueError("sampler.num_steps must be >= 1")
         if self.sampler.eta <= 0:
             raise ValueError("sampler.eta must be > 0: GRPO needs a stochastic sampler")
         if not 0 <= self.sampler.ode_tail < self.sampler.num_steps:
             raise ValueError("sampler.ode_tail must be in [0, sampler.num_steps - 1]")
         self.sampler.schedule.validate(self.sampler.num_steps)
-        if not 0 < self.grpo.timestep_fraction <= 1:
-            raise ValueError("grpo.timestep_fraction must be in (0, 1]")
         if self.model.lora_rank < 0:
             raise ValueError(f"model.lora_rank must be >= 0, got {self.model.lora_rank}")
         if self.model.lora_rank and self.model.kind != "embedded":
@@ -319,14 +361,7 @@ class TrainConfig:
                 "model.lora_rank is the embedded model's LoRA; a FLUX policy always trains a "
                 "LoRA: set flux.lora_rank instead"
             )
-        if self.grpo.updates_per_rollout < 1:
-            raise ValueError("grpo.updates_per_rollout must be >= 1")
         self._check_lr_schedule()
-        if self.run.eval_micro_batch_size < 0:
-            raise ValueError(
-                "run.eval_micro_batch_size must be >= 0 (0: the whole batch), got "
-                f"{self.run.eval_micro_batch_size}"
-            )
         self.rewards = canonical_rewards(self.rewards)
         m = self.method
         check_distinct(m.pair)
@@ -339,11 +374,6 @@ class TrainConfig:
 
     def _check_lr_schedule(self) -> None:
         o = self.optim
-        if o.warmup < 0 or o.schedule_steps < 0:
-            raise ValueError(
-                f"optim.warmup ({o.warmup}) and optim.schedule_steps ({o.schedule_steps}) "
-                "must be >= 0"
-            )
         horizon = o.schedule_steps or self.run.steps
         if o.schedule == "cosine" and horizon <= o.warmup:
             raise ValueError(
