@@ -85,8 +85,8 @@ def test_constant_rate_leaves_the_optimizer_alone(tmp_path: Path, tiny_weights: 
     [
         (["optim.schedule=cosine", "optim.warmup=5", "run.steps=5"], "optim.warmup smaller"),
         (["optim.schedule=cosine", "optim.warmup=3", "optim.schedule_steps=2"], "step 2"),
-        (["optim.warmup=-1"], r"optim\.warmup \(-1\)"),
-        (["optim.schedule_steps=-2"], r"optim\.schedule_steps \(-2\)"),
+        (["optim.warmup=-1"], r"optim\.warmup must be >= 0, got -1"),
+        (["optim.schedule_steps=-2"], r"optim\.schedule_steps must be >= 0, got -2"),
         (["optim.schedule=linear"], "optim.schedule"),
     ],
 )
