@@ -165,3 +165,30 @@ def test_keyword_only_past_three_arguments() -> None:
         and len(params := _positional_params(node)) > 3
     ]
     assert not offenders, "more than three positional parameters:\n" + "\n".join(offenders)
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of ``fn``'s body, its docstring left out."""
+    body = fn.body
+    doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    first = body[1] if doc and len(body) > 1 else body[0]
+    return fn.end_lineno - first.lineno + 1
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """The house rule: no module under src/cgrpo over 400 lines, no function body over 80."""
+    sources = sorted(SRC.rglob("*.py"))
+    long_modules = [
+        f"{p.relative_to(SRC.parent)} ({n} lines)"
+        for p in sources
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    long_functions = [
+        f"{p.relative_to(SRC.parent)}:{node.lineno} {node.name} ({n} lines)"
+        for p in sources
+        for node in ast.walk(ast.parse(p.read_text(), filename=str(p)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (n := _body_lines(node)) > 80
+    ]
+    assert not long_modules, "modules over 400 lines:\n" + "\n".join(long_modules)
+    assert not long_functions, "function bodies over 80 lines:\n" + "\n".join(long_functions)

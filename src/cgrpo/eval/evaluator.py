@@ -29,10 +29,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -325,38 +323,6 @@ class Evaluator:
                 store.save(j, img)
                 found[j] = img
         return torch.stack([found[j] for j in batch])
-
-
-class PngStore:
-    """An :class:`ImageStore` of PNG files ``images/<subject>/<prompt index>_<k>.png``."""
-
-    def __init__(self, root: Path, pairs: EvalPairs, images_per_pair: int) -> None:
-        self.root, self.pairs, self.k = root, pairs, images_per_pair
-
-    def path(self, item: int) -> Path:
-        i, k = divmod(item, self.k)
-        return (
-            self.root
-            / "images"
-            / self.pairs.subjects[i]
-            / f"{self.pairs.prompt_index[i]:03d}_{k}.png"
-        )
-
-    def load(self, item: int) -> torch.Tensor | None:
-        from cgrpo.io.images import load_image
-
-        p = self.path(item)
-        return load_image(p) if p.is_file() else None
-
-    def save(self, item: int, image: torch.Tensor) -> None:
-        from PIL import Image
-
-        from cgrpo.io.atomic import atomic_write
-
-        arr = to_uint8(image).permute(1, 2, 0).numpy().astype(np.uint8)
-        p = self.path(item)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 def eval_pairs_of(data: PairSource) -> EvalPairs:

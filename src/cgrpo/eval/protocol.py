@@ -54,10 +54,10 @@ from cgrpo.eval.evaluator import (
     EvalPairs,
     EvalResult,
     Evaluator,
-    PngStore,
     build_evaluator,
     grid_items,
 )
+from cgrpo.eval.png_store import PngStore
 from cgrpo.eval.summary import summary_table
 from cgrpo.io import checkpoint as ckpt
 from cgrpo.io.atomic import atomic_write
