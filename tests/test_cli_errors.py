@@ -1,6 +1,6 @@
 """A bad input the user fixes is one line on stderr and exit code 2, not a traceback: a
-corrupt checkpoint under cgrpo eval / sample / train --resume, and a judge server that
-cannot be reached."""
+corrupt checkpoint under cgrpo eval / sample / train --resume; a judge server that cannot
+be reached is one line and exit code 4."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from cgrpo.train.trainer import GRPOTrainer
 from tests.conftest import fast_config
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> str:
+def one_line_error(
+    capsys: pytest.CaptureFixture[str], args: list[str], needle: str, code: int = 2
+) -> str:
     capsys.readouterr()
-    assert main(args) == 2
+    assert main(args) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     return err
@@ -50,4 +52,4 @@ def test_an_unreachable_judge_is_one_line(
              "model: m, retries: 0, timeout: 2}")  # fmt: skip
     args = ["train", f"model.weights={tiny_weights}", f"run.out_dir={tmp_path / 'r'}",
             "run.steps=1", "--quiet", judge]  # fmt: skip
-    one_line_error(capsys, args, f"127.0.0.1:{port}")
+    one_line_error(capsys, args, f"127.0.0.1:{port}", code=4)

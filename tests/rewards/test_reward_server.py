@@ -154,7 +154,7 @@ def test_cgrpo_train_stops_in_one_line_without_the_server(
     assert cfg.rewards["prompt"]["kind"] == "http"
     rc = main(["train", f"model.weights={tiny_weights}", f"run.out_dir={tmp_path}", *args])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and url in err and "serve-reward" in err
+    assert rc == 4 and len(err.splitlines()) == 1 and url in err and "serve-reward" in err
 
 
 def test_an_unknown_reward_is_refused_in_one_line(url: str) -> None:

@@ -1,28 +1,18 @@
-"""Command line: ``cgrpo train | pretrain | sample | export | setup | serve-reward | eval |
-compare``.
-
-Every command takes ``key=value`` overrides of its typed config (``section.key=value``
-for nested keys); ``--help`` lists every key with its default, unit and meaning.
-
-A command's config is read and checked before anything heavy loads: the config classes of
-``train`` and ``eval`` import no torch (:mod:`cgrpo.config.lazy`), and each command's
-modules are imported only when it runs, so a bad key is answered at once.
-"""
+"""The ``cgrpo`` argument parser: one sub-command per job, each with its flags; a command
+with a typed config (train, pretrain, eval) takes ``key=value`` overrides, and its
+``--help`` lists every key (built only when asked, so parsing imports no other command's
+config)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cgrpo.config.core import load_config
 from cgrpo.config.docs import describe_config
-from cgrpo.config.errors import ConfigError
 from cgrpo.config.registry import import_path
 
-__all__ = ["main"]
+__all__ = ["CONFIG_CLASSES", "build_parser"]
 
 #: The config class of each command that has one, as "module:name" (imported on use).
 CONFIG_CLASSES = {
@@ -30,9 +20,6 @@ CONFIG_CLASSES = {
     "pretrain": "cgrpo.world.pretrain:PretrainConfig",
     "eval": "cgrpo.eval.config:EvalConfig",
 }
-
-#: What a command may raise for a bad input: one line, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
 
 
 def _config_class(command: str) -> type:
@@ -214,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cgrpo",
         description="Customized-GRPO: RL fine-tuning of subject-driven image generators.",
     )
+    ap.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of every error (also CGRPO_DEBUG=1); by default an expected "
+        "error is one line and its exit code (README: Exit codes)",
+    )
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     _add_train_and_pretrain(sub)
     _add_sample(sub)
@@ -222,135 +215,3 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_reward(sub)
     _add_eval_and_compare(sub)
     return ap
-
-
-def _train(args: argparse.Namespace) -> int:
-    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
-
-    path = args.config if args.config is not None else EMBEDDED_CONFIG
-    resume = args.resume
-    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
-        args.overrides.insert(0, resume)  # `--resume key=value`: an override, not a path
-        resume = True
-    cfg = load_config(TrainConfig, path, args.overrides)  # checked before torch loads
-    from cgrpo.eval.summary import summary_table
-    from cgrpo.run.distributed import ProcessFailed
-    from cgrpo.train.checkpointing import resume_checkpoint
-    from cgrpo.train.preemption import PREEMPTED_EXIT_CODE, Preempted
-    from cgrpo.train.trainer import GRPOTrainer
-
-    if resume:  # a missing checkpoint stops here, before any model loads
-        resume = resume_checkpoint(resume, cfg.run.out_dir)
-    try:
-        summary = GRPOTrainer(cfg).train(resume=resume, quiet=args.quiet)
-    except Preempted as e:
-        print(f"cgrpo train: {e}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    except ProcessFailed as e:  # the same line on every process
-        print(f"cgrpo train: error: {e}", file=sys.stderr)
-        return 1
-    base, trained, truth = (summary.get(k) for k in ("base", "trained", "truth"))
-    print(summary_table(base, trained, "trained", truth=truth))
-    print(f"run folder: {cfg.run.out_dir}")
-    return 0
-
-
-def _pretrain(args: argparse.Namespace) -> int:
-    from cgrpo.world.pretrain import PretrainConfig, pretrain
-
-    print(f"wrote {pretrain(load_config(PretrainConfig, None, args.overrides))}")
-    return 0
-
-
-def _sample(args: argparse.Namespace) -> int:
-    from cgrpo.eval.sample import sample_command
-
-    sample_command(args)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    import shlex
-
-    from cgrpo.eval.export import export_lora
-
-    words = ["cgrpo", "export", "--run", str(args.run), "--format", args.fmt]
-    words += ["--step", str(args.step)] if args.step is not None else []
-    words += ["--raw"] if args.raw else []
-    words += ["--base-model", args.base_model] if args.base_model else []
-    words += ["--out", str(args.out)]
-    lora, card = export_lora(
-        args.run, args.out, step=args.step, fmt=args.fmt, ema=not args.raw,
-        command=shlex.join(words), base_model=args.base_model,
-    )  # fmt: skip
-    print(f"wrote {lora} and its model card {card}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from cgrpo.eval.config import EvalConfig
-
-    cfg = load_config(EvalConfig, args.config, args.overrides)
-    from cgrpo.eval.protocol import eval_command
-
-    print(eval_command(cfg, args.run, args.model_config, quiet=args.quiet))
-    print(f"wrote {cfg.out_dir}")
-    return 0
-
-
-def _setup(args: argparse.Namespace) -> int:
-    from cgrpo.rewards.hpsv3_setup import setup_hpsv3
-
-    lines = setup_hpsv3(
-        args.venv, qwen=args.qwen, package=args.package, pip_args=tuple(args.pip_arg)
-    )
-    print(f"HPS-v3 worker ready in {args.venv}; use it in a config as:")
-    print("  prompt: {kind: hpsv3, checkpoint_path: <HPSv3.safetensors>, " + ", ".join(lines) + "}")
-    return 0
-
-
-def _serve_reward(args: argparse.Namespace) -> int:
-    from cgrpo.rewards.server import serve
-
-    serve(args.config, args.host, args.port, verbose=args.verbose)
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from cgrpo.eval.compare import compare_command
-
-    print(compare_command(args.runs, args.out))
-    print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
-    return 0
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "train": _train,
-    "pretrain": _pretrain,
-    "sample": _sample,
-    "export": _export,
-    "setup": _setup,
-    "serve-reward": _serve_reward,
-    "eval": _eval,
-    "compare": _compare,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; a bad input is one line on stderr and exit code 2."""
-    ap = build_parser()
-    # key=value overrides may come before and after flags (`run.steps=5 --quiet run.seed=2`)
-    args, extra = ap.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
-            ap.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides += extra
-    try:
-        return COMMANDS[args.command](args)
-    except USER_ERRORS as e:
-        print(f"cgrpo {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
