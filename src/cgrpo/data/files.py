@@ -141,7 +141,9 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
 def check_files(
     items: list[tuple[str, Path]], source: str, skip_bad: bool, *, fix: str
 ) -> set[str]:
-    """Open every image once (:func:`~cgrpo.io.images.check_image`) before any compute:
+    """Decode every image whole once (:func:`~cgrpo.io.images.check_image`: a truncated
+    file, one PIL cannot decode or one over :data:`~cgrpo.io.images.MAX_PIXELS` is bad)
+    before any compute, each file once however many entries name it:
     returns the ``where`` labels of the bad ones when ``skip_bad`` (and says how many were
     skipped), else raises one :class:`DatasetError` listing them all (up to 20) with ``fix``."""
     bad, seen = [], {}
@@ -167,8 +169,9 @@ class JsonlPairs:
     """Pairs listed in a JSONL / JSON file (see the module docstring for the schema).
 
     ``eval_pairs`` returns the first ``eval_count`` entries (use :class:`PairsWithEval` to
-    evaluate on a separate benchmark instead). Every referenced file must exist at
-    construction; an unreadable image fails when it is loaded, naming the file.
+    evaluate on a separate benchmark instead). Every referenced file is decoded once at
+    construction: an unreadable one is refused there, naming its line (or skipped with
+    ``skip_bad``), not when a training step first draws it.
     """
 
     def __init__(

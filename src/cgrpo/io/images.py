@@ -1,18 +1,24 @@
 """Image files and image tensors: the project's one image loader and its conversions.
 
 - :func:`load_image` / :func:`load_images`: read image files into float tensors in [0, 1]
-  (RGB, EXIF-rotated); an unreadable file fails with its name and the fix.
+  (RGB, EXIF-rotated; every PIL mode converted as the file means it, see
+  :mod:`cgrpo.io.image_modes`: 16-bit grey scaled, alpha composited on white); an
+  unreadable file, or one over :data:`MAX_PIXELS`, fails with its name and the fix.
   :func:`square_crop` gives its ``crop=True`` result from an already loaded whole image;
   :func:`to_pil` / :func:`from_pil` / :func:`to_uint8` convert.
-- :func:`check_image` opens a file without decoding it all (datasets check every file
-  before any compute); :func:`check_images` validates an image batch tensor.
+- :func:`check_image` decodes a file whole once and says why it is unreadable (datasets
+  check every file before any compute); :func:`check_images` validates an image batch
+  tensor.
 - :func:`resize_center_crop`: the resize-shorter-side and centre-crop steps of the usual
   image processors, on batched tensors (CPU or GPU).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cgrpo.io.image_modes import to_rgb
+
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 __all__ = [
+    "MAX_PIXELS",
     "check_image",
     "check_images",
     "from_pil",
@@ -34,6 +43,15 @@ __all__ = [
     "to_pil",
     "to_uint8",
 ]
+
+#: the most pixels (width x height) an image file may have: 8192 x 8192, about 67 MP (a
+#: 48 MP phone photo fits; ~200 MB decoded as 8-bit RGB, 800 MB as the float tensor). A
+#: larger header is refused before any pixel is decoded (a "decompression bomb" is a small
+#: file claiming a huge size); PIL's own limits (a warning past 89 MP, an error past 179 MP)
+#: are higher, so this cap is the one in force.
+MAX_PIXELS = 8192 * 8192
+
+_FIX_LARGE = "downscale it (references are resized to the model's resolution anyway)"
 
 
 def load_image(
@@ -63,12 +81,12 @@ def load_image(
         raise ValueError("load_image: crop=True needs a size")
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with _open(p) as im:
             if size is not None and not crop:
                 im.draft("RGB", (size, size))
             if exif_transpose:
                 im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB")
+            im = to_rgb(im)
             if crop:
                 assert size is not None
                 im = _resize_shorter_and_crop(im, size)
@@ -80,6 +98,8 @@ def load_image(
             f"image file not found: {str(p)!r}; check the path (and that the data folder "
             "is in place)"
         ) from None
+    except _TooLarge as exc:
+        raise ValueError(f"image file {str(p)!r} {exc}: {_FIX_LARGE}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise ValueError(
             f"cannot read image file {str(p)!r}: {exc}; the file is truncated or not an image "
@@ -89,8 +109,9 @@ def load_image(
 
 
 def from_pil(im: PILImage) -> torch.Tensor:
-    """A PIL image as a float (3, H, W) tensor in [0, 1] (RGB)."""
-    arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    """A PIL image as a float (3, H, W) tensor in [0, 1] (RGB; any mode, converted by
+    :func:`cgrpo.io.image_modes.to_rgb`)."""
+    arr = np.asarray(to_rgb(im), dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
@@ -114,20 +135,54 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def check_image(path: str | Path) -> str | None:
-    """Why the file at ``path`` is not a readable image, or None when it is: a fast check
-    (PIL parses the header and ``verify()`` walks the file's structure without decoding
-    the pixels; for PNG that includes every chunk's CRC)."""
-    from PIL import Image, UnidentifiedImageError
+    """Why the file at ``path`` is not a readable image, or None when it is.
+
+    Decodes the whole file once, as :func:`load_image` will (``verify()`` first, which for
+    PNG checks every chunk's CRC), so a truncated JPEG or PNG is found here, before any
+    compute, and not when a training step first draws it; a header over :data:`MAX_PIXELS`
+    is refused before decoding."""
+    from PIL import UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
         return "file not found"
     try:
-        with Image.open(p) as im:
+        with _open(p) as im:
             im.verify()
+        with _open(p) as im:
+            im.load()
+            to_rgb(im)
+    except _TooLarge as exc:
+        return f"{exc}: {_FIX_LARGE}"
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         return f"not a readable image ({exc})"
     return None
+
+
+class _TooLarge(Exception):
+    """An image whose header claims more than :data:`MAX_PIXELS` pixels (the message is a
+    predicate: ``is W x H pixels, over ...``)."""
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[PILImage]:
+    """``Image.open(path)``, refused with :class:`_TooLarge` past :data:`MAX_PIXELS` (PIL's
+    decompression-bomb warning and error included) before any pixel is decoded."""
+    from PIL import Image
+
+    cap = f"over the cap of {MAX_PIXELS} pixels (cgrpo.io.images.MAX_PIXELS)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            m = re.search(r"\((\d+) pixels\)", str(exc))
+            raise _TooLarge(f"claims {m.group(1) if m else 'too many'} pixels, {cap}") from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise _TooLarge(f"is {w} x {h} pixels ({w * h}), {cap}")
+        yield im
 
 
 def _resize_shorter_and_crop(im: PILImage, size: int) -> PILImage:
