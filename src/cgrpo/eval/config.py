@@ -46,6 +46,11 @@ class EvalConfig:
         "FLUX's resolution rule exp(mu(image tokens)), 1.88 at 512 px; 'uno': the rule with "
         "the token count UNO's pipeline passes, 1.58 at 512 px, as the paper evaluated)",
     )
+    ode_solver: Literal["euler", "dpm2m", "heun"] | None = option(
+        None,
+        "solver of the deterministic draws (null: the run's sampler.ode_solver): euler, "
+        "dpm2m (DPM-Solver++(2M), 1 pass per step) or heun (2 passes per step but the last)",
+    )
     batch_size: int = option(
         0, "images drawn and scored per batch (0: the run's run.eval_batch_size)", unit="images"
     )

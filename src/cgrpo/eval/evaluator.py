@@ -187,9 +187,11 @@ class Evaluator:
         dist: Dist | None = None,
         guidance: float | None = None,
         micro_batch_size: int = 0,
+        solver: str = "euler",
     ) -> None:
         """``batch_size``: images drawn and scored per batch; ``micro_batch_size``: images
-        per pass of the models within a batch (0: the whole batch)."""
+        per pass of the models within a batch (0: the whole batch); ``solver``: the ODE
+        solver that draws (:data:`~cgrpo.sampling.ode_solvers.ODE_SOLVERS`)."""
         if images_per_pair < 1 or batch_size < 1:
             raise EvalError(
                 f"images per pair ({images_per_pair}) and batch size ({batch_size}) must be >= 1"
@@ -203,6 +205,7 @@ class Evaluator:
         self.dist = dist or Dist()
         self.guidance = guidance  # None: the policy's own
         self.micro_batch_size = micro_batch_size
+        self.solver = solver
 
     @property
     def num_items(self) -> int:
@@ -256,7 +259,7 @@ class Evaluator:
         )
         noise = self.noise(items, tuple(policy.latent_shape())).to(policy.device)
         with guidance_context(policy, self.guidance):
-            latents = sample_ode(policy, cond, self.sigmas, noise=noise)
+            latents = sample_ode(policy, cond, self.sigmas, noise=noise, solver=self.solver)
         return quantize(policy.decode(latents)).cpu()
 
     @torch.no_grad()
@@ -345,10 +348,11 @@ def build_evaluator(
     shift: float | None = None,
     guidance: float | None = None,
     micro_batch_size: int = 0,
+    ode_solver: str | None = None,
 ) -> Evaluator:
     """The run's held-out evaluator: :func:`eval_sigmas`, noise seed ``data.eval_seed``,
     ``data.eval_noises`` images per pair, ``run.eval_batch_size``,
-    ``run.eval_micro_batch_size``, the policy's guidance;
+    ``run.eval_micro_batch_size``, the policy's guidance, ``sampler.ode_solver``;
     each of the keyword settings replaces the run's when given (non-zero / not None):
     ``shift`` draws on the run's number of steps at that time shift instead of
     ``sampler.shift``."""
@@ -365,4 +369,5 @@ def build_evaluator(
         dist=dist,
         guidance=guidance,
         micro_batch_size=micro_batch_size or cfg.run.eval_micro_batch_size,
+        solver=ode_solver or cfg.sampler.ode_solver,
     )

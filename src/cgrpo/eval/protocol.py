@@ -219,6 +219,7 @@ def evaluator_for(
         micro_batch_size=cfg.micro_batch_size,
         shift=shift,
         guidance=cfg.guidance,
+        ode_solver=cfg.ode_solver,
     )
 
 
@@ -294,6 +295,8 @@ def evaluate_protocol(
     guidance = eval_guidance(cfg, train_cfg)
     if guidance is not None:  # none on the embedded generator
         settings["guidance"] = guidance
+    if ev.solver != "euler":  # folders drawn before the setting existed stay resumable
+        settings["ode_solver"] = ev.solver
     _check_source(out, {**source, **settings})
     store = PngStore(out, pairs, ev.k)
     res = ev.run(policy, store=store, quiet=quiet, desc=f"eval {out.name}")

@@ -101,7 +101,8 @@ def draw(
 ) -> torch.Tensor:
     """``num`` images per prompt of the one pair ``references`` (prompt-major), from one
     seeded noise draw, by deterministic sampling with the run's schedule
-    (:func:`~cgrpo.run.build.eval_sigmas`); one prompt's images per batch."""
+    (:func:`~cgrpo.run.build.eval_sigmas`) and ``sampler.ode_solver``; one prompt's images
+    per batch."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(prompts) * num, *policy.latent_shape()), generator=gen)
     sigmas = eval_sigmas(cfg, steps)
@@ -109,7 +110,10 @@ def draw(
     out = []
     for i, prompt in enumerate(prompts):
         cond = policy.encode_condition(refs, [prompt] * num)
-        x = sample_ode(policy, cond, sigmas, noise=noise[i * num : (i + 1) * num])
+        x = sample_ode(
+            policy, cond, sigmas, noise=noise[i * num : (i + 1) * num],
+            solver=cfg.sampler.ode_solver,
+        )  # fmt: skip
         out.append(policy.decode(x).cpu())
     return torch.cat(out)
 

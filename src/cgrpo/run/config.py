@@ -143,6 +143,14 @@ class SamplerConfig:
         "an SDE step (ode_tail 0, a window or branch reaching it) the sample carries its "
         "noise and clean does not, so that step's transition gets no credit under clean",
     )
+    ode_solver: Literal["euler", "dpm2m", "heun"] = option(
+        "euler",
+        "solver of the deterministic steps: the rollouts' ODE steps (ode_tail, a window's or "
+        "branch's ODE steps) and every evaluation draw. euler: 1 model pass per step; dpm2m: "
+        "DPM-Solver++(2M), second order at 1 pass per step (the first step of an ODE run, "
+        "after an SDE step too, and the step to sigma 0 are Euler); heun: second order at 2 "
+        "passes per step (the step to sigma 0 is Euler). SDE steps are never affected",
+    )
     overlap_rewards: bool = option(
         False,
         "score the rollout while it is sampled: each finished micro-batch "

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from cgrpo.policies.base import Condition, Policy
-from cgrpo.sampling.sde import clean_prediction, compute_dtype, draw_noise, euler_step, sde_step
+from cgrpo.sampling.ode_solvers import check_solver, ode_step
+from cgrpo.sampling.sde import clean_prediction, compute_dtype, draw_noise, sde_step
 
 #: What the rewards score: the last step's clean prediction or the last sample.
 REWARD_IMAGES: tuple[str, ...] = ("clean", "sample")
@@ -98,14 +99,17 @@ def sample_groups(
     sde_mask: Sequence[bool] | None = None,
     reward_image: str = "clean",
     on_chunk: Callable[[slice, torch.Tensor], None] | None = None,
+    ode_solver: str = "euler",
 ) -> Rollout:
     """Sample ``group_size`` trajectories for each of the B conditions.
 
     ``sde_mask`` (one bool per step; default: SDE on all but the last ``ode_tail`` steps)
     says which steps are SDE steps (noise, log-prob, trainable); the others are
-    deterministic Euler steps (log-prob NaN). With ``same_noise`` the group's samples are
-    identical up to the first SDE step, so that ODE prefix is computed once per group and
-    shared (Flow-GRPO-Fast's branching). ``eta > 0`` is required.
+    deterministic steps of ``ode_solver`` (:mod:`cgrpo.sampling.ode_solvers`; log-prob
+    NaN). A second-order solver's history starts afresh in each run of consecutive ODE
+    steps: the first ODE step after an SDE step is an Euler step. With ``same_noise`` the
+    group's samples are identical up to the first SDE step, so that ODE prefix is computed
+    once per group and shared (Flow-GRPO-Fast's branching). ``eta > 0`` is required.
 
     ``micro_batch_size`` bounds how many samples go through the model at once.
     ``shard``: this process draws only ``samples[shard]`` of the ``B * group_size`` samples
@@ -120,6 +124,7 @@ def sample_groups(
     noise is drawn up front, in the same order, so the rollout is the same either way.
     """
     _check(group_size, eta=eta, reward_image=reward_image, batch=condition.batch_size)
+    check_solver(ode_solver)
     num_groups = condition.batch_size
     steps = len(sigmas) - 1
     mask = _sde_mask(steps, ode_tail, sde_mask)
@@ -146,16 +151,8 @@ def sample_groups(
         pad = -(-n // group_size) + 1 - len(groups)
         groups = torch.cat([groups, groups[-1:].repeat(pad)])
         first = torch.cat([first, first[-1:].repeat(pad)])
-        xg = _ode(
-            policy,
-            condition.index(groups),
-            sigmas,
-            x=x[first],
-            mb=mb,
-            steps=prefix,
-            latents=latents,
-            inverse=inverse,
-        )
+        xg = _ode(policy, condition.index(groups), sigmas, x=x[first], mb=mb, steps=prefix,
+                  latents=latents, inverse=inverse, solver=ode_solver)  # fmt: skip
         latents[prefix] = xg[inverse]
     clean = latents[-1]  # filled at the last step (a view: no copy unless asked for)
     if reward_image == "clean":
@@ -167,14 +164,18 @@ def sample_groups(
             return None
         return draw_noise(full, compute_dtype(x), generator, device=x.device)[shard]
 
+    hist = torch.empty_like(x) if ode_solver == "dpm2m" else None  # each row's last x0_hat
+
     def advance(t: int, sl: slice, noise: torch.Tensor | None) -> None:  # step t of rows sl
         s, s_next = float(sigmas[t]), float(sigmas[t + 1])
-        xb = latents[t, sl]
-        v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cond.index(sl))
+        xb, cb = latents[t, sl], cond.index(sl)
+        v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cb)
         if t == steps - 1 and reward_image == "clean":
             clean[sl] = clean_prediction(xb, v, s)
-        if noise is None:
-            latents[t + 1, sl] = euler_step(xb, v, s, sigma_next=s_next)
+        if noise is None:  # history only from an ODE step just before (none past an SDE step)
+            latents[t + 1, sl] = _solve(policy, xb, v, solver=ode_solver, condition=cb,
+                                        sigmas=sigmas, t=t, hist=hist, rows=sl,
+                                        fresh=t == 0 or mask[t - 1])  # fmt: skip
             return
         nxt, logp, _, _ = sde_step(xb, v, s, sigma_next=s_next, eta=eta, kind=kind, noise=noise[sl])
         latents[t + 1, sl] = nxt
@@ -233,17 +234,21 @@ def _ode(
     steps: int,
     latents: torch.Tensor,
     inverse: torch.Tensor,
+    solver: str = "euler",
 ) -> torch.Tensor:
-    """The first ``steps`` Euler steps of ``x`` (one latent per group); each step's result
-    is recorded for every sample (``latents[t + 1] = x[inverse]``). Returns the last."""
+    """The first ``steps`` ODE steps (``solver``) of ``x`` (one latent per group); each
+    step's result is recorded for every sample (``latents[t + 1] = x[inverse]``). Returns
+    the last."""
+    hist = torch.empty_like(x) if solver == "dpm2m" else None
     for t in range(steps):
-        s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+        s = float(sigmas[t])
         out = torch.empty_like(x)
         for lo in range(0, x.shape[0], mb):
             sl = slice(lo, lo + mb)
-            v = policy.velocity(x[sl], torch.full((len(x[sl]),), s, device=x.device),
-                                condition.index(sl))  # fmt: skip
-            out[sl] = euler_step(x[sl], v, s, sigma_next=s_next)
+            cb = condition.index(sl)
+            v = policy.velocity(x[sl], torch.full((len(x[sl]),), s, device=x.device), cb)
+            out[sl] = _solve(policy, x[sl], v, solver=solver, condition=cb, sigmas=sigmas,
+                             t=t, hist=hist, rows=sl, fresh=t == 0)  # fmt: skip
         x = out
         if t + 1 < steps:
             latents[t + 1] = x[inverse]
@@ -258,18 +263,54 @@ def sample_ode(
     *,
     noise: torch.Tensor,
     micro_batch_size: int | None = None,
+    solver: str = "euler",
 ) -> torch.Tensor:
-    """Deterministic Euler sampling (eta = 0) from given noise (evaluation, ``cgrpo sample``)."""
+    """Deterministic sampling (eta = 0) from given noise with ``solver``
+    (:data:`~cgrpo.sampling.ode_solvers.ODE_SOLVERS`; evaluation, ``cgrpo sample``)."""
+    check_solver(solver)
     x = noise.to(policy.device)
     n = x.shape[0]
     mb = micro_batch_size or n
     out = torch.empty_like(x)
+    hist = torch.empty_like(x) if solver == "dpm2m" else None
     for lo in range(0, n, mb):
         sl = slice(lo, lo + mb)
         xb, cb = x[sl], condition.index(sl)
         for t in range(len(sigmas) - 1):
-            s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+            s = float(sigmas[t])
             v = policy.velocity(xb, torch.full((xb.shape[0],), s, device=x.device), cb)
-            xb = euler_step(xb, v, s, sigma_next=s_next)
+            xb = _solve(policy, xb, v, solver=solver, condition=cb, sigmas=sigmas, t=t,
+                        hist=hist, rows=sl, fresh=t == 0)  # fmt: skip
         out[sl] = xb
     return out
+
+
+def _solve(
+    policy: Policy,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    solver: str,
+    condition: Condition,
+    sigmas: torch.Tensor,
+    t: int,
+    hist: torch.Tensor | None,
+    rows: slice,
+    fresh: bool,
+) -> torch.Tensor:
+    """ODE step ``t`` of ``x`` (rows ``rows`` of the batch; ``v`` its velocity) with
+    ``solver``. ``hist[rows]``: dpm2m's data predictions of step ``t - 1``, read unless
+    ``fresh`` (the first step of an ODE run) and replaced by this step's."""
+    s, s_next = float(sigmas[t]), float(sigmas[t + 1])
+
+    def velocity_at(y: torch.Tensor, sigma: float) -> torch.Tensor:  # heun's second pass
+        return policy.velocity(y, torch.full((y.shape[0],), sigma, device=y.device), condition)
+
+    prev = None if fresh or hist is None else hist[rows]
+    nxt, x0 = ode_step(
+        solver, x, v, sigma=s, sigma_next=s_next, velocity_at=velocity_at, x0_prev=prev,
+        sigma_prev=None if prev is None else float(sigmas[t - 1]),
+    )  # fmt: skip
+    if hist is not None and x0 is not None:
+        hist[rows] = x0
+    return nxt

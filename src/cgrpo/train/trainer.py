@@ -194,6 +194,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
             ode_tail=s.ode_tail,
             shard=self.shard,
             reward_image=s.reward_image,
+            ode_solver=s.ode_solver,
             sde_mask=s.schedule.sde_mask(
                 s.num_steps, s.ode_tail, self.step, generator=self.state.generator
             ),
