@@ -1,8 +1,33 @@
 """The one error of a bad config: unknown key, ill-typed value, bad file, malformed override.
-Its message is one line naming the full dotted key and the fix."""
+Its message is one line naming the full dotted key and the fix.
 
-__all__ = ["ConfigError"]
+Error lines quote the user's values through :func:`quoted` / :func:`shorten`, which cut a
+long one (a 1 MB prompt, a pasted file) to :data:`QUOTE_LIMIT` characters and say how long
+it was, so the line stays readable."""
+
+from typing import Any
+
+__all__ = ["QUOTE_LIMIT", "ConfigError", "quoted", "shorten"]
+
+#: The most characters of a user's value an error line shows.
+QUOTE_LIMIT = 200
 
 
 class ConfigError(ValueError):
     """A configuration problem: unknown key, ill-typed value, bad file or malformed override."""
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` itself when at most ``limit`` characters, else its first ``limit`` and
+    ``... (N chars)``."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def quoted(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error line (one line: newlines show as ``\\n``), cut to
+    ``limit`` characters of the value with ``... (N chars)`` after a longer one."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} chars)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"

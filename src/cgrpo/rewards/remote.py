@@ -8,10 +8,12 @@ scores through it::
       prompt: {kind: http, url: "http://127.0.0.1:8600", reward: prompt, weight: 1.0}
 
 A call is sent as ``ceil(B / batch_size)`` ``POST /score`` requests (images as raw 8-bit
-RGB, :mod:`cgrpo.rewards.score_request`), one after another. Each request times out after
-``timeout`` seconds and is retried ``retries`` times with exponential backoff (``backoff``
-x 2^k seconds) on connection errors, timeouts, HTTP 429 and 5xx; a refusal (HTTP 4xx: an
-unknown reward, a bad request) fails at once. Every failure is one line
+RGB, :mod:`cgrpo.rewards.score_request`), one after another. Each request (connecting,
+sending and reading the whole reply, at most 8 MiB) is given up on after ``timeout``
+seconds and retried ``retries`` times with exponential backoff (``backoff`` x 2^k seconds)
+on connection errors, timeouts, HTTP 429 and 5xx; a refusal (HTTP 4xx: an unknown reward,
+a bad request) fails at once; a stop signal whose handler calls
+:func:`cgrpo.io.interrupts.stop_now` abandons it. Every failure is one line
 (:class:`RemoteRewardError`, a ValueError) naming the url and what to do. At construction
 the server's ``/health`` is asked once (``check``): an unreachable server or a reward it
 does not serve stops the run before any model loads, and whether the reward reads
@@ -25,7 +27,8 @@ from typing import Any
 
 import torch
 
-from cgrpo.rewards.http_json import TransportError, request_json
+from cgrpo.config.errors import quoted
+from cgrpo.rewards.http_json import TransportError, is_http_url, request_json
 from cgrpo.rewards.score_request import ScoreRequest
 
 __all__ = ["RemoteReward", "RemoteRewardError"]
@@ -60,6 +63,11 @@ class RemoteReward:
             raise RemoteRewardError(
                 "http reward: need batch_size >= 1, retries >= 0, timeout > 0, backoff >= 0"
             )
+        if not is_http_url(url):
+            raise RemoteRewardError(
+                "http reward: rewards.<name>.url must be the http(s) URL of a reward server "
+                f"(cgrpo serve-reward), e.g. http://127.0.0.1:8600; got {quoted(url)}"
+            )
         self.url, self.reward = url.rstrip("/"), reward
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.batch_size = batch_size
@@ -68,7 +76,7 @@ class RemoteReward:
         if check:
             self._check_server()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         """One exchange with retries (:func:`~cgrpo.rewards.http_json.request_json`); the
         parsed JSON reply, else one :class:`RemoteRewardError` line."""
         where = f"{self.url}{path}"
@@ -83,19 +91,25 @@ class RemoteReward:
                 raise RemoteRewardError(
                     f"http reward: {where} refused (HTTP {exc.status}): {said}"
                 ) from None
-            if exc.kind == "not_json":
+            if exc.kind in ("not_json", "too_big"):
+                what = "is not JSON" if exc.kind == "not_json" else f"is too big ({exc.last})"
                 raise RemoteRewardError(
-                    f"http reward: {where} sent a reply that is not JSON: is url a reward "
+                    f"http reward: {where} sent a reply that {what}: is url a reward "
                     "server (cgrpo serve-reward)?"
+                ) from None
+            if exc.kind == "cancelled":
+                raise RemoteRewardError(
+                    f"http reward: the request to {where} was abandoned (the run is stopping)"
                 ) from None
             raise RemoteRewardError(
                 f"http reward: no answer from {where} after {exc.attempts} attempts (last: "
                 f"{exc.last}); start the server (`cgrpo serve-reward --config <rewards.yaml> "
-                "--port <port>`) or fix rewards.<name>.url / timeout"
+                f"--port <port>`) or fix rewards.<name>.url / timeout (now {self.timeout:g} s)"
             ) from None
 
     def _check_server(self) -> None:
-        served = self._request("GET", "/health", None).get("rewards")
+        reply = self._request("GET", "/health", None)
+        served = reply.get("rewards") if isinstance(reply, dict) else None
         if not isinstance(served, dict):
             raise RemoteRewardError(
                 f"http reward: {self.url}/health lists no rewards: is url a reward server "
@@ -106,7 +120,8 @@ class RemoteReward:
                 f"http reward: {self.url} serves {sorted(served)}, not {self.reward!r}: set "
                 "rewards.<name>.reward to one of them"
             )
-        self.uses_references = bool(served[self.reward].get("uses_references", True))
+        info = served[self.reward]
+        self.uses_references = not isinstance(info, dict) or bool(info.get("uses_references", True))
 
     @torch.no_grad()
     def __call__(
@@ -123,7 +138,8 @@ class RemoteReward:
             rows = slice(lo, lo + self.batch_size)
             refs = references[rows] if self.uses_references else None
             body = ScoreRequest(self.reward, images[rows], prompts[rows], refs).body()
-            got = self._request("POST", "/score", body).get("scores")
+            reply = self._request("POST", "/score", body)
+            got = reply.get("scores") if isinstance(reply, dict) else None
             n = len(images[rows])
             if not isinstance(got, list) or len(got) != n:
                 raise RemoteRewardError(

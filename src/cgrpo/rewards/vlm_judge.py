@@ -13,9 +13,13 @@ Each image is sent as a base64 PNG data URL in one chat-completions request (wit
 reference image first when the rubric compares with it), ``max_concurrency`` requests at a
 time. The rubric (:mod:`cgrpo.rewards.vlm_templates`: ours, 0-10, or the paper's released
 ones, 0-4) fixes the text, the scale, the system message and how the score is read; the
-reward is ``score / scale`` in [0, 1]. Requests time out after ``timeout`` seconds and are
-retried ``retries`` times with exponential backoff (``backoff`` x 2^k seconds) on
-connection errors, timeouts, HTTP 429 and 5xx; other HTTP errors fail at once. A reply
+reward is ``score / scale`` in [0, 1]. A request (connecting, sending and reading the whole
+reply) is given up on after ``timeout`` seconds and retried ``retries`` times with
+exponential backoff (``backoff`` x 2^k seconds) on connection errors, timeouts, HTTP 429
+and 5xx; other HTTP errors, a reply that is not JSON and one over 8 MiB
+(:data:`~cgrpo.rewards.http_json.MAX_REPLY_BYTES`) fail at once. A stop signal whose
+handler calls :func:`cgrpo.io.interrupts.stop_now` (preemption) abandons the requests in
+flight at once (:class:`~cgrpo.io.interrupts.StopRequested`). A reply
 without a readable score (none, or one off ``0..scale``) fails with one message quoting it
 (``on_unscorable: raise``, the default) or scores 0 (``zero``: the released code's rule,
 ``float(m.group(1)) if m else 0``). Transport failures raise in both modes (the release
@@ -40,8 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgrpo.config.errors import quoted, shorten
 from cgrpo.io.images import to_uint8
-from cgrpo.rewards.http_json import TransportError, request_json
+from cgrpo.io.interrupts import interruptible
+from cgrpo.rewards.http_json import (
+    MAX_REPLY_BYTES,
+    Cancel,
+    TransportError,
+    is_http_url,
+    request_json,
+)
 from cgrpo.rewards.images import EmbeddingCache, image_key
 from cgrpo.rewards.segment import make_segmenter, paint_outside
 from cgrpo.rewards.vlm_templates import RUBRICS, JudgeTemplate
@@ -71,14 +83,14 @@ def parse_score(reply: str, scale: float, *, pattern: str | None = None) -> floa
         except ValueError:
             value = None
         if value is None:
-            raise ValueError(f"no score matching {pattern!r} in the judge's reply {reply!r}")
+            raise ValueError(f"no score matching {pattern!r} in the judge's reply {quoted(reply)}")
         return _in_range(value, scale, reply)
     m = _SCORE.search(reply)
     if m is None:
         numbers = _NUMBER.findall(reply)
         if len(numbers) != 1:
             raise ValueError(
-                f"no score in the judge's reply {reply!r}: expected 'Score: <0-{scale:g}>'"
+                f"no score in the judge's reply {quoted(reply)}: expected 'Score: <0-{scale:g}>'"
             )
         value = float(numbers[0])
     else:
@@ -88,7 +100,9 @@ def parse_score(reply: str, scale: float, *, pattern: str | None = None) -> floa
 
 def _in_range(value: float, scale: float, reply: str) -> float:
     if not 0 <= value <= scale:
-        raise ValueError(f"score {value:g} outside 0..{scale:g} in the judge's reply {reply!r}")
+        raise ValueError(
+            f"score {value:g} outside 0..{scale:g} in the judge's reply {quoted(reply)}"
+        )
     return value
 
 
@@ -165,7 +179,7 @@ class VLMJudgeReward:
             )
         if self.rubric.scale <= 0:
             raise ValueError(f"vlm_judge: scale must be > 0, got {self.rubric.scale:g}")
-        if not re.match(r"^https?://[^/\s]+", str(base_url)):
+        if not is_http_url(base_url):
             raise ValueError(
                 f"vlm_judge: rewards.<name>.base_url must be an http(s) URL of the server's "
                 f"OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1; got {base_url!r}"
@@ -191,7 +205,9 @@ class VLMJudgeReward:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, *, cancel: Cancel | None = None
+    ) -> Any:
         """One HTTP exchange with retries (:func:`~cgrpo.rewards.http_json.request_json`);
         the parsed JSON reply, else one :class:`VLMJudgeError` line."""
         where = f"{self.url}{path}"
@@ -200,24 +216,43 @@ class VLMJudgeReward:
             return request_json(
                 where, body, method=method, headers=auth, timeout=self.timeout,
                 retries=self.retries, backoff=self.backoff, retry_status=_RETRY_STATUS,
+                cancel=cancel,
             )  # fmt: skip
         except TransportError as exc:
-            if exc.kind == "refused":
-                text = exc.body.decode("utf-8", "replace")[:300]
-                raise VLMJudgeError(
-                    f"vlm_judge: {where} answered HTTP {exc.status}: {text!r}; check "
-                    "rewards.<name>.model and the API key variable (api_key_env)"
-                ) from None
-            if exc.kind == "not_json":
-                raise VLMJudgeError(
-                    f"vlm_judge: {where} sent a reply that is not JSON ({exc.last}): is "
-                    "base_url the server's OpenAI-compatible /v1 root?"
-                ) from None
-            raise VLMJudgeError(
-                f"vlm_judge: no answer from {where} after {exc.attempts} attempts (last: "
-                f"{exc.last}); start the server (e.g. `vllm serve {self.model}`) or fix "
-                "rewards.<name>.base_url / timeout"
-            ) from None
+            raise VLMJudgeError(self._transport_message(where, exc)) from None
+
+    def _transport_message(self, where: str, exc: TransportError) -> str:
+        """The one line of a request to ``where`` that got no usable reply."""
+        if exc.kind == "refused":
+            text = exc.body.decode("utf-8", "replace")[:300]
+            return (
+                f"vlm_judge: {where} answered HTTP {exc.status}: {text!r}; check "
+                "rewards.<name>.model and the API key variable (api_key_env)"
+            )
+        if exc.kind == "not_json":
+            return (
+                f"vlm_judge: {where} sent a reply that is not JSON ({exc.last}): is "
+                "rewards.<name>.base_url the server's OpenAI-compatible /v1 root?"
+            )
+        if exc.kind == "too_big":
+            return (
+                f"vlm_judge: {where} sent a reply of {exc.last}, over the {MAX_REPLY_BYTES} "
+                "bytes read: is rewards.<name>.base_url the server's OpenAI-compatible /v1 "
+                "root, and rewards.<name>.max_tokens small?"
+            )
+        if exc.kind == "cancelled":
+            return f"vlm_judge: the request to {where} was abandoned (the run is stopping)"
+        if exc.timed_out:
+            return (
+                f"vlm_judge: no complete reply from {where} within rewards.<name>.timeout="
+                f"{self.timeout:g} s, {exc.attempts} attempts; raise rewards.<name>.timeout "
+                "if the server is only slow, else check the server"
+            )
+        return (
+            f"vlm_judge: no answer from {where} after {exc.attempts} attempts (last: "
+            f"{exc.last}); start the server (e.g. `vllm serve {shorten(self.model)}`) or fix "
+            f"rewards.<name>.base_url / timeout (now {self.timeout:g} s)"
+        )
 
     def _check_server(self) -> None:
         models = self._request("GET", "/models", None)
@@ -225,14 +260,14 @@ class VLMJudgeReward:
         if not isinstance(listed, list):
             raise VLMJudgeError(
                 f"vlm_judge: {self.url}/models did not answer an OpenAI model list "
-                f"({{'data': [...]}}) but {json.dumps(models)[:200]!r}: is base_url the "
-                "server's OpenAI-compatible /v1 root?"
+                f"({{'data': [...]}}) but {json.dumps(models)[:200]!r}: is "
+                "rewards.<name>.base_url the server's OpenAI-compatible /v1 root?"
             )
         names = [m.get("id") for m in listed if isinstance(m, dict)]
         if names and self.model not in names:
             raise VLMJudgeError(
-                f"vlm_judge: {self.url} serves {names}, not {self.model!r}: set "
-                "rewards.<name>.model to one of them"
+                f"vlm_judge: {self.url} serves {quoted(names)}, not {quoted(self.model)}: "
+                "set rewards.<name>.model to one of them"
             )
 
     # -- scoring -----------------------------------------------------------------------------
@@ -250,9 +285,16 @@ class VLMJudgeReward:
             messages.insert(0, {"role": "system", "content": self.rubric.system})
         return messages
 
-    def score_one(self, image: torch.Tensor, prompt: str, reference: torch.Tensor) -> float:
+    def score_one(
+        self,
+        image: torch.Tensor,
+        prompt: str,
+        reference: torch.Tensor,
+        *,
+        cancel: Cancel | None = None,
+    ) -> float:
         """``score / scale`` of one image; an unscorable reply raises or gives 0.0
-        (``on_unscorable``)."""
+        (``on_unscorable``). ``cancel`` abandons the request from another thread."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self.messages(image, prompt, reference),
@@ -261,13 +303,14 @@ class VLMJudgeReward:
             body["max_tokens"] = self.rubric.max_tokens
         if self.rubric.temperature is not None:
             body["temperature"] = self.rubric.temperature
-        reply = self._request("POST", "/chat/completions", body)
+        reply = self._request("POST", "/chat/completions", body, cancel=cancel)
         try:
             text = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise VLMJudgeError(
                 f"vlm_judge: {self.url} replied without choices[0].message.content: "
-                f"{json.dumps(reply)[:300]!r}"
+                f"{json.dumps(reply)[:300]!r}; is rewards.<name>.base_url an OpenAI-compatible "
+                "chat-completions server?"
             ) from None
         try:
             return parse_score(str(text), self.scale, pattern=self.rubric.pattern) / self.scale
@@ -307,6 +350,18 @@ class VLMJudgeReward:
             )
         if self.send_reference:
             references = self.paint_references(references)
-        with ThreadPoolExecutor(self.max_concurrency) as pool:
-            scores = list(pool.map(self.score_one, images, prompts, references))
+        cancel = Cancel()
+        pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cgrpo-vlm-judge")
+        try:
+            jobs = [
+                pool.submit(self.score_one, im, p, r, cancel=cancel)
+                for im, p, r in zip(images, prompts, references, strict=True)
+            ]
+            with interruptible():  # a stop signal abandons the wait (and, below, the requests)
+                scores = [job.result() for job in jobs]
+        except BaseException:  # the first failure, or StopRequested: drop the rest at once
+            cancel.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
