@@ -323,3 +323,20 @@ def test_memory_table_counts_the_papers_lora_and_prints_both_schemes() -> None:
         assert abs(shared - own - 16.6) < 0.11
     docs = (ROOT / "docs" / "gpu.md").read_text()
     assert out.strip() in docs  # docs/gpu.md quotes the script as it prints
+
+
+def test_ode_solver_prints_a_row_per_solver_and_steps(tiny_weights: Path) -> None:
+    """benchmarks/ode_solver.py: Heun at equal model passes, the RMSE and reward columns."""
+    out = _run(
+        "benchmarks/ode_solver.py", "--pairs", "4", "--steps", "2", "3",
+        "--reference-steps", "6", f"model.weights={tiny_weights}",
+        "data.eval_prompts_per_subject=1",
+    )  # fmt: skip
+    assert "RMSE to ref (8-bit)" in out and "identity (diff to ref" in out
+    rows = [
+        line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "|-" not in line
+    ][1:]
+    assert [(r[0][2:], r[1], r[2]) for r in rows] == [
+        ("euler", "2", "2"), ("dpm2m", "2", "2"), ("heun", "1", "1"),
+        ("euler", "3", "3"), ("dpm2m", "3", "3"), ("heun", "2", "3"),
+    ]  # fmt: skip
