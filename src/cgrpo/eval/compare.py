@@ -32,6 +32,7 @@ import yaml
 
 from cgrpo.eval.summary import gap_closed, paired_changes
 from cgrpo.io.atomic import atomic_write
+from cgrpo.io.paths import check_output_dir
 from cgrpo.io.run_log import read_metrics
 
 __all__ = [
@@ -299,6 +300,7 @@ def compare_command(paths: list[Path], out: Path) -> str:
     """``cgrpo compare``: read each folder of ``paths`` (:func:`load_run`), write the table
     and the scatter of the finished ones into ``out`` (compare.md, compare.png); returns
     the table."""
+    check_output_dir(out, "--out")
     runs = [load_run(p, name=str(p)) for p in paths]
     done = [r for r in runs if r.trained is not None]
     if not done:

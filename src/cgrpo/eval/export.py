@@ -31,6 +31,7 @@ from cgrpo.eval.model_card import CardFacts, base_model_id, model_card
 from cgrpo.eval.run_model import run_config, run_weights
 from cgrpo.io.atomic import atomic_write
 from cgrpo.io.checkpoint import checkpoint_step
+from cgrpo.io.paths import check_output_file
 from cgrpo.run.config import TrainConfig
 
 __all__ = ["FORMATS", "export_lora"]
@@ -84,8 +85,7 @@ def export_lora(
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out {out}: name a .safetensors file (its card goes beside it)")
+    check_output_file(out, "--out", suffixes=(".safetensors",))  # (its card goes beside it)
     cfg = run_config(run)
     if cfg.model.kind != "flux":
         raise ValueError(

@@ -61,7 +61,9 @@ from cgrpo.eval.png_store import PngStore
 from cgrpo.eval.summary import summary_table
 from cgrpo.io import checkpoint as ckpt
 from cgrpo.io.atomic import atomic_write
+from cgrpo.io.devices import check_device
 from cgrpo.io.images import load_image
+from cgrpo.io.paths import check_output_dir
 from cgrpo.io.run_log import save_grid
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.set import RewardSet
@@ -335,6 +337,8 @@ def eval_command(
     else:
         train_cfg = load_config(TrainConfig, model_config or EMBEDDED_CONFIG, [])
     check_settings(cfg, train_cfg)
+    check_output_dir(cfg.out_dir, "out_dir")
+    check_device(train_cfg.model.device, "model.device")
     if train_cfg.run.threads:  # as the run evaluated (thread counts change float sums)
         torch.set_num_threads(train_cfg.run.threads)
     # everything that can fail on a file before the transformer loads: the pairs, the

@@ -25,6 +25,7 @@ from cgrpo.data.files import reference_batch
 from cgrpo.data.references import References, reward_view
 from cgrpo.eval.run_model import run_config, run_weights
 from cgrpo.io.images import load_image
+from cgrpo.io.paths import check_output_file
 from cgrpo.io.run_log import save_grid
 from cgrpo.policies.base import Policy
 from cgrpo.run.build import build_policy, eval_sigmas, keeps_aspect
@@ -121,6 +122,7 @@ def draw(
 def sample_command(args: argparse.Namespace) -> None:
     if args.num < 1:
         raise ValueError(f"--num {args.num}: give at least 1 image per prompt")
+    check_output_file(args.out, "--out", suffixes=(".png", ".jpg", ".jpeg", ".webp"))
     cfg = _config(args.run, args.weights)
     if cfg.model.kind == "embedded":
         if len(args.reference) != 1:

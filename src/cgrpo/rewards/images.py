@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cgrpo.io.devices import check_device
 from cgrpo.io.images import check_images
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means CUDA when available, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    return torch.device(check_device(device, "a reward's device option"))
 
 
 # ----------------------------------------------------------------------------- files

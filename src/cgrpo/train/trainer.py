@@ -44,6 +44,8 @@ from cgrpo.config.core import save_config
 from cgrpo.data.base import PairSource
 from cgrpo.data.references import References
 from cgrpo.eval.evaluator import EvalPairs, Evaluator, build_evaluator, eval_pairs_of
+from cgrpo.io.devices import check_device
+from cgrpo.io.paths import check_output_dir
 from cgrpo.io.run_log import MetricsLog
 from cgrpo.method.shaping import relation_shares
 from cgrpo.policies.base import HasOldPolicy, OldPolicyView, Policy, Shardable
@@ -83,6 +85,9 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg = copy.deepcopy(cfg)
+        # where the run writes and what it runs on, before anything is built or written
+        check_output_dir(cfg.run.out_dir, "run.out_dir")
+        check_device(cfg.model.device, "model.device")
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.run_dir = Path(cfg.run.out_dir)

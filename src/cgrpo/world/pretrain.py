@@ -124,15 +124,24 @@ def load_generator(path: str | Path | None = None) -> TinyKontext:
             "package (cgrpo/world/weights/base.safetensors); re-create it with `cgrpo pretrain` "
             "or pass the path of a file it wrote."
         )
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+    fix = "point model.weights at a file `cgrpo pretrain` wrote (or leave it unset for the base)"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as exc:  # SafetensorError, OSError: not a safetensors file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read generator weights '{path}' ({first}); {fix}") from exc
     if "config" not in meta:
+        raise ValueError(f"'{path}' has no generator config in its metadata; {fix}")
+    try:
+        model = TinyKontext(GeneratorConfig(**json.loads(meta["config"])))
+        model.load_state_dict(tensors)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
         raise ValueError(
-            f"{path} has no generator config in its metadata; was it written by cgrpo?"
-        )
-    model = TinyKontext(GeneratorConfig(**json.loads(meta["config"])))
-    model.load_state_dict(tensors)
+            f"generator weights '{path}' do not fit its config ({first}); {fix}"
+        ) from exc
     return model
 
 
