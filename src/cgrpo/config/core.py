@@ -64,7 +64,7 @@ from cgrpo.config.docs import (
     unknown_key_message,
     validation_message,
 )
-from cgrpo.config.errors import ConfigError
+from cgrpo.config.errors import ConfigError, quoted, shorten
 from cgrpo.config.ranges import check_ranges, parse_check
 from cgrpo.config.registry import Registry
 from cgrpo.config.validation import accepts, validate
@@ -184,7 +184,7 @@ def _merge_family(reg: Registry, current: Any, layer: Any, *, key: str) -> Any:
     kind = layer.get("kind", below.get("kind"))
     if not isinstance(kind, str) or kind not in reg:
         raise ConfigError(
-            f"unknown {reg.family} kind {kind!r} for config key '{key}.kind'; "
+            f"unknown {reg.family} kind {quoted(kind)} for config key '{key}.kind'; "
             f"valid kinds: {', '.join(sorted(reg.kinds))}"
         )
     if kind != below.pop("kind", None):  # another kind: start from its defaults
@@ -211,7 +211,7 @@ def _child_type(tp: Any, name: str, prefix: str) -> Any:
         return args[1] if args else Any
     raise ConfigError(
         f"config key '{prefix}' is a {type_name(tp)} value, not a section; "
-        f"cannot set '{join(prefix, name)}'"
+        f"cannot set '{shorten(join(prefix, name))}'"
     )
 
 
@@ -220,7 +220,8 @@ def _parse_override(text: str) -> tuple[str, str]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(
-            f"malformed override {text!r}: expected the form key=value or section.key=value, "
+            f"malformed override {quoted(text)}: expected the form key=value or "
+            "section.key=value, "
             "e.g. 'trainer.lr=1e-4'"
         )
     return key, raw.strip()
@@ -243,7 +244,7 @@ def _override_layer(cls: type, overrides: Sequence[str]) -> dict[str, Any]:
             node[name] = child
             node = child
         tp = _child_type(tp, last, ".".join(parents))
-        value = yaml_scalar(raw)
+        value = yaml_scalar(raw, where=f"override '{shorten(key)}'")
         if isinstance(value, Mapping) and (family(tp) or section_class(tp)):
             below = node.get(last)
             node[last] = _deep_merge(below, value) if isinstance(below, Mapping) else value

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from cgrpo.config.errors import shorten
 from cgrpo.config.registry import Registry, family_of
 
 __all__ = [
@@ -310,7 +311,8 @@ def unknown_key_message(
     where = f"under '{prefix}'" if prefix else "at the top level"
     where += f" (kind '{kind}')" if kind else ""
     return (
-        f"unknown config key '{join(prefix, name)}'.{hint} Valid keys {where}: {', '.join(valid)}"
+        f"unknown config key '{shorten(join(prefix, name))}'.{hint} Valid keys {where}: "
+        f"{', '.join(valid)}"
     )
 
 

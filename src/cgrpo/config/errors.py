@@ -7,7 +7,7 @@ it was, so the line stays readable."""
 
 from typing import Any
 
-__all__ = ["QUOTE_LIMIT", "ConfigError", "quoted", "shorten"]
+__all__ = ["QUOTE_LIMIT", "ConfigError", "not_utf8", "quoted", "shorten"]
 
 #: The most characters of a user's value an error line shows.
 QUOTE_LIMIT = 200
@@ -31,3 +31,10 @@ def quoted(value: Any, limit: int = QUOTE_LIMIT) -> str:
         return f"{value[:limit]!r}... ({len(value)} chars)"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """What an error line says of ``data`` that failed to decode as UTF-8 (``exc``):
+    ``is not UTF-8 text: byte 1234 (line 5) is 0xff``."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"is not UTF-8 text: byte {exc.start} (line {line}) is 0x{data[exc.start]:02x}"

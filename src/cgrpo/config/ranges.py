@@ -15,7 +15,7 @@ import math
 import operator
 from typing import Any
 
-from cgrpo.config.errors import ConfigError
+from cgrpo.config.errors import ConfigError, quoted
 
 __all__ = ["check_ranges", "parse_check", "violates"]
 
@@ -66,6 +66,6 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
         spec = f.metadata.get("check")
         if spec and violates(value, spec):
             meaning = str(f.metadata.get("help", "")).split(";")[0]
-            raise ConfigError(f"{key} must be {spec}, got {value!r} ({meaning})")
+            raise ConfigError(f"{key} must be {spec}, got {quoted(value)} ({meaning})")
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check_ranges(value, key)

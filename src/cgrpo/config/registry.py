@@ -41,6 +41,8 @@ import importlib
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar, Generic, TypeVar
 
+from cgrpo.config.errors import quoted
+
 __all__ = ["Kinds", "Registry", "family_of", "import_path"]
 
 T = TypeVar("T")
@@ -185,7 +187,7 @@ class Registry(Generic[T]):
     def unknown(self, kind: Any) -> ValueError:
         """The error for a name that is not a kind: it names the valid ones."""
         return ValueError(
-            f"unknown {self.family} kind {kind!r}; valid kinds: {', '.join(self.names())}"
+            f"unknown {self.family} kind {quoted(kind)}; valid kinds: {', '.join(self.names())}"
         )
 
     def get(self, kind: Any) -> T:

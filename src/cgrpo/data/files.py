@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from cgrpo.config.errors import not_utf8, shorten
 from cgrpo.data.overlap import PairKey, pair_key
 from cgrpo.data.references import ReferenceBatch, References
 from cgrpo.io.images import check_image, load_image, square_crop
@@ -111,16 +112,24 @@ def reference_batch(
 
 def _read_records(path: Path) -> list[tuple[str, Any]]:
     """``(where, record)`` per pair: ``where`` is ``line N`` (1-based file line) in JSONL,
-    ``item N`` (1-based) in a JSON list."""
-    if not path.is_file():
-        raise DatasetError(f"pair file not found: '{path}'")
-    text = path.read_text(encoding="utf-8")
+    ``item N`` (1-based) in a JSON list. The file is UTF-8 (a leading BOM is dropped)."""
+    name = shorten(str(path))
+    try:
+        if not path.is_file():
+            raise DatasetError(f"pair file not found: '{name}'")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"pair file '{name}' cannot be read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"pair file '{name}' {not_utf8(raw, exc)}: save it as UTF-8") from None
     if not text.strip():
         raise DatasetError(f"pair file '{path}' is empty: expected JSONL or a JSON list of pairs")
     if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise DatasetError(f"'{path}' is not valid JSON: {exc}") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
@@ -133,7 +142,7 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
             continue
         try:
             records.append((f"line {i}", json.loads(line)))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise DatasetError(f"'{path}' line {i} is not valid JSON: {exc}") from None
     return records
 

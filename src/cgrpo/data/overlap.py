@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from cgrpo.config.errors import quoted, shorten
+
 __all__ = ["ListsPairs", "PairKey", "check_eval_overlap", "eval_overlap", "pair_key"]
 
 #: (resolved reference paths, normalised prompt)
@@ -59,7 +61,8 @@ def check_eval_overlap(source: object, *, allow: bool) -> None:
     (files, prompt) = both[0]
     raise ValueError(
         f"the training pairs contain {len(both)} of the {total} evaluation pairs (first: "
-        f"'{files[0]}' with '{prompt}'): the evaluation would score pairs the run trained on. "
+        f"'{shorten(str(files[0]))}' with {quoted(prompt)}): the evaluation would score pairs "
+        "the run trained on. "
         "Train on other pairs (e.g. SynCD: configs/uno_syncd.yaml) or evaluate elsewhere "
         "(data.eval_root), or set data.allow_eval_overlap=true if that is what you want"
     )

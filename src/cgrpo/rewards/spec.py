@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cgrpo.config.errors import quoted, shorten
 from cgrpo.rewards.base import REWARDS
 
 __all__ = ["RewardSpec", "canonical_rewards", "parse_rewards"]
@@ -53,11 +54,11 @@ def _entry(name: str, value: Any, where: str) -> dict[str, Any]:
     """One entry as a mapping; ValueError naming the current spelling of a removed one."""
     key = f"{where}.{name}"
     if isinstance(value, str):
-        raise ValueError(f"{key}={value}: write {key}: {{kind: {value}}}")
+        raise ValueError(f"{key}={shorten(value)}: write {key}: {{kind: {shorten(value)}}}")
     if not isinstance(value, Mapping):
         raise ValueError(
             f"{key} must be a mapping {{kind: <reward>, weight: <float>, ...options}}, "
-            f"got {value!r}"
+            f"got {quoted(value)}"
         )
     if name.endswith("_options") and "kind" not in value:
         base = f"{where}.{name[: -len('_options')]}"
@@ -65,7 +66,9 @@ def _entry(name: str, value: Any, where: str) -> dict[str, Any]:
             f"{key}: write the options inside {base}: {{kind: ..., weight: ..., <option>: ...}}"
         )
     if "reward" in value:
-        raise ValueError(f"{key}: reward: is now kind: (write {key}.kind={value['reward']})")
+        raise ValueError(
+            f"{key}: reward: is now kind: (write {key}.kind={shorten(value['reward'])})"
+        )
     return dict(value)
 
 
@@ -73,12 +76,12 @@ def _spec(name: str, entry: dict[str, Any], where: str) -> RewardSpec:
     kind = entry.get("kind")
     if kind not in REWARDS:
         raise ValueError(
-            f"{where}.{name}.kind={kind!r} is not a registered reward; "
+            f"{where}.{name}.kind={quoted(kind)} is not a registered reward; "
             f"valid kinds: {', '.join(REWARDS.names())}"
         )
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ValueError(f"{where}.{name}.weight must be a number, got {weight!r}")
+        raise ValueError(f"{where}.{name}.weight must be a number, got {quoted(weight)}")
     if not math.isfinite(weight):
         raise ValueError(f"{where}.{name}.weight must be finite, got {weight!r}")
     options = {k: v for k, v in entry.items() if k not in _RESERVED}

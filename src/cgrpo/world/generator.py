@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgrpo.config.core import option
+from cgrpo.config.errors import quoted
 from cgrpo.world import scene
 
 PAD = "<pad>"
@@ -53,13 +54,14 @@ class Tokenizer:
             words = text.lower().split()
             if len(words) > self.max_length:
                 raise ValueError(
-                    f"prompt {text!r} has {len(words)} words; the embedded tokenizer takes "
+                    f"prompt {quoted(text)} has {len(words)} words; the embedded tokenizer takes "
                     f"at most {self.max_length}"
                 )
             for col, w in enumerate(words):
                 if w not in self.index:
                     raise ValueError(
-                        f"prompt {text!r}: word {w!r} is not in the embedded vocabulary "
+                        f"prompt {quoted(text)}: word {quoted(w)} is not in the embedded "
+                        "vocabulary "
                         f"({len(self.vocab) - 1} words; see cgrpo.world.scene for the grammar)"
                     )
                 ids[row, col] = self.index[w]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from cgrpo.config.errors import quoted
+
 IMAGE_SIZE = 32
 
 SHAPES: tuple[str, ...] = (
@@ -147,17 +149,21 @@ def parse_prompt(text: str) -> Prompt:
     if m is None or m.group("cls") not in SHAPES:
         # "a red star": the regex may have read the colour as the class word.
         raise ValueError(
-            f"prompt {text!r} is not in the embedded world's grammar: "
+            f"prompt {quoted(text)} is not in the embedded world's grammar: "
             "'a [small|large] [<colour>] <class> [in the <position>] [on a <bg> background]' "
             f"with class in {SHAPES}, colour in {tuple(COLOURS)}, "
             f"background in {tuple(BACKGROUNDS)}"
         )
     colour = m.group("colour")
     if colour is not None and colour not in COLOURS:
-        raise ValueError(f"prompt {text!r}: unknown colour {colour!r}; valid: {tuple(COLOURS)}")
+        raise ValueError(
+            f"prompt {quoted(text)}: unknown colour {quoted(colour)}; valid: {tuple(COLOURS)}"
+        )
     bg = m.group("bg")
     if bg is not None and bg not in BACKGROUNDS:
-        raise ValueError(f"prompt {text!r}: unknown background {bg!r}; valid: {tuple(BACKGROUNDS)}")
+        raise ValueError(
+            f"prompt {quoted(text)}: unknown background {quoted(bg)}; valid: {tuple(BACKGROUNDS)}"
+        )
     return Prompt(m.group("cls"), bg, m.group("pos"), m.group("size"), colour)
 
 
