@@ -83,3 +83,17 @@ def test_nested_sections_and_other_threads() -> None:
     thread.start()
     thread.join()
     assert got == [False]  # a section in another thread marks nothing
+
+
+def test_a_stop_recorded_in_a_section_ends_a_later_interruptible_call() -> None:
+    with interruptible(False):  # e.g. a training step: the signal only sets a flag
+        assert stop_now(signal.SIGTERM) is False
+        with pytest.raises(StopRequested) as stop:
+            with interruptible():  # the evaluation after it does not start
+                raise AssertionError("entered")
+        assert stop.value.signum == signal.SIGTERM
+    with interruptible():  # the outermost section ended: the stop is forgotten
+        pass
+    assert stop_now(signal.SIGTERM) is False  # outside any section: nothing recorded
+    with interruptible():
+        pass

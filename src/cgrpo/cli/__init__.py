@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code_of(e)
         if code is None or debug_requested(args.debug) or isinstance(e, SystemExit):
             raise
-        if code == 75:
+        if code in (75, 130):  # a stop the user asked for, not an error
             print(f"cgrpo {args.command}: {one_line(e)}", file=sys.stderr)
         else:
             print(f"cgrpo {args.command}: error: {one_line(e)}", file=sys.stderr)

@@ -5,6 +5,7 @@ process's exit code (0 when done) and raises for a bad input (turned into one li
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,13 +107,37 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stoppable(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``command`` answering SIGTERM / SIGUSR1 / Ctrl-C from its first second
+    (:class:`~cgrpo.train.preemption.Preemption`): before training begins, or in
+    ``cgrpo eval``, the work in flight is abandoned at once (exit 75: nothing half-written
+    is kept; ``cgrpo eval`` continues from the images it wrote); the trainer itself
+    checkpoints first."""
+
+    def run(args: argparse.Namespace) -> int:
+        from cgrpo.io.interrupts import StopRequested, interruptible
+        from cgrpo.train.preemption import Preemption
+
+        try:
+            with Preemption(), interruptible():
+                return command(args)
+        except StopRequested as stop:
+            name = signal.Signals(stop.signum).name
+            stop.args = (
+                f"stopped on {name} before anything was saved; run the same command again",
+            )
+            raise
+
+    return run
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "train": _train,
+    "train": _stoppable(_train),
     "pretrain": _pretrain,
     "sample": _sample,
     "export": _export,
     "setup": _setup,
     "serve-reward": _serve_reward,
-    "eval": _eval,
+    "eval": _stoppable(_eval),
     "compare": _compare,
 }

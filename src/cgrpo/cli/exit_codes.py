@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from dataclasses import dataclass
 
 __all__ = ["EXIT_CODES", "ExitCode", "debug_requested", "exit_code_of", "one_line"]
@@ -108,6 +107,11 @@ def one_line(exc: BaseException) -> str:
         text = f"{what}: {str(exc.filename)!r}"
         if exc.errno in _RESOURCE_ERRNOS:
             text += "; free space there (or point the path elsewhere) and run again"
+    elif isinstance(exc, KeyboardInterrupt):
+        text = (
+            "stopped at once by a second Ctrl-C; the last checkpoint written is kept (cgrpo "
+            "train --resume continues from it)"
+        )
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(part.strip() for part in text.splitlines() if part.strip())

@@ -20,10 +20,15 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["StopRequested", "interruptible", "stop_now"]
+__all__ = ["StopRequested", "interruptible", "reset", "stop_now"]
 
-#: How many :func:`interruptible` sections the main thread is inside (nesting counts).
-_depth = 0
+#: The main thread's :func:`interruptible` sections, innermost last: whether each may be
+#: abandoned (``interruptible(False)`` marks a part inside one that must run to its end).
+_sections: list[bool] = []
+
+#: The stop signal :func:`stop_now` recorded inside a section (None: none since the
+#: outermost section began): an interruptible section entered after it raises at once.
+_pending: int | None = None
 
 
 class StopRequested(Exception):
@@ -44,25 +49,42 @@ def _in_main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible(active: bool = True) -> Iterator[None]:
     """Mark the body as a blocking call that a stop signal may abandon: while it runs in the
-    main thread, :func:`stop_now` raises :class:`StopRequested` into it. In any other thread
-    this marks nothing."""
-    global _depth
+    main thread, :func:`stop_now` raises :class:`StopRequested` into it. ``active=False``
+    marks a body inside such a section that must not be abandoned (e.g. a training step
+    whose update is in flight), until an inner ``interruptible()`` marks a call in it again.
+    In any other thread this marks nothing."""
     if not _in_main_thread():
         yield
         return
-    _depth += 1
+    if active and _pending is not None:  # the stop came before the call: do not start it
+        raise StopRequested(_pending)
+    _sections.append(active)
     try:
         yield
     finally:
-        _depth -= 1
+        _sections.pop()
+        if not _sections:
+            reset()
 
 
 def stop_now(signum: int) -> bool:
     """For a signal handler to call after recording the signal: raise
-    :class:`StopRequested` (``signum``) when the main thread is inside :func:`interruptible`,
-    so the blocking call there is abandoned; otherwise return False and raise nothing."""
-    if _depth > 0 and _in_main_thread():
+    :class:`StopRequested` (``signum``) when the main thread's innermost
+    :func:`interruptible` section may be abandoned; otherwise return False and raise
+    nothing. Inside any section (even ``interruptible(False)``) the signal is recorded:
+    an interruptible section entered later, until the outermost section ends or
+    :func:`reset`, raises at once."""
+    global _pending
+    if _sections and _in_main_thread():
+        _pending = signum  # (until the outermost section ends)
+    if _sections and _sections[-1] and _in_main_thread():
         raise StopRequested(signum)
     return False
+
+
+def reset() -> None:
+    """Forget a stop recorded by :func:`stop_now` (a new command in the same process)."""
+    global _pending
+    _pending = None

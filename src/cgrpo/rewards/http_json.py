@@ -27,13 +27,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from cgrpo.io.interrupts import interruptible
 
-__all__ = ["MAX_REPLY_BYTES", "Cancel", "TransportError", "is_http_url", "request_json"]
+__all__ = [
+    "MAX_REPLY_BYTES", "Cancel", "TransportError", "cancel_all", "is_http_url", "request_json",
+]  # fmt: skip
 
 #: The largest reply read (8 MiB): a judge's chat completion or a reward server's scores
 #: are a few KB; a bigger reply is refused after reading this much, never read whole.
@@ -67,6 +70,7 @@ class Cancel:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
+        _LIVE.add(self)
 
     @property
     def cancelled(self) -> bool:
@@ -89,6 +93,17 @@ class Cancel:
             self._socks.add(sock)
         if self.cancelled:
             _shut(sock)
+
+
+#: Every :class:`Cancel` still referenced: what :func:`cancel_all` abandons.
+_LIVE: weakref.WeakSet[Cancel] = weakref.WeakSet()
+
+
+def cancel_all() -> None:
+    """Abandon every exchange in flight, in every thread (a run stopping on a signal while
+    a worker thread waits on a server: ``sampler.overlap_rewards``)."""
+    for token in list(_LIVE):
+        token.cancel()
 
 
 def _shut(sock: socket.socket) -> None:

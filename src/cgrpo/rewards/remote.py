@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from cgrpo.config.errors import quoted
+from cgrpo.io.errors import ServiceError
 from cgrpo.rewards.http_json import TransportError, is_http_url, request_json
 from cgrpo.rewards.score_request import ScoreRequest
 
@@ -36,7 +37,7 @@ __all__ = ["RemoteReward", "RemoteRewardError"]
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class RemoteRewardError(ValueError):
+class RemoteRewardError(ServiceError, ValueError):
     """The reward server cannot be reached, refuses, or answers without scores."""
 
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from cgrpo.config.errors import quoted, shorten
+from cgrpo.io.errors import ServiceError
 from cgrpo.io.images import to_uint8
 from cgrpo.io.interrupts import interruptible
 from cgrpo.rewards.http_json import (
@@ -67,7 +68,7 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class VLMJudgeError(RuntimeError, ValueError):
+class VLMJudgeError(ServiceError, ValueError):
     """The judge cannot be reached, refuses, or replies without a score. Also a
     ``ValueError``: the CLI prints it as one line, not a traceback."""
 

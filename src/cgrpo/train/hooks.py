@@ -20,6 +20,7 @@ import torch
 from cgrpo.data.references import References, reward_view
 from cgrpo.eval.evaluator import EvalPairs, Evaluator, grid_items
 from cgrpo.io.atomic import atomic_write
+from cgrpo.io.interrupts import interruptible
 from cgrpo.io.run_log import MetricsLog, plot_curves, save_grid
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.set import RewardSet
@@ -64,7 +65,7 @@ class EvalLogHooks:
         ev = self.mid_evaluator if mid_run else self.evaluator
         assert ev is not None and self.eval_pairs is not None
         items, width = grid_items(self.eval_pairs, ev.k)
-        with self.ema_swapped():
+        with self.ema_swapped(), interruptible():  # a stop signal abandons an evaluation
             res = ev.run(self.policy, keep=items if grid else ())
         if grid is not None and self.dist.is_main and items:
             refs = self.eval_pairs.references[[j // ev.k for j in items]]

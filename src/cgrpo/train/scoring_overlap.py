@@ -19,6 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from cgrpo.data.references import References
+from cgrpo.io.interrupts import StopRequested, interruptible
+from cgrpo.rewards.http_json import cancel_all
 from cgrpo.rewards.set import RewardSet
 
 __all__ = ["OverlappedScoring"]
@@ -53,14 +55,23 @@ class OverlappedScoring:
         """All chunks' images and their rewards by name (waits for the last chunk); a
         reward's error is raised here."""
         try:
-            parts = [(images, job.result()) for images, job in self._jobs]
-        finally:
+            with interruptible():  # a stop signal abandons the wait, and the requests
+                parts = [(images, job.result()) for images, job in self._jobs]
+        except StopRequested:
+            self.close(abandon=True)
+            raise
+        except BaseException:
             self.close()
+            raise
+        self.close()
         if not parts:
             raise RuntimeError("the rollout handed no samples to the reward scoring")
         images = torch.cat([p[0] for p in parts])
         return images, {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
 
-    def close(self) -> None:
-        """Stop the worker (chunks not started yet are dropped)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, abandon: bool = False) -> None:
+        """Stop the worker (chunks not started yet are dropped); ``abandon``: without
+        waiting for the chunk in flight, whose server requests are cancelled."""
+        if abandon:
+            cancel_all()
+        self._pool.shutdown(wait=not abandon, cancel_futures=True)

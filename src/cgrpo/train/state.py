@@ -181,6 +181,21 @@ class TrainState:
         opts = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(self.module, self.optimizer, optim, options=opts)
 
+    # -- the random state of the last complete step ----------------------------------------
+
+    def rng_snapshot(self) -> tuple[dict[str, Any], Any, torch.Tensor]:
+        """Copies of every generator a step draws from (global, ``data_rng``, ``generator``):
+        what a checkpoint of this point holds, restored by :meth:`restore_rng` when a step
+        is abandoned half-way (a stop signal), so the checkpoint resumes exactly."""
+        return get_rng_state(), self.data_rng.getstate(), self.generator.get_state()
+
+    def restore_rng(self, snap: tuple[dict[str, Any], Any, torch.Tensor]) -> None:
+        """Put back the generators :meth:`rng_snapshot` copied."""
+        rng, data, gen = snap
+        set_rng_state(rng)
+        self.data_rng.setstate(data)
+        self.generator.set_state(gen)
+
     # -- an update that may have to be undone --------------------------------------------
 
     def snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any], list[torch.Tensor] | None]:

@@ -45,6 +45,7 @@ from cgrpo.data.base import PairSource
 from cgrpo.data.references import References
 from cgrpo.eval.evaluator import EvalPairs, Evaluator, build_evaluator, eval_pairs_of
 from cgrpo.io.devices import check_device
+from cgrpo.io.interrupts import StopRequested, interruptible
 from cgrpo.io.paths import check_output_dir
 from cgrpo.io.run_log import MetricsLog
 from cgrpo.method.shaping import relation_shares
@@ -256,9 +257,11 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         ``run.out_dir``, a step number from that step's, a path from that checkpoint
         folder (:func:`~cgrpo.train.checkpointing.resume_checkpoint`).
 
-        On SIGTERM / SIGUSR1 the step in flight finishes, a checkpoint is written and
-        :class:`~cgrpo.train.preemption.Preempted` is raised (``--resume`` continues exactly)."""
-        cfg, st, main = self.cfg, self.state, self.dist.is_main
+        On SIGTERM / SIGUSR1 / Ctrl-C the step in flight finishes (or, waiting on a judge
+        or evaluating, is abandoned), a checkpoint of the last complete step is written and
+        :class:`~cgrpo.train.preemption.Preempted` is raised (``--resume`` continues
+        exactly); a second Ctrl-C stops at once."""
+        cfg, main = self.cfg, self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume(resume)
@@ -271,39 +274,57 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
             log_with=cfg.run.log_with,
             accelerator=self.dist.accelerator,
         )
-        summary = self._begin_summary(resume)  # eval.json so far, truth, base evaluation
+        # nothing is abandoned but what interruptible() marks: judge requests, evaluations
+        with Preemption() as preempt, interruptible(False):
+            self._stable_rng = self.state.rng_snapshot()
+            try:
+                summary = self._run(log, preempt, resume=bool(resume), quiet=quiet)
+            except StopRequested as stop:
+                self.state.restore_rng(self._stable_rng)  # as at the last complete step
+                self._save_unless_saved()
+                raise Preempted(self.step, stop.signum) from None
+            finally:
+                log.close()
+        self.dist.barrier()  # the main process has written everything
+        return summary
+
+    def _run(
+        self, log: MetricsLog, preempt: Preemption, *, resume: bool, quiet: bool
+    ) -> dict[str, Any]:
+        """The base evaluation, the steps to ``run.steps`` (checkpointing as due), the
+        trained evaluation; returns the evaluation summary."""
+        cfg, st, main = self.cfg, self.state, self.dist.is_main
+        with interruptible():  # a stop signal abandons the truth's scoring, base evaluation
+            summary = self._begin_summary(resume)  # eval.json so far, truth, base evaluation
         bar = tqdm(
             total=cfg.run.steps, initial=self.step, desc="cgrpo train",
             disable=quiet or not main, mininterval=2,
         )  # fmt: skip
         try:
-            with Preemption() as preempt:
-                while self.step < cfg.run.steps and not self._out_of_time():
-                    res = self.train_step()
-                    if res.skipped:
-                        self._skipped(res, log)
-                    else:
-                        skips, st.consecutive_skips = st.consecutive_skips, 0
-                        st.step += 1
-                        st.train_seconds += sum(res.metrics[f"sec_{k}"] for k in PHASES)
-                        self._after_step(res, log, skips)  # evaluate, log, images
-                        if self._checkpoint_due():
-                            self.save()  # on every process: sharded tensors are gathered
-                        bar.update(1)
-                        names = self.rewards.names[:2]
-                        bar.set_postfix(
-                            {n: f"{res.metrics[f'reward/{n}/mean']:.3f}" for n in names}
-                        )
-                    if self._preempted(preempt):
-                        self._save_unless_saved()
-                        raise Preempted(self.step, preempt.signum or 15)
-                if self.step < cfg.run.steps:
-                    self._save_unless_saved()  # stopped by run.time_budget
+            while self.step < cfg.run.steps and not self._out_of_time():
+                self._stable_rng = st.rng_snapshot()
+                res = self.train_step()
+                if res.skipped:
+                    self._skipped(res, log)
+                else:
+                    skips, st.consecutive_skips = st.consecutive_skips, 0
+                    st.step += 1
+                    st.train_seconds += sum(res.metrics[f"sec_{k}"] for k in PHASES)
+                    self._stable_rng = st.rng_snapshot()
+                    self._after_step(res, log, skips)  # evaluate, log, images
+                    if self._checkpoint_due():
+                        self.save()  # on every process: sharded tensors are gathered
+                    bar.update(1)
+                    names = self.rewards.names[:2]
+                    bar.set_postfix({n: f"{res.metrics[f'reward/{n}/mean']:.3f}" for n in names})
+                if self._preempted(preempt):
+                    self._save_unless_saved()
+                    raise Preempted(self.step, preempt.signum or 15)
+            if self.step < cfg.run.steps:
+                self._save_unless_saved()  # stopped by run.time_budget
         finally:
             bar.close()
-            log.close()
         self._end_summary(summary, log)  # reward curves, trained evaluation
-        self.dist.barrier()  # the main process has written everything
         return summary
 
     def _skipped(self, res: StepResult, log: MetricsLog) -> None:
