@@ -25,13 +25,17 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, path, args.overrides)  # checked before torch loads
     from cgrpo.eval.summary import summary_table
     from cgrpo.train.checkpointing import resume_checkpoint
+    from cgrpo.train.resume_settings import check_resume_settings
     from cgrpo.train.trainer import GRPOTrainer
 
-    if resume:  # a missing checkpoint stops here, before any model loads
+    if resume:  # a missing checkpoint, or one of other settings, stops here, before any load
         resume = resume_checkpoint(resume, cfg.run.out_dir)
+        check_resume_settings(resume, cfg, allow_changes=args.allow_changes)
     # Preempted (exit 75) and ProcessFailed (the same line on every process, exit 1) are
     # turned into their line by cgrpo.cli.exit_codes
-    summary = GRPOTrainer(cfg).train(resume=resume, quiet=args.quiet)
+    summary = GRPOTrainer(cfg).train(
+        resume=resume, quiet=args.quiet, allow_changes=args.allow_changes
+    )
     base, trained, truth = (summary.get(k) for k in ("base", "trained", "truth"))
     print(summary_table(base, trained, "trained", truth=truth))
     print(f"run folder: {cfg.run.out_dir}")

@@ -71,6 +71,12 @@ def _add_train_and_pretrain(sub: argparse._SubParsersAction) -> None:
         help="continue the run in run.out_dir from its latest checkpoint; --resume N: from "
         "its step N; --resume PATH: from that checkpoint folder",
     )
+    tp.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: go on although settings that change what a step is (group size, "
+        "sampler, method, rewards, optimizer, model, data, seed) differ from the checkpoint's",
+    )
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
     _command(sub, "pretrain", "Pretrain the embedded base generator (flow matching).")
 

@@ -38,6 +38,7 @@ from cgrpo.policies.base import Policy
 from cgrpo.policies.sharding import cpu_copy
 from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist
+from cgrpo.train.resume_settings import check_resume_settings
 from cgrpo.train.state import TrainState
 
 __all__ = ["Checkpointing", "resume_checkpoint", "size_line"]
@@ -115,9 +116,12 @@ class Checkpointing:
                 {k: self.dist.like(v, own_old[k]) for k, v in state["old_policy"].items()}
             )
 
-    def _resume(self, which: bool | int | str | Path = True) -> None:
-        """Load the checkpoint ``--resume`` names (:func:`resume_checkpoint`)."""
-        self.load(resume_checkpoint(which, self.run_dir))
+    def _resume(self, which: bool | int | str | Path = True, *, allow_changes: bool) -> None:
+        """Load the checkpoint ``--resume`` names (:func:`resume_checkpoint`), written with
+        the settings of this run unless ``allow_changes`` (:func:`check_resume_settings`)."""
+        path = resume_checkpoint(which, self.run_dir)
+        check_resume_settings(path, self.cfg, allow_changes=allow_changes)
+        self.load(path)
 
 
 def resume_checkpoint(which: bool | int | str | Path, run_dir: str | Path) -> Path:

@@ -251,7 +251,13 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def train(self, resume: bool | int | str | Path = False, quiet: bool = False) -> dict[str, Any]:
+    def train(
+        self,
+        resume: bool | int | str | Path = False,
+        quiet: bool = False,
+        *,
+        allow_changes: bool = False,
+    ) -> dict[str, Any]:
         """Run to ``run.steps``; returns the evaluation summary (base and trained).
         ``resume`` (``--resume``): True continues from the latest checkpoint of
         ``run.out_dir``, a step number from that step's, a path from that checkpoint
@@ -263,8 +269,8 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         exactly); a second Ctrl-C stops at once."""
         cfg, main = self.cfg, self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._resume(resume)
+        if resume:  # with this run's settings (allow_changes: --allow-changes)
+            self._resume(resume, allow_changes=allow_changes)
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
         log = MetricsLog(
