@@ -139,6 +139,11 @@ def _merge(tp: Any, current: Any, layer: Any, *, key: str, kind: str | None = No
         return _merge_family(reg, current, layer, key=key)
     section = section_class(tp)
     if section is not None and isinstance(layer, Mapping):
+        if current is not None and not isinstance(current, Mapping):  # (`run: 5` in a file)
+            raise ConfigError(
+                f"config key '{key}' expects {section.__name__}, got {describe_got(current)}; "
+                "expected a mapping of its keys"
+            )
         merged = dict(current) if isinstance(current, Mapping) else {}
         fields, hints = init_fields(section), type_hints(section)
         for name, value in layer.items():
@@ -218,7 +223,7 @@ def _child_type(tp: Any, name: str, prefix: str) -> Any:
 def _parse_override(text: str) -> tuple[str, str]:
     key, sep, raw = text.partition("=")
     key = key.strip()
-    if not sep or not key:
+    if not sep or not key or "" in (part.strip() for part in key.split(".")):
         raise ConfigError(
             f"malformed override {quoted(text)}: expected the form key=value or "
             "section.key=value, "
