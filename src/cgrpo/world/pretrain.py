@@ -37,26 +37,30 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "base.safetensors"
 class PretrainConfig:
     """Options of ``cgrpo pretrain``."""
 
-    steps: int = option(4000, "optimizer steps", unit="steps")
-    batch_size: int = option(48, "images per step", unit="images")
-    lr: float = option(1e-3, "AdamW peak learning rate (cosine decay to 10%)")
-    warmup: int = option(200, "linear warm-up", unit="steps")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    ema: float = option(0.999, "EMA decay of the saved weights")
+    steps: int = option(4000, "optimizer steps", unit="steps", check=">= 1")
+    batch_size: int = option(48, "images per step", unit="images", check=">= 1")
+    lr: float = option(1e-3, "AdamW peak learning rate (cosine decay to 10%)", check="> 0, finite")
+    warmup: int = option(200, "linear warm-up", unit="steps", check=">= 0")
+    weight_decay: float = option(0.0, "AdamW weight decay", check=">= 0, finite")
+    ema: float = option(0.999, "EMA decay of the saved weights", check=">= 0, < 1")
     copy_colour_prob: float = option(
-        0.35, "share of recolour prompts whose target keeps the reference colour (copy bias)"
+        0.35,
+        "share of recolour prompts whose target keeps the reference colour (copy bias)",
+        check=">= 0, <= 1",
     )
     copy_background_prob: float = option(
-        0.3, "share of background prompts whose target keeps the white background (copy bias)"
+        0.3,
+        "share of background prompts whose target keeps the white background (copy bias)",
+        check=">= 0, <= 1",
     )
-    seed: int = option(0, "random seed")
-    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    seed: int = option(0, "random seed", check=">= 0, < 9223372036854775808")
+    threads: int = option(0, "torch CPU threads (0: torch's default)", check=">= 0")
     out: str | None = option(
         None,
         "where the EMA weights are written (null: the package's world/weights/base.safetensors)",
     )
-    log_every: int = option(100, "print the loss every N steps", unit="steps")
-    save_every: int = option(250, "write the EMA weights every N steps", unit="steps")
+    log_every: int = option(100, "print the loss every N steps", unit="steps", check=">= 1")
+    save_every: int = option(250, "write the EMA weights every N steps", unit="steps", check=">= 1")
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
