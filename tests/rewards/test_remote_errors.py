@@ -15,8 +15,9 @@ from cgrpo.rewards.remote import RemoteReward, RemoteRewardError
 
 @pytest.mark.parametrize("url", ["not a url", "127.0.0.1:8600", "ftp://h/", "http://h:port/"])
 def test_a_url_that_is_not_an_http_url_names_the_key(url: str) -> None:
-    with pytest.raises(RemoteRewardError, match=r"rewards\.<name>\.url must be the http\(s\) URL"):
+    with pytest.raises(ValueError, match=r"rewards\.<name>\.url must be the http\(s\) URL") as err:
         RemoteReward(url, "prompt")
+    assert not isinstance(err.value, RemoteRewardError)  # bad input (exit 2), not a server's
 
 
 @pytest.fixture

@@ -60,12 +60,13 @@ class RemoteReward:
         batch_size: int = 32,
         check: bool = True,
     ) -> None:
+        # a bad option is bad input (exit 2), not a server that failed (RemoteRewardError: 4)
         if batch_size < 1 or retries < 0 or timeout <= 0 or backoff < 0:
-            raise RemoteRewardError(
+            raise ValueError(
                 "http reward: need batch_size >= 1, retries >= 0, timeout > 0, backoff >= 0"
             )
         if not is_http_url(url):
-            raise RemoteRewardError(
+            raise ValueError(
                 "http reward: rewards.<name>.url must be the http(s) URL of a reward server "
                 f"(cgrpo serve-reward), e.g. http://127.0.0.1:8600; got {quoted(url)}"
             )
