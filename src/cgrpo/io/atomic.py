@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointError", "atomic_write"]
+__all__ = ["CheckpointError", "atomic_write", "remove_stale_temps"]
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -71,3 +72,37 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) 
         raise
     _fsync_dir(target.parent)
     return target
+
+
+_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], *, recursive: bool = False) -> int:
+    """Delete the temp files :func:`atomic_write` left in ``folder`` when its process was
+    killed (``kill -9``, power loss: nothing else could remove them): those whose writer's
+    process id is not a live process. Returns how many were removed."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in root.rglob(".*.tmp-*") if recursive else root.glob(".*.tmp-*"):
+        m = _TEMP_RE.match(path.name)
+        if m is None or not path.is_file() or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (exists, another user's)
+        return True
+    return True

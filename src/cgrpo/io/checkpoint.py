@@ -22,6 +22,7 @@ are those of :mod:`cgrpo.io.tensor_files`, so nothing here unpickles arbitrary o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from cgrpo.io.atomic import CheckpointError, _fsync_dir, atomic_write
+from cgrpo.io.errors import ResourceError
 from cgrpo.io.tensor_files import (
     load_state,
     load_tensors,
@@ -51,6 +53,7 @@ __all__ = [
     "LATEST_FILE",
     "checkpoint_size",
     "checkpoint_step",
+    "clear_leftovers",
     "is_complete_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
@@ -160,9 +163,10 @@ _TMP_RE = re.compile(r"^\.(step_\d+)\.tmp-")
 _REPLACED_RE = re.compile(r"^\.replaced-(step_\d+)-")
 
 
-def _clear_leftovers(root: Path) -> None:
-    """Remove the temp folders of crashed saves; an old step folder moved aside by a save
-    that crashed before renaming its new one into place is put back (when complete)."""
+def clear_leftovers(root: Path) -> None:
+    """Remove the temp folders of crashed saves (at every save, and when a run starts);
+    an old step folder moved aside by a save that crashed before renaming its new one into
+    place is put back (when complete)."""
     for child in list(root.iterdir()):
         if _TMP_RE.match(child.name) or child.name.startswith(".deleting-"):
             shutil.rmtree(child, ignore_errors=True)
@@ -246,7 +250,7 @@ def save_checkpoint(
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    _clear_leftovers(root)
+    clear_leftovers(root)
     folder = root / _step_dir_name(step)
     tmp = root / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -266,8 +270,11 @@ def save_checkpoint(
         _write_json(tmp / META_FILE, meta_obj)
         _fsync_dir(tmp)
         _move_into_place(tmp, folder)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _no_space(exc, root, step=step, tensors=(model_tensors, ema_tensors, state))
+        if full is not None:
+            raise full from exc
         raise
     _write_json(root / LATEST_FILE, {"step": step, "path": folder.name})
 
@@ -277,6 +284,34 @@ def save_checkpoint(
         for _, path in doomed:
             _remove_step_dir(path)
     return folder
+
+
+def _bytes(tree: Any) -> int:
+    """The bytes of the tensors in ``tree`` (dicts, lists, tuples of tensors)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, Mapping):
+        return sum(_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_bytes(v) for v in tree)
+    return 0
+
+
+def _no_space(exc: BaseException, root: Path, *, step: int, tensors: Any) -> ResourceError | None:
+    """A :class:`ResourceError` saying how much space the checkpoint needed, when ``exc``
+    is a full disk (or quota); None for any other failure."""
+    text = str(exc)
+    errno_ = getattr(exc, "errno", None)
+    if errno_ not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in text:
+        return None
+    need, free = _bytes(tensors), shutil.disk_usage(root).free
+    last = latest_checkpoint(root)
+    kept = f"the previous checkpoint ({last.name}) is kept" if last else "no earlier checkpoint"
+    return ResourceError(
+        f"checkpoint of step {step} not written: the disk under '{root}' is full (it needs "
+        f"about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free); {kept}. Free space there "
+        "(or lower run.keep_last) and continue with cgrpo train --resume"
+    )
 
 
 def _complete_folder(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:

@@ -24,9 +24,11 @@ import torch
 from tqdm import tqdm
 
 from cgrpo.config.core import config_to_dict
+from cgrpo.io.atomic import CheckpointError, remove_stale_temps
 from cgrpo.io.checkpoint import (
     checkpoint_size,
     checkpoint_step,
+    clear_leftovers,
     is_complete_checkpoint,
     latest_checkpoint,
     list_checkpoints,
@@ -101,6 +103,7 @@ class Checkpointing:
         (written by any number of processes, sharded or not)."""
         tensors, state, _ = load_checkpoint(path)
         own = self.policy.trainable_state_dict(copy=False)
+        _check_fits(tensors, own, path)
         self.policy.load_trainable_state_dict(
             {k: self.dist.like(v, own[k]) if k in own else v for k, v in tensors.items()}
         )
@@ -115,6 +118,15 @@ class Checkpointing:
             self.policy.load_old_state_dict(
                 {k: self.dist.like(v, own_old[k]) for k, v in state["old_policy"].items()}
             )
+
+    def _clear_stale(self) -> None:
+        """What a killed process left in the run folder (main process, at start): temp
+        files of interrupted writes, temp folders of interrupted checkpoint saves."""
+        if not self.dist.is_main:
+            return
+        remove_stale_temps(self.run_dir, recursive=True)
+        if (self.run_dir / "checkpoints").is_dir():
+            clear_leftovers(self.run_dir / "checkpoints")
 
     def _resume(self, which: bool | int | str | Path = True, *, allow_changes: bool) -> None:
         """Load the checkpoint ``--resume`` names (:func:`resume_checkpoint`), written with
@@ -160,6 +172,29 @@ def resume_checkpoint(which: bool | int | str | Path, run_dir: str | Path) -> Pa
     raise FileNotFoundError(
         f"--resume {path}: {what}; give a complete step folder (.../checkpoints/step_000100), "
         "a checkpoints or run folder, or a step number of run.out_dir"
+    )
+
+
+def _check_fits(
+    tensors: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], path: str | Path
+) -> None:
+    """One :class:`CheckpointError` when the checkpoint's weights are not this policy's
+    trainable weights (other names or shapes: another model or LoRA)."""
+    missing = sorted(own.keys() - tensors.keys())
+    extra = sorted(tensors.keys() - own.keys())
+    shapes = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(own[k].shape)} here"
+        for k in sorted(own.keys() & tensors.keys())
+        if tuple(tensors[k].shape) != tuple(own[k].shape)
+    ]
+    if not (missing or extra or shapes):
+        return
+    first = shapes[:1] or [f"{len(missing)} weights missing, {len(extra)} not this model's "
+                           f"(e.g. {(missing or extra)[0]})"]  # fmt: skip
+    raise CheckpointError(
+        f"checkpoint '{path}' holds the weights of another model or LoRA ({first[0]}; "
+        f"{len(shapes)} shapes differ): resume with the model settings it was written with "
+        "(model.*, flux.lora_*: the run's config.yaml)"
     )
 
 

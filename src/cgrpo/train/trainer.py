@@ -269,6 +269,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         exactly); a second Ctrl-C stops at once."""
         cfg, main = self.cfg, self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale()  # what a killed run left: temp files and folders
         if resume:  # with this run's settings (allow_changes: --allow-changes)
             self._resume(resume, allow_changes=allow_changes)
         if main:
