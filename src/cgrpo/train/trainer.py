@@ -54,6 +54,7 @@ from cgrpo.rewards.set import RewardSet
 from cgrpo.run import build
 from cgrpo.run.config import TrainConfig
 from cgrpo.run.distributed import Dist
+from cgrpo.run.memory import check_rollout_memory
 from cgrpo.sampling.rollout import Rollout, sample_groups
 from cgrpo.sampling.sde import sigma_schedule
 from cgrpo.train.checkpointing import Checkpointing
@@ -122,6 +123,10 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         self.state = self._build_train_state()
         self.velocity = self.dist.velocity_fn(self.policy, self.params)  # DDP if several
         self.shard = self.dist.shard(cfg.data.prompts_per_step * cfg.grpo.group_size)
+        check_rollout_memory(  # before the run folder: a step that cannot fit stops here
+            self.shard.stop - self.shard.start, cfg.sampler.num_steps,
+            tuple(self.policy.latent_shape()), self.policy.device,
+        )  # fmt: skip
         self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
         self._saved: tuple[int, int] | None = None  # (step, skips) of the last checkpoint
         self._scoring: OverlappedScoring | None = None  # sampler.overlap_rewards
