@@ -214,10 +214,11 @@ class _Placed:
 def test_a_rewards_device_option_places_it(tmp_path: Path, tiny_weights: Path) -> None:
     REWARDS.register("test_placed")(_Placed)
     try:
-        cfg = fast_config(tmp_path, tiny_weights, "rewards.a={kind: test_placed, device: cuda:7}",
+        # (a device this machine has: a reward's device is checked before it is built)
+        cfg = fast_config(tmp_path, tiny_weights, "rewards.a={kind: test_placed, device: meta}",
                           "rewards.b={kind: test_placed}")  # fmt: skip
         rewards = build.build_rewards(cfg, "cpu")
-        assert rewards.models["a"].device == "cuda:7" and rewards.models["b"].device == "cpu"
+        assert rewards.models["a"].device == "meta" and rewards.models["b"].device == "cpu"
         images, prompts, refs = _batch(2)
         scores = RewardSet({"b": rewards.models["b"]}, {"b": 1.0}).score(images, prompts, refs)
         assert scores["b"].device.type == "cpu" and scores["b"].dtype == torch.float32

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cgrpo.data.references import ReferenceBatch, References, reward_view
+from cgrpo.io.devices import check_device
 from cgrpo.rewards.base import REWARDS, RewardModel, make_reward_on, reads_references
 from cgrpo.rewards.spec import RewardSpec
 
@@ -66,9 +67,11 @@ class RewardSet:
     @classmethod
     def build(cls, specs: list[RewardSpec], device: str, where: str = "rewards") -> RewardSet:
         """Every reward of ``specs`` on ``device`` (unless its options name one); all
-        option names are checked before the first model is built."""
+        option names and devices are checked before the first model is built."""
         for s in specs:
             _check_options(s, where)
+            if isinstance(s.options.get("device"), str):  # (a DeviceError naming the key)
+                check_device(s.options["device"], f"{where}.{s.name}.device")
         models = {s.name: make_reward_on(s.kind, device, **s.options) for s in specs}
         return cls(models, {s.name: s.weight for s in specs})
 
