@@ -41,7 +41,12 @@ def load_reference(spec: str) -> torch.Tensor:
     path = Path(spec)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(path, scene.IMAGE_SIZE, crop=True)[None]
-    return images_to_tensor([scene.reference_image(scene.subject_by_name(spec))])
+    try:
+        subject = scene.subject_by_name(spec)
+    except ValueError as e:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ValueError(f"--reference: {e}; or give an image file ({suffixes})") from None
+    return images_to_tensor([scene.reference_image(subject)])
 
 
 def flux_references(specs: list[str], cfg: TrainConfig) -> References:

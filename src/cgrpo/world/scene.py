@@ -217,7 +217,7 @@ def subject_by_name(name: str) -> Subject:
         or parts[2] not in SHAPES
     ):
         raise ValueError(
-            f"unknown subject {name!r}: expected 'colour-pattern-shape' with colour in "
+            f"unknown subject {quoted(name)}: expected 'colour-pattern-shape' with colour in "
             f"{tuple(COLOURS)}, pattern in {PATTERNS}, shape in {SHAPES}"
         )
     return Subject(parts[2], parts[0], parts[1])
