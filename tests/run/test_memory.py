@@ -20,9 +20,9 @@ def test_check_refuses_only_what_cannot_fit() -> None:
     cpu = torch.device("cpu")
     free = free_bytes(cpu)
     assert free is not None and free > 0  # Linux tells MemAvailable
-    check_rollout_memory(64, 10, (3, 32, 32), cpu)  # 8.7 MB
+    check_rollout_memory(64, 10, (3, 32, 32), device=cpu)  # 8.7 MB
     with pytest.raises(ResourceError, match=r"grpo\.group_size or data\.prompts_per_step"):
-        check_rollout_memory(free // (11 * 3072 * 4) + 1, 10, (3, 32, 32), cpu)
+        check_rollout_memory(free // (11 * 3072 * 4) + 1, 10, (3, 32, 32), device=cpu)
 
 
 def test_a_huge_group_is_one_line_and_no_folder(

@@ -13,7 +13,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-__all__ = ["EXIT_CODES", "ExitCode", "debug_requested", "exit_code_of", "one_line"]
+__all__ = ["EXIT_CODES", "ExitCode", "debug_requested", "exit_code_of", "one_line", "table"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ EXIT_CODES = (
     ),  # fmt: skip
     ExitCode(
         1,
-        "another process of a distributed run failed (its line is printed)",
+        "another process of a distributed run failed (its line is printed); an unexpected "
+        "error (a bug: its traceback)",
         ("cgrpo.run.distributed:ProcessFailed",),
     ),  # fmt: skip
     ExitCode(
@@ -115,3 +116,10 @@ def one_line(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def table() -> str:
+    """The exit codes as the Markdown table README and docs/reliability.md show."""
+    rows = sorted(EXIT_CODES, key=lambda r: r.code)
+    lines = [f"| {r.code} | {r.meaning} |" for r in rows]
+    return "\n".join(["| code | meaning |", "|---|---|", *lines])

@@ -39,7 +39,7 @@ def free_bytes(device: torch.device) -> int | None:
 
 
 def check_rollout_memory(
-    samples: int, steps: int, latent: tuple[int, ...], device: torch.device
+    samples: int, steps: int, latent: tuple[int, ...], *, device: torch.device
 ) -> None:
     """:class:`ResourceError` naming the keys to lower when a step's trajectory alone
     (:func:`rollout_bytes`) exceeds the free memory of ``device``."""

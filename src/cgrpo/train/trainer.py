@@ -125,7 +125,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         self.shard = self.dist.shard(cfg.data.prompts_per_step * cfg.grpo.group_size)
         check_rollout_memory(  # before the run folder: a step that cannot fit stops here
             self.shard.stop - self.shard.start, cfg.sampler.num_steps,
-            tuple(self.policy.latent_shape()), self.policy.device,
+            tuple(self.policy.latent_shape()), device=self.policy.device,
         )  # fmt: skip
         self.sigmas = sigma_schedule(cfg.sampler.num_steps, cfg.sampler.shift)
         self._saved: tuple[int, int] | None = None  # (step, skips) of the last checkpoint
