@@ -20,6 +20,7 @@ import sys
 from cgrpo.cli.commands import COMMANDS
 from cgrpo.cli.exit_codes import debug_requested, exit_code_of, one_line
 from cgrpo.cli.parser import build_parser
+from cgrpo.config.errors import shorten
 
 __all__ = ["main"]
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = ap.parse_known_args(argv)
     if extra:
         if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
-            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+            ap.error(f"unrecognized arguments: {shorten(' '.join(extra))}")
         args.overrides += extra
     try:
         return COMMANDS[args.command](args)

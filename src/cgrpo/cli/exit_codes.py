@@ -13,6 +13,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+from cgrpo.config.errors import quoted
+
 __all__ = ["EXIT_CODES", "ExitCode", "debug_requested", "exit_code_of", "one_line", "table"]
 
 
@@ -105,7 +107,7 @@ def one_line(exc: BaseException) -> str:
     message with line breaks folded."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         what = exc.strerror or type(exc).__name__
-        text = f"{what}: {str(exc.filename)!r}"
+        text = f"{what}: {quoted(str(exc.filename))}"
         if exc.errno in _RESOURCE_ERRNOS:
             text += "; free space there (or point the path elsewhere) and run again"
     elif isinstance(exc, KeyboardInterrupt):
