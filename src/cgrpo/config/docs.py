@@ -297,8 +297,9 @@ def unknown_key_message(
 ) -> str:
     """``name`` is no key of ``cls`` (at ``prefix`` of ``root``; a family kind's if ``kind``)."""
     valid = sorted([*init_fields(cls), *(["kind"] if kind else [])])
-    close = [join(prefix, k) for k in difflib.get_close_matches(name, valid, 1)]
-    if not close and kind is None:  # the key may exist at another level
+    guess = len(name) <= 100  # (no key is near a longer name; difflib on 1 MB took 25 s)
+    close = [join(prefix, k) for k in difflib.get_close_matches(name, valid, 1)] if guess else []
+    if not close and kind is None and guess:  # the key may exist at another level
         keys = [info.key for info in config_options(root)]
         last = {k: k.rsplit(".", 1)[-1] for k in keys}
         close = [k for k in keys if last[k] == name] or [
