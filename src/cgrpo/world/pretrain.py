@@ -122,13 +122,17 @@ def load_generator(path: str | Path | None = None) -> TinyKontext:
     from safetensors import safe_open
 
     path = Path(path) if path else DEFAULT_WEIGHTS
+    fix = "point model.weights at a file `cgrpo pretrain` wrote (or leave it unset for the base)"
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"embedded generator weights: '{path}' is a folder, not a safetensors file; {fix}"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"embedded generator weights not found at {path}. The base model ships with the "
             "package (cgrpo/world/weights/base.safetensors); re-create it with `cgrpo pretrain` "
             "or pass the path of a file it wrote."
         )
-    fix = "point model.weights at a file `cgrpo pretrain` wrote (or leave it unset for the base)"
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
