@@ -1,7 +1,8 @@
 """What the loop does around its steps: held-out evaluation, the metrics log and image
 grids at the run's intervals (``run.eval_every``, ``run.log_every``, ``run.image_every``),
-and the evaluation summary ``eval.json`` (``truth`` and ``base`` before the first step,
-``trained`` after the last).
+the evaluation summary ``eval.json`` (``truth`` and ``base`` before the first step,
+``trained`` after the last) and the held-out progress plot ``progress.png``
+(:mod:`cgrpo.io.progress_plot`: rewritten after each mid-run evaluation and at the end).
 
 :class:`EvalLogHooks` is one part of :class:`cgrpo.train.trainer.GRPOTrainer` (which builds
 the attributes it names).
@@ -19,8 +20,10 @@ import torch
 
 from cgrpo.data.references import References, reward_view
 from cgrpo.eval.evaluator import EvalPairs, Evaluator, grid_items
+from cgrpo.eval.summary import gap_closed
 from cgrpo.io.atomic import atomic_write
 from cgrpo.io.interrupts import interruptible
+from cgrpo.io.progress_plot import plot_progress, progress_series
 from cgrpo.io.run_log import MetricsLog, plot_curves, save_grid
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.set import RewardSet
@@ -53,6 +56,7 @@ class EvalLogHooks:
     eval_pairs: EvalPairs | None
     evaluator: Evaluator | None  # base and final: data.eval_noises per pair
     mid_evaluator: Evaluator | None  # every run.eval_every steps: the first
+    _eval_summary: dict[str, Any] | None = None  # eval.json so far (the progress plot's)
 
     def ema_swapped(self) -> contextlib.AbstractContextManager[Any]:
         """Within the block the policy holds the EMA weights (no-op without EMA)."""
@@ -85,6 +89,7 @@ class EvalLogHooks:
                 summary["truth"] = truth
         if self.evaluator is not None and "base" not in summary:
             self._evaluate_into(summary, "base")
+        self._eval_summary = summary
         return summary
 
     def _after_step(self, res: StepResult, log: MetricsLog, skips: int) -> None:
@@ -98,6 +103,8 @@ class EvalLogHooks:
             row.update({f"eval/{k}": v for k, v in ev["overall"].items()})
         if evaluated or step % cfg.log_every == 0 or step == cfg.steps:
             log.log(row)
+        if evaluated:
+            self._plot_progress(log)
         if self.dist.is_main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
             path = self.run_dir / "images" / f"step_{step:06d}.png"
             grid = save_grid(
@@ -113,6 +120,19 @@ class EvalLogHooks:
             summary["steps"] = self.state.step
             summary["train_seconds"] = self.state.train_seconds
             self._evaluate_into(summary, "trained")
+            self._plot_progress(log)
+
+    def _plot_progress(self, log: MetricsLog) -> None:
+        """``progress.png`` from the mid-run rows and ``eval.json`` so far (main process)."""
+        summary = self._eval_summary
+        if not self.dist.is_main or summary is None or "base" not in summary:
+            return
+        gaps: dict[str, float] = {}
+        if "trained" in summary and "truth" in summary:
+            closed = gap_closed(summary["trained"], summary["base"], summary["truth"])
+            gaps = {n: g for n, (g, _) in closed.items()}
+        series = progress_series(log.rows, summary, self.rewards.names, gaps=gaps)
+        plot_progress(self.run_dir / "progress.png", series)
 
     def _evaluate_into(self, summary: dict[str, Any], key: str) -> None:
         summary[key] = self.evaluate(self.run_dir / "images" / f"eval_{key}.png")
