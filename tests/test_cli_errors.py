@@ -36,8 +36,8 @@ def test_a_corrupt_checkpoint_is_one_line_everywhere(
     args = [["eval", "--run", str(run), f"out_dir={tmp_path / 'eval'}", "--quiet"],
             ["sample", "--run", str(run), "--reference", "red-hstripes-circle",
              "--prompt", "a circle on a sky background", "--out", str(tmp_path / "s.png")],
-            ["train", "--resume", f"run.out_dir={run}", f"model.weights={tiny_weights}",
-             "run.steps=2", "--quiet"]]  # fmt: skip
+            ["train", "--resume", "--allow-changes", f"run.out_dir={run}",
+             f"model.weights={tiny_weights}", "run.steps=2", "--quiet"]]  # fmt: skip
     for a in args:
         one_line_error(capsys, a, str(model))
 

@@ -30,10 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     (:data:`~cgrpo.cli.exit_codes.EXIT_CODES`), an unexpected one its traceback."""
     ap = build_parser()
     # key=value overrides may come before and after flags (`run.steps=5 --quiet run.seed=2`)
-    args, extra = ap.parse_known_args(argv)
+    try:
+        args, extra = ap.parse_known_args(argv)
+    except SystemExit as done:  # --help, or a usage error (one line, see cli.parser)
+        return done.code if isinstance(done.code, int) else 2
     if extra:
-        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
-            ap.error(f"unrecognized arguments: {shorten(' '.join(extra))}")
+        # a word that is not a flag is an override (a malformed one is named by the config)
+        if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+            cmd = f"cgrpo {args.command}"
+            print(
+                f"{cmd}: error: unrecognized arguments: {shorten(' '.join(extra))} (a config "
+                f"override is key=value); see {cmd} --help",
+                file=sys.stderr,
+            )
+            return 2
         args.overrides += extra
     try:
         return COMMANDS[args.command](args)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cgrpo.config.docs import describe_config
 from cgrpo.config.registry import import_path
@@ -26,7 +26,15 @@ def _config_class(command: str) -> type:
     return import_path(CONFIG_CLASSES[command])
 
 
-class _CommandParser(argparse.ArgumentParser):
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, as every other error of cgrpo:
+    ``<prog>: error: <what>; see <prog> --help`` (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+class _CommandParser(_Parser):
     """A sub-command's parser whose epilog (every config key) is built only for ``--help``,
     so that parsing a command never imports another command's config."""
 
@@ -203,7 +211,7 @@ def _add_eval_and_compare(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``cgrpo`` parser: one sub-command each for train, pretrain, sample, export, eval,
     compare."""
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="cgrpo",
         description="Customized-GRPO: RL fine-tuning of subject-driven image generators.",
     )

@@ -227,7 +227,7 @@ def _parse_override(text: str) -> tuple[str, str]:
         raise ConfigError(
             f"malformed override {quoted(text)}: expected the form key=value or "
             "section.key=value, "
-            "e.g. 'trainer.lr=1e-4'"
+            "e.g. 'optim.lr=1e-4'"
         )
     return key, raw.strip()
 
