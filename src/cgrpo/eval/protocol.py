@@ -333,7 +333,9 @@ def eval_command(
         train_cfg = load_config(TrainConfig, run / "config.yaml", [])
         last = ckpt.latest_checkpoint(run / "checkpoints")
         if last is None:
-            raise FileNotFoundError(f"--run {run}: no complete checkpoint under {run}/checkpoints")
+            root = Path(run) / "checkpoints"
+            detail = ckpt.no_checkpoint_detail(root)
+            raise FileNotFoundError(f"--run {run}: no complete checkpoint under {root}{detail}")
     else:
         train_cfg = load_config(TrainConfig, model_config or EMBEDDED_CONFIG, [])
     check_settings(cfg, train_cfg)

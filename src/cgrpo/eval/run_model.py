@@ -14,6 +14,7 @@ from cgrpo.io.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_weights,
+    no_checkpoint_detail,
 )
 from cgrpo.run.config import TrainConfig
 
@@ -36,7 +37,8 @@ def run_checkpoint(run: Path, step: int | None = None) -> Path:
     if step is None:
         last = latest_checkpoint(root)
         if last is None:
-            raise FileNotFoundError(f"--run {run}: no complete checkpoint under {root}")
+            detail = no_checkpoint_detail(Path(root))
+            raise FileNotFoundError(f"--run {run}: no complete checkpoint under {root}{detail}")
         return last
     folder = root / f"step_{step:06d}"
     if not is_complete_checkpoint(folder):

@@ -22,7 +22,6 @@ are those of :mod:`cgrpo.io.tensor_files`, so nothing here unpickles arbitrary o
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 
 from cgrpo.io.atomic import CheckpointError, _fsync_dir, atomic_write
-from cgrpo.io.errors import ResourceError
+from cgrpo.io.disk_space import no_space_error
 from cgrpo.io.tensor_files import (
     load_state,
     load_tensors,
@@ -59,7 +58,9 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_weights",
+    "no_checkpoint_detail",
     "save_checkpoint",
+    "why_incomplete",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -121,6 +122,35 @@ def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
         if expected is not None and f.stat().st_size != expected:
             return False
     return True
+
+
+def why_incomplete(folder: Path) -> str:
+    """What is wrong with a step folder that is not complete (``missing meta.json``,
+    ``missing state.pt``, ``model.safetensors has 1000 bytes, meta says 4096``)."""
+    meta = _read_json(folder / META_FILE)
+    if not isinstance(meta, dict):
+        return f"missing or unreadable {META_FILE}"
+    sizes = meta.get("file_sizes", {})
+    for name in _checkpoint_files(meta):
+        f = folder / name
+        if not f.is_file():
+            return f"missing {name}"
+        expected = sizes.get(name) if isinstance(sizes, dict) else None
+        if expected is not None and f.stat().st_size != expected:
+            return f"{name} has {f.stat().st_size} bytes, meta says {expected}"
+    return "complete"
+
+
+def no_checkpoint_detail(root: Path) -> str:
+    """For a message saying ``root`` holds no complete checkpoint: which step folders are
+    there and why they are incomplete (``""`` when there are none)."""
+    bad = sorted(
+        c for c in (root.iterdir() if root.is_dir() else ())
+        if checkpoint_step(c.name) is not None and c.is_dir() and not is_complete_checkpoint(c)
+    )  # fmt: skip
+    if not bad:
+        return ""
+    return " (" + "; ".join(f"{c.name}: {why_incomplete(c)}" for c in bad[-3:]) + ")"
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -272,7 +302,10 @@ def save_checkpoint(
         _move_into_place(tmp, folder)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        full = _no_space(exc, root, step=step, tensors=(model_tensors, ema_tensors, state))
+        tensors = (model_tensors, ema_tensors, state)
+        full = no_space_error(
+            exc, root, step=step, tensors=tensors, previous=latest_checkpoint(root)
+        )
         if full is not None:
             raise full from exc
         raise
@@ -286,34 +319,6 @@ def save_checkpoint(
     return folder
 
 
-def _bytes(tree: Any) -> int:
-    """The bytes of the tensors in ``tree`` (dicts, lists, tuples of tensors)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.numel() * tree.element_size()
-    if isinstance(tree, Mapping):
-        return sum(_bytes(v) for v in tree.values())
-    if isinstance(tree, (list, tuple)):
-        return sum(_bytes(v) for v in tree)
-    return 0
-
-
-def _no_space(exc: BaseException, root: Path, *, step: int, tensors: Any) -> ResourceError | None:
-    """A :class:`ResourceError` saying how much space the checkpoint needed, when ``exc``
-    is a full disk (or quota); None for any other failure."""
-    text = str(exc)
-    errno_ = getattr(exc, "errno", None)
-    if errno_ not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in text:
-        return None
-    need, free = _bytes(tensors), shutil.disk_usage(root).free
-    last = latest_checkpoint(root)
-    kept = f"the previous checkpoint ({last.name}) is kept" if last else "no earlier checkpoint"
-    return ResourceError(
-        f"checkpoint of step {step} not written: the disk under '{root}' is full (it needs "
-        f"about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free); {kept}. Free space there "
-        "(or lower run.keep_last) and continue with cgrpo train --resume"
-    )
-
-
 def _complete_folder(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """The step folder ``path`` names (for a checkpoint root: its latest) and its meta;
     FileNotFoundError if there is none, CheckpointError if it is incomplete."""
@@ -324,7 +329,8 @@ def _complete_folder(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]
     if not (p / META_FILE).exists() and not _STEP_DIR_RE.match(p.name):
         found = latest_checkpoint(p)
         if found is None:
-            raise FileNotFoundError(f"no complete checkpoint found in '{p}'")
+            detail = no_checkpoint_detail(p) or no_checkpoint_detail(p / "checkpoints")
+            raise FileNotFoundError(f"no complete checkpoint found in '{p}'{detail}")
         folder = found
     if not is_complete_checkpoint(folder):
         names = (*_checkpoint_files(_read_json(folder / META_FILE)), META_FILE)

@@ -33,6 +33,7 @@ from cgrpo.io.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    no_checkpoint_detail,
     save_checkpoint,
 )
 from cgrpo.method.objective import Objective
@@ -146,8 +147,8 @@ def resume_checkpoint(which: bool | int | str | Path, run_dir: str | Path) -> Pa
         last = latest_checkpoint(root)
         if last is None:
             raise FileNotFoundError(
-                f"--resume: no complete checkpoint under {root}; start without --resume or "
-                "point run.out_dir at the run to continue"
+                f"--resume: no complete checkpoint under {root}{no_checkpoint_detail(root)}; "
+                "start without --resume or point run.out_dir at the run to continue"
             )
         return last
     steps = [s for s, _ in list_checkpoints(root)]
