@@ -8,8 +8,10 @@ A data source gives the trainer batches of pairs and a fixed held-out evaluation
   (the embedded world renders it), so evaluations report the share of the gap closed; a
   source that has it is a :class:`HasEvalTruth` (checked with ``isinstance``)
 
-:class:`EmbeddedData` draws them from the embedded world: training pairs from the 24
-training subjects, evaluation pairs from the 8 held-out subjects with fixed prompts.
+:class:`EmbeddedData` draws them from the embedded world: training pairs from the training
+subjects of a split, evaluation pairs from its held-out subjects with fixed prompts. The
+split is the base generator's (:func:`cgrpo.world.split.read_split` of ``model.weights``);
+by default the shipped one, 24 training and 8 held-out subjects.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from cgrpo.data.overlap import ListsPairs, PairKey
 from cgrpo.world import scene
+from cgrpo.world.split import SubjectSplit, shipped_split
 
 
 def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -55,8 +58,11 @@ class EmbeddedData:
         attribute_prob: float = 0.45,
         eval_prompts_per_subject: int = 32,
         eval_seed: int = 3407,
+        *,
+        split: SubjectSplit | None = None,
     ) -> None:
-        self.train_subjects, self.eval_subjects = scene.all_subjects()
+        split = split or shipped_split()
+        self.train_subjects, self.eval_subjects = list(split.train), list(split.held_out)
         self.attribute_prob = attribute_prob
         self.eval_prompts_per_subject = eval_prompts_per_subject
         self.eval_seed = eval_seed

@@ -68,7 +68,7 @@ from cgrpo.io.run_log import save_grid
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.set import RewardSet
 from cgrpo.rewards.spec import parse_rewards
-from cgrpo.run.build import build_policy, keeps_aspect
+from cgrpo.run.build import build_policy, keeps_aspect, subject_split
 from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
 from cgrpo.sampling.shift import SHIFT_RULES, resolution_shift, uno_seq_len
 
@@ -89,7 +89,7 @@ def protocol_pairs(cfg: EvalConfig, train_cfg: TrainConfig) -> EvalPairs:
 
         d = train_cfg.data
         n = cfg.prompts_per_subject or d.eval_prompts_per_subject
-        data = EmbeddedData(d.attribute_prob, n, d.eval_seed)
+        data = EmbeddedData(d.attribute_prob, n, d.eval_seed, split=subject_split(train_cfg))
         refs, prompts, names = data.eval_pairs()
         return EvalPairs.from_lists(refs, prompts, names, truth=data.eval_truth())
     from cgrpo.data.dreambench import DreamBenchPairs

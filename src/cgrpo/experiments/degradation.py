@@ -136,9 +136,9 @@ def run_config(settings: Settings, arm: str, seed: int, *, run_dir: Path | None 
 def final_pairs(cfg, eval_prompts: int = 0) -> int:
     """The held-out pairs of the final evaluation: every held-out subject x ``eval_prompts``
     (0: the runs' own ``data.eval_prompts_per_subject``, the curves')."""
-    from cgrpo.data.base import EmbeddedData
+    from cgrpo.run.build import subject_split
 
-    subjects = len(EmbeddedData().eval_subjects)
+    subjects = len(subject_split(cfg).held_out)
     return subjects * (eval_prompts or cfg.data.eval_prompts_per_subject)
 
 

@@ -20,8 +20,7 @@ def supervised(cfg, budget: float) -> None:
 
     from cgrpo.config.core import config_to_dict, save_config
     from cgrpo.io import checkpoint as ckpt
-    from cgrpo.run.build import build_policy
-    from cgrpo.world import scene
+    from cgrpo.run.build import build_policy, subject_split
     from cgrpo.world.pretrain import PretrainConfig, flow_matching_loss, make_batch
 
     torch.set_num_threads(cfg.run.threads or torch.get_num_threads())
@@ -36,7 +35,7 @@ def supervised(cfg, budget: float) -> None:
         model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay
     )
     rng = random.Random(cfg.run.seed)
-    subjects, _ = scene.all_subjects()
+    subjects = list(subject_split(cfg).train)  # the base's training subjects
     pcfg = PretrainConfig(copy_colour_prob=0.0, copy_background_prob=0.0)
     batch = cfg.data.prompts_per_step * cfg.grpo.group_size
     spent, step, rows = 0.0, 0, []

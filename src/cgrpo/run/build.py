@@ -12,10 +12,12 @@ from cgrpo.rewards.set import RewardSet
 from cgrpo.rewards.spec import parse_rewards
 from cgrpo.run.config import TrainConfig
 from cgrpo.sampling.sde import sigma_schedule
+from cgrpo.world.split import SubjectSplit, read_split, shipped_split
 
 __all__ = [
     "build_policy",
     "build_data",
+    "subject_split",
     "build_rewards",
     "eval_sigmas",
 ]
@@ -58,10 +60,19 @@ def build_data(cfg: TrainConfig) -> PairSource:
     ``data.allow_eval_overlap`` (:func:`~cgrpo.data.overlap.check_eval_overlap`)."""
     d = cfg.data
     if d.kind == "embedded":
-        return EmbeddedData(d.attribute_prob, d.eval_prompts_per_subject, d.eval_seed)
+        return EmbeddedData(
+            d.attribute_prob, d.eval_prompts_per_subject, d.eval_seed, split=subject_split(cfg)
+        )
     source = _file_pairs(cfg)
     check_eval_overlap(source, allow=d.allow_eval_overlap)
     return source
+
+
+def subject_split(cfg: TrainConfig) -> SubjectSplit:
+    """The embedded subjects' split of the run's base generator (``model.weights``, read from
+    its metadata): the identities the base never saw are the held-out ones. The shipped split
+    when the model is not the embedded one."""
+    return read_split(cfg.model.weights) if cfg.model.kind == "embedded" else shipped_split()
 
 
 def _file_pairs(cfg: TrainConfig) -> PairSource:

@@ -36,7 +36,10 @@ class ModelConfig:
         "embedded", "generator: the embedded tiny in-context transformer, or a FLUX-family model"
     )
     weights: str | None = option(
-        None, "embedded: generator safetensors (null: the base model shipped in the package)"
+        None,
+        "embedded: generator safetensors (null: the base model shipped in the package); the "
+        "subject split in its metadata (cgrpo pretrain's subjects) decides the training and "
+        "held-out subjects, the shipped 24 / 8 when it has none",
     )
     device: str = option("cpu", "torch device of the policy and rewards")
     lora_rank: int = option(
