@@ -120,10 +120,11 @@ def plot_progress(path: Path, series: Sequence[ProgressSeries]) -> bool:
         if s.truth is not None:
             ax.axhline(s.truth, color="C2", ls="--", lw=1.2, label=f"truth {s.truth:.3f}")
         if s.base is not None:
-            ax.axhline(s.base, color="0.4", ls=":", lw=1.2, label=f"base {s.base:.3f}")
+            ax.axhline(s.base, color="0.4", ls=":", lw=1.2, label=f"base {s.base:.3f} (same noise)")
         if s.final is not None:
-            gap = "" if s.gap is None else f"; gap closed {100 * s.gap:+.1f} % (all noises)"
-            ax.plot(*s.final, "*", color="C3", ms=13, label=f"trained {s.final[1]:.3f}{gap}")
+            gap = "" if s.gap is None else f"\ngap closed {100 * s.gap:+.1f} % on all noises"
+            label = f"trained {s.final[1]:.3f} (same noise){gap}"
+            ax.plot(*s.final, "*", color="C3", ms=13, label=label)
         ax.set_title(f"held-out {s.name} reward")
         ax.set_xlabel("step")
         ax.legend(fontsize=7, loc="best")
