@@ -340,3 +340,21 @@ def test_ode_solver_prints_a_row_per_solver_and_steps(tiny_weights: Path) -> Non
         ("euler", "2", "2"), ("dpm2m", "2", "2"), ("heun", "1", "1"),
         ("euler", "3", "3"), ("dpm2m", "3", "3"), ("heun", "2", "3"),
     ]  # fmt: skip
+
+
+def test_readme_figures_from_a_run_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"steps": 3}))
+    Image.new("RGB", (40, 30), "red").save(run / "progress.png")
+    for name, colour in (("eval_base", "blue"), ("eval_trained", "green")):
+        Image.new("RGB", (64, 32), colour).save(run / "images" / f"{name}.png")
+    out = _run("benchmarks/readme_figures.py", str(run), "--out", str(tmp_path / "docs"))
+    assert "default_base_vs_trained.png" in out
+    copied = Image.open(tmp_path / "docs" / "default_progress.png")
+    assert copied.size == (40, 30)
+    pair = Image.open(tmp_path / "docs" / "default_base_vs_trained.png").convert("RGB")
+    assert pair.size == (16 + 16 + 16, 22 + 8)  # two grids at 1/4, a gap, a title strip
+    assert pair.getpixel((8, 26)) == (0, 0, 255) and pair.getpixel((40, 26)) == (0, 128, 0)
