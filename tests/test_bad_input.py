@@ -155,8 +155,6 @@ class Ctx:
         return run
 
 
-
-
 def then(*steps: Any) -> Any:
     """The last of ``steps``: a case's argv after the steps that wrote its inputs."""
     return steps[-1]
