@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except BaseException as e:  # noqa: BLE001 -- sorted below; the rest re-raised
         code = exit_code_of(e)
-        if code is None or debug_requested(args.debug) or isinstance(e, SystemExit):
+        if code is None or debug_requested(args.debug):
             raise
         if code in (75, 130):  # a stop the user asked for, not an error
             print(f"cgrpo {args.command}: {one_line(e)}", file=sys.stderr)

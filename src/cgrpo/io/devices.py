@@ -50,6 +50,6 @@ def check_device(value: str, key: str) -> str:
         if index and int(index) >= count:
             raise DeviceError(f"{key}={value}: there are {count} GPU(s) here; {fix}")
         return value
-    if f"{kind}" not in have:
+    if kind not in have:
         raise DeviceError(f"{key}={value}: no {kind} device on this machine; {fix}")
     return value

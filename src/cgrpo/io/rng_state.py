@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,9 @@ import torch
 
 from cgrpo.io.atomic import CheckpointError
 
-__all__ = ["RNG_STATE_FORMAT", "get_rng_state", "set_rng_state"]
+__all__ = [
+    "RNG_STATE_FORMAT", "get_rng_state", "random_state", "set_random_state", "set_rng_state",
+]  # fmt: skip
 
 RNG_STATE_FORMAT = 1
 
@@ -59,6 +61,19 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.set_rng_state(state["torch"].to(dtype=torch.uint8, device="cpu"))
     if "cuda" in state:
         _set_cuda_states(list(state["cuda"]))
+
+
+def random_state(rng: random.Random) -> list[Any]:
+    """A ``random.Random``'s state as ``[version, [internal ints], gauss_next]``: plain
+    values that ``torch.load(weights_only=True)`` reads back (:func:`set_random_state`)."""
+    version, internal, gauss_next = rng.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def set_random_state(rng: random.Random, state: Sequence[Any]) -> None:
+    """Restore what :func:`random_state` captured into ``rng``."""
+    version, internal, gauss_next = state
+    rng.setstate((version, tuple(internal), gauss_next))
 
 
 def _python_state() -> dict[str, Any]:

@@ -22,7 +22,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from cgrpo.io.interrupts import reset, stop_now
+from cgrpo.io.interrupts import stop_now
 
 __all__ = ["PREEMPTED_EXIT_CODE", "Preempted", "Preemption"]
 
@@ -84,7 +84,6 @@ class Preemption:
             self._outer = outer
             return outer
         if threading.current_thread() is threading.main_thread():
-            reset()  # (a stop recorded by an earlier command in this process)
             for s in SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
             Preemption._active = self
@@ -99,4 +98,3 @@ class Preemption:
         self._old.clear()
         if Preemption._active is self:
             Preemption._active = None
-            reset()

@@ -54,16 +54,15 @@ class OverlappedScoring:
     def result(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All chunks' images and their rewards by name (waits for the last chunk); a
         reward's error is raised here."""
+        abandon = False
         try:
             with interruptible():  # a stop signal abandons the wait, and the requests
                 parts = [(images, job.result()) for images, job in self._jobs]
         except StopRequested:
-            self.close(abandon=True)
+            abandon = True
             raise
-        except BaseException:
-            self.close()
-            raise
-        self.close()
+        finally:
+            self.close(abandon=abandon)
         if not parts:
             raise RuntimeError("the rollout handed no samples to the reward scoring")
         images = torch.cat([p[0] for p in parts])

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from cgrpo.io.atomic import CheckpointError
-from cgrpo.io.rng_state import get_rng_state, set_rng_state
+from cgrpo.io.rng_state import get_rng_state, random_state, set_random_state, set_rng_state
 from cgrpo.policies.sharding import cpu_copy
 from cgrpo.run.distributed import Dist
 from cgrpo.train.ema import EMA
@@ -79,7 +79,6 @@ class TrainState:
     def state_dict(self, dist: Dist, keep: bool = True) -> dict[str, Any]:
         """Full (unsharded) tensors in CPU memory; with FSDP every process must call it,
         and ``keep=False`` ones only help gather (see :func:`cpu_copy`)."""
-        py = self.data_rng.getstate()
         ema = None if self.ema is None else [cpu_copy(e, keep) for e in self.ema.shadow]
         return {
             "step": self.step,
@@ -89,7 +88,7 @@ class TrainState:
             "optimizer": self._optimizer_state(dist, keep),
             "ema": ema,
             "rng": get_rng_state(),
-            "data_rng": [py[0], list(py[1]), py[2]],
+            "data_rng": random_state(self.data_rng),
             "generator": self.generator.get_state(),
         }
 
@@ -109,8 +108,7 @@ class TrainState:
         if self.ema is not None:
             self.ema.shadow = [dist.like(e, p) for e, p in zip(ema, self.params, strict=True)]
         set_rng_state(state["rng"])
-        v, internal, gauss = state["data_rng"]
-        self.data_rng.setstate((v, tuple(internal), gauss))
+        set_random_state(self.data_rng, state["data_rng"])
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
         self.consecutive_skips = int(state["consecutive_skips"])

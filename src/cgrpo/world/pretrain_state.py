@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from cgrpo.io.rng_state import random_state, set_random_state
 from cgrpo.io.tensor_files import load_state, save_state
 
 __all__ = [
@@ -52,7 +53,6 @@ def save_pretrain_state(
     settings: dict[str, Any],
 ) -> Path:
     """Write the checkpoint after ``step`` optimizer steps (atomically); returns its path."""
-    version, internal, gauss = rng.getstate()
     state = {
         "format": FORMAT,
         "step": step,
@@ -60,7 +60,7 @@ def save_pretrain_state(
         "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
         "optimizer": opt.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "python_rng": [version, list(internal), gauss],
+        "python_rng": random_state(rng),
         "running": running,
         "elapsed": elapsed,
         "settings": settings,
@@ -95,8 +95,7 @@ def restore_pretrain_state(
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        version, internal, gauss = state["python_rng"]
-        rng.setstate((version, tuple(internal), gauss))
+        set_random_state(rng, state["python_rng"])
         torch.set_rng_state(state["torch_rng"].clone())
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
