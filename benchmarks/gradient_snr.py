@@ -78,15 +78,15 @@ def supervised_gradients(
     from cgrpo.config.core import load_config
     from cgrpo.run.build import build_policy
     from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
-    from cgrpo.world import scene
     from cgrpo.world.pretrain import PretrainConfig, flow_matching_loss, make_batch
+    from cgrpo.world.split import read_split
 
     cfg = load_config(TrainConfig, EMBEDDED_CONFIG, [f"run.seed={seed}", *overrides])
     torch.manual_seed(seed)
     policy = build_policy(cfg, keep_reference=False)
     params = list(policy.trainable_parameters())
     rng = random.Random(seed)
-    subjects, _ = scene.all_subjects()
+    subjects = list(read_split(cfg.model.weights).train)  # the base's own training subjects
     pcfg = PretrainConfig(copy_colour_prob=0.0, copy_background_prob=0.0)
     n = cfg.data.prompts_per_step * cfg.grpo.group_size
     out, secs = [], []

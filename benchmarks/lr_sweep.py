@@ -79,9 +79,9 @@ def cell_command(args: argparse.Namespace, cell: str) -> list[str]:
     out = args.out / cell
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "competitive_degradation.py"),
-        "--arms", *ARMS, "--seeds", str(args.seeds), "--steps", str(args.steps),
+        "--arms", *args.arms, "--seeds", str(args.seeds), "--steps", str(args.steps),
         "--eval-every", str(args.eval_every), "--eval-images", str(args.eval_images),
-        "--eval-prompts", "0", "--budget-images", "0", "--jobs", "1",
+        "--eval-prompts", "0", "--budget-images", "0", "--jobs", str(args.jobs),
         "--out", str(out), "--doc", str(out / "report.md"),
     ]  # fmt: skip
     if args.records:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     lock.flush()
     cells = args.cells or [c[0] for c in CELLS]
     log(f"start (pid {os.getpid()}): cells {', '.join(cells)}; {args.steps} steps, "
-        f"{args.seeds} seeds, arms {', '.join(ARMS)}")  # fmt: skip
+        f"{args.seeds} seeds, arms {', '.join(args.arms)}, {args.jobs} at a time")  # fmt: skip
     failed = []
     for cell in cells:
         cmd = cell_command(args, cell)
@@ -232,10 +232,10 @@ def cells_state(args: argparse.Namespace) -> int:
     for cell, lr, kl in CELLS:
         n = sum(
             _final(d, args.steps) is not None
-            for a in ARMS
+            for a in args.arms
             for d in (args.out / cell / a).glob("seed*")
         )
-        print(f"{cell:16s} lr {lr:8s} KL {kl:5s} finished {n} of {len(ARMS) * args.seeds}")
+        print(f"{cell:16s} lr {lr:8s} KL {kl:5s} finished {n} of {len(args.arms) * args.seeds}")
     return 0
 
 
@@ -250,6 +250,10 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--eval-images", type=int, default=2)
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS,
+                    help="arms to run or count (default: both)")  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time within a cell, one core each (default 1)")  # fmt: skip
     args = ap.parse_args()
     if args.records is not None and str(args.records) in ("", "."):
         args.records = None
