@@ -14,6 +14,7 @@ from cgrpo.world.generator import TinyKontext
 from cgrpo.world.split import (
     make_split,
     read_split,
+    shipped_held_out,
     shipped_split,
     split_metadata,
     wide_split,
@@ -78,3 +79,27 @@ def test_runs_and_eval_use_the_bases_held_out_subjects(tmp_path: Path, tiny_weig
     # a base without a recorded split (tiny_weights, the shipped one): today's subjects
     shipped = build_data(fast_config(tmp_path / "old", tiny_weights))
     assert (shipped.train_subjects, shipped.eval_subjects) == scene.all_subjects()
+
+
+def test_eval_split_shipped_scores_any_base_on_the_shipped_pairs(tmp_path: Path, tiny_weights):
+    """data.eval_split=shipped: a wide base trains on its own 224 subjects but is scored on
+    exactly the shipped base's held-out pairs (same prompts, same order)."""
+    import dataclasses
+
+    from cgrpo.run.build import build_data
+
+    wide = wide_split(32)
+    weights = _weights(tmp_path / "wide.safetensors", split_metadata(wide))
+    cfg = fast_config(tmp_path / "run", weights)
+    cfg.data = dataclasses.replace(cfg.data, eval_split="shipped", eval_prompts_per_subject=3)
+    data = build_data(cfg)
+    assert set(data.train_subjects) == set(wide.train)
+    old = fast_config(tmp_path / "old", tiny_weights)
+    old.data = dataclasses.replace(old.data, eval_prompts_per_subject=3)
+    assert data.eval_pairs()[1:] == build_data(old).eval_pairs()[1:]  # prompts, names
+    assert len(data.eval_pairs()[2]) == 8 * 3
+    # a split that trained on one of the shipped held-out subjects is refused, naming it
+    held = scene.all_subjects()[1]
+    leaky = dataclasses.replace(wide, train=(*wide.train, held[0]))
+    with pytest.raises(ValueError, match=f"trained on {held[0].name}.*eval_split=base"):
+        shipped_held_out(leaky)

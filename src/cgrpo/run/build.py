@@ -12,7 +12,7 @@ from cgrpo.rewards.set import RewardSet
 from cgrpo.rewards.spec import parse_rewards
 from cgrpo.run.config import TrainConfig
 from cgrpo.sampling.sde import sigma_schedule
-from cgrpo.world.split import SubjectSplit, read_split, shipped_split
+from cgrpo.world.split import SubjectSplit, read_split, shipped_held_out, shipped_split
 
 __all__ = [
     "build_policy",
@@ -70,9 +70,15 @@ def build_data(cfg: TrainConfig) -> PairSource:
 
 def subject_split(cfg: TrainConfig) -> SubjectSplit:
     """The embedded subjects' split of the run's base generator (``model.weights``, read from
-    its metadata): the identities the base never saw are the held-out ones. The shipped split
-    when the model is not the embedded one."""
-    return read_split(cfg.model.weights) if cfg.model.kind == "embedded" else shipped_split()
+    its metadata): the identities the base never saw are the held-out ones, or the shipped
+    base's 8 of them with ``data.eval_split=shipped``. The shipped split when the model is not
+    the embedded one."""
+    if cfg.model.kind != "embedded":
+        return shipped_split()
+    split = read_split(cfg.model.weights)
+    if cfg.data.eval_split == "shipped":
+        return shipped_held_out(split, f"model.weights '{cfg.model.weights}'")
+    return split
 
 
 def _file_pairs(cfg: TrainConfig) -> PairSource:

@@ -104,6 +104,12 @@ class DataConfig:
         unit="prompts",
         check=">= 1",
     )
+    eval_split: Literal["base", "shipped"] = option(
+        "base",
+        "embedded: held-out subjects evaluated: base (those the run's base never saw, e.g. 32 "
+        "for a subjects=wide base) or shipped (the shipped base's 8, held out by every split, so "
+        "runs from different bases are scored on the same pairs)",
+    )
     eval_seed: int = option(
         3407,
         "seed of the evaluation prompts and noise (the paper's)",

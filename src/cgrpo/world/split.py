@@ -26,7 +26,14 @@ from pathlib import Path
 from cgrpo.world import scene
 from cgrpo.world.weights_file import read_metadata
 
-__all__ = ["SubjectSplit", "make_split", "read_split", "split_metadata", "wide_split"]
+__all__ = [
+    "SubjectSplit",
+    "make_split",
+    "read_split",
+    "shipped_held_out",
+    "split_metadata",
+    "wide_split",
+]
 
 #: metadata keys of the weights file (JSON lists of subject names, and the split's name)
 TRAIN_KEY, HELD_OUT_KEY, NAME_KEY = "subjects_train", "subjects_held_out", "subjects_split"
@@ -79,6 +86,21 @@ def wide_split(held_out: int = 32, seed: int = 0) -> SubjectSplit:
     taken = set(held)
     train = tuple(c for c in combos if c not in taken)
     return SubjectSplit(train, tuple(held), f"wide-{held_out}-seed{seed}")
+
+
+def shipped_held_out(split: SubjectSplit, where: str = "the base") -> SubjectSplit:
+    """``split``'s training subjects with the shipped split's 8 held-out identities as its
+    held-out set (in the shipped order): every split made here holds them out, so runs from
+    different bases can be scored on the same pairs. A split that trained on one of them
+    is refused."""
+    _, held = scene.all_subjects()
+    seen = [h.name for h in held if h in set(split.train)]
+    if seen:
+        raise ValueError(
+            f"data.eval_split=shipped: {where} was trained on {', '.join(seen)}, which the "
+            "shipped evaluation holds out; use data.eval_split=base"
+        )
+    return SubjectSplit(split.train, tuple(held), f"{split.name}, shipped held-out")
 
 
 def make_split(kind: str = "shipped", held_out: int = 32) -> SubjectSplit:
