@@ -13,8 +13,9 @@ x 2 seeds on the embedded default (branch schedule), one run at a time, one thre
 
 Cells run in the order of :data:`CELLS` (the most informative first). Everything is
 resumable: run the same command again and finished runs are skipped, stopped ones resume
-from their last checkpoint (every 10 steps), recorded ones are restored. A lock
-(``runs/lr_sweep/driver.lock``) keeps a second driver from running beside a live one.
+from their last checkpoint (every 10 steps), recorded ones are restored. Each cell is locked
+while it runs (``runs/lr_sweep/<cell>.lock``): a second driver started beside a live one (on
+the other core) skips the cells the first holds and takes the next one.
 
 Budget per run: 80 steps (``--steps``). That is the embedded default's run.steps and the
 branch steps "400 s of one thread" bought in docs/learning_efficiency*.md (85-92 steps
@@ -89,28 +90,41 @@ def cell_command(args: argparse.Namespace, cell: str) -> list[str]:
     return [*cmd, f"optim.lr={lr}", f"grpo.kl_coef={kl}"]
 
 
-def run(args: argparse.Namespace) -> int:
-    args.out.mkdir(parents=True, exist_ok=True)
-    lock = open(args.out / "driver.lock", "a+")
+def _hold(path: Path):
+    """An exclusive lock on ``path`` (with this process's pid written in it), or None when
+    another live process holds it."""
+    f = open(path, "a+")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock.seek(0)
-        print(f"another lr_sweep driver holds {args.out / 'driver.lock'}: {lock.read().strip()}")
-        return 1
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    lock.flush()
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
+def run(args: argparse.Namespace) -> int:
+    """Each cell in turn. A cell is locked while its sweep runs (``<out>/<cell>.lock``), so
+    a second driver started beside this one (e.g. on the other core) takes the next cell
+    nobody holds instead of racing this one on the same runs."""
+    args.out.mkdir(parents=True, exist_ok=True)
     cells = args.cells or [c[0] for c in CELLS]
     log(f"start (pid {os.getpid()}): cells {', '.join(cells)}; {args.steps} steps, "
         f"{args.seeds} seeds, arms {', '.join(args.arms)}, {args.jobs} at a time")  # fmt: skip
     failed = []
     for cell in cells:
+        lock = _hold(args.out / f"{cell}.lock")
+        if lock is None:
+            log(f"cell {cell}: another driver holds {args.out / (cell + '.lock')}; skipped")
+            continue
         cmd = cell_command(args, cell)
         log(f"cell {cell}: " + " ".join(cmd[1:]))
         t0 = time.time()
         code = subprocess.call(cmd, cwd=ROOT)
+        lock.close()
         log(f"cell {cell}: exit {code} after {time.time() - t0:.0f} s")
         if code != 0:
             failed.append(cell)
