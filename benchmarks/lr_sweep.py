@@ -30,6 +30,13 @@ cell's base evaluation on the same noise (as the issue's 400 s table).
     python benchmarks/lr_sweep.py summary        # table of every finished run (markdown)
     python benchmarks/lr_sweep.py cells          # the cells in order, with their state
 
+The same cells from another base (issue 28 item 3: the wide base, scored on the shipped
+base's held-out pairs so both bases' runs are paired with the same truth):
+
+    python benchmarks/lr_sweep.py run --cells lr1e-4_kl0.04 --out runs/lr_sweep_wide \
+        --records benchmarks/records/lr_sweep_wide \
+        --set model.weights=runs/base_wide/base.safetensors data.eval_split=shipped
+
 In the background (one core; it outlives the shell):
 
     mkdir -p runs/lr_sweep && setsid nohup nice -n 5 .venv/bin/python benchmarks/lr_sweep.py \
@@ -87,7 +94,7 @@ def cell_command(args: argparse.Namespace, cell: str) -> list[str]:
     ]  # fmt: skip
     if args.records:
         cmd += ["--records", str(args.records / cell)]
-    return [*cmd, f"optim.lr={lr}", f"grpo.kl_coef={kl}"]
+    return [*cmd, *args.set, f"optim.lr={lr}", f"grpo.kl_coef={kl}"]
 
 
 def _hold(path: Path):
@@ -266,6 +273,9 @@ def main() -> int:
     ap.add_argument("--eval-images", type=int, default=2)
     ap.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS,
                     help="arms to run or count (default: both)")  # fmt: skip
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="overrides of every run of every cell (e.g. another base: "
+                    "model.weights=... data.eval_split=shipped; own --out, --records)")  # fmt: skip
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time within a cell, one core each (default 1)")  # fmt: skip
     args = ap.parse_args()
