@@ -56,9 +56,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cgrpo.experiments.degradation import LABELS  # arm -> label, every arm of the experiment
+
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = ["naive_1_1", "sars_tdw"]
-LABELS = {"naive_1_1": "naive 1:1", "sars_tdw": "SARS + TDW"}
+ARMS = ["naive_1_1", "sars_tdw"]  #: the sweep's arms; --arms takes any of the experiment's
 REWARDS = ("identity", "prompt")
 
 #: (cell, lr, kl_coef) in the order they run: the large steps with KL first (where the
@@ -178,7 +179,7 @@ def _pooled_gap(per_seed: dict[int, np.ndarray], e: np.ndarray) -> tuple[float, 
     return g, float(np.sqrt(gs.var(ddof=1) / len(gs) + pairs**2))
 
 
-def cell_rows(out: Path, cell: str, steps: int) -> list[list[str]]:
+def cell_rows(out: Path, cell: str, steps: int, arms: list[str] = ARMS) -> list[list[str]]:
     """The summary rows of one cell: per arm, each finished seed and the pooled mean."""
     from cgrpo.eval.summary import gap_closed, pair_means, paired_changes
     from cgrpo.experiments.statistics import pooled, pooled_criterion
@@ -195,7 +196,7 @@ def cell_rows(out: Path, cell: str, steps: int) -> list[list[str]]:
         if r in truth.get("per_image", {})
     }
     rows = []
-    for arm in ARMS:
+    for arm in arms:
         diffs: dict[str, dict[int, np.ndarray]] = {r: {} for r in REWARDS}
         for d in sorted((out / cell / arm).glob("seed*")):
             final = _final(d, steps)
@@ -227,7 +228,7 @@ def cell_rows(out: Path, cell: str, steps: int) -> list[list[str]]:
 
 def summary(args: argparse.Namespace) -> int:
     cells = args.cells or [c[0] for c in CELLS]
-    rows = [r for c in cells for r in cell_rows(args.out, c, args.steps)]
+    rows = [r for c in cells for r in cell_rows(args.out, c, args.steps, args.arms)]
     if not rows:
         print(f"no finished run under {args.out} at {args.steps} steps")
         return 1
@@ -271,7 +272,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--eval-images", type=int, default=2)
-    ap.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS,
+    ap.add_argument("--arms", nargs="+", choices=list(LABELS), default=ARMS,
                     help="arms to run or count (default: both)")  # fmt: skip
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="overrides of every run of every cell (e.g. another base: "
