@@ -38,6 +38,19 @@ def test_changed_settings_names_what_changes_a_step(tmp_path: Path, tiny_weights
     )
 
 
+def test_a_setting_added_after_the_checkpoint_counts_as_its_default(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """A checkpoint written before a setting existed (its saved config lacks the key) resumes
+    when the setting is at its (dataclass) default, and is refused when it is not."""
+    cfg = fast_config(tmp_path, tiny_weights)
+    saved = config_to_dict(cfg)
+    del saved["grpo"]["kl_coef"], saved["sampler"]["ode_solver"]
+    assert changed_settings(saved, cfg) == []
+    changes = changed_settings(saved, fast_config(tmp_path, tiny_weights, "grpo.kl_coef=0.5"))
+    assert changes == ["grpo.kl_coef: 0.0 -> 0.5"]
+
+
 @pytest.fixture
 def one_step_run(tmp_path: Path, tiny_weights: Path) -> Path:
     run = tmp_path / "run"

@@ -32,7 +32,7 @@ FREE_TO_CHANGE = (
     "run.eval_steps", "run.log_every", "run.log_with", "run.image_every", "run.time_budget",
     "run.max_skips", "run.fsdp", "model.device", "grpo.micro_batch_size",
     "sampler.overlap_rewards", "data.eval_prompts_per_subject", "data.eval_seed",
-    "data.eval_root", "data.skip_bad",
+    "data.eval_root", "data.eval_split", "data.skip_bad",
 )  # fmt: skip
 
 
@@ -52,8 +52,12 @@ def _free(key: str) -> bool:
 
 def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """The keys, outside :data:`FREE_TO_CHANGE`, whose value in ``cfg`` differs from the
-    saved config ``saved`` (as :func:`config_to_dict` wrote it), as ``key: old -> new``."""
+    saved config ``saved`` (as :func:`config_to_dict` wrote it), as ``key: old -> new``. A key
+    the saved config lacks (a setting added after the checkpoint was written) counts as its
+    default, the behaviour the run had."""
     old, new = _flat(saved), _flat(json.loads(json.dumps(config_to_dict(cfg))))
+    default = _flat(json.loads(json.dumps(config_to_dict(TrainConfig()))))
+    old = {**{k: v for k, v in default.items() if k not in old and k in new}, **old}
     keys = sorted(k for k in old.keys() | new.keys() if not _free(k) and old.get(k) != new.get(k))
     return [f"{k}: {quoted(old.get(k), 60)} -> {quoted(new.get(k), 60)}" for k in keys]
 
