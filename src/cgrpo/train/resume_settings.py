@@ -46,6 +46,11 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _saved_form(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` flattened as a checkpoint's ``meta.json`` stores it (JSON round trip)."""
+    return _flat(json.loads(json.dumps(config_to_dict(cfg))))
+
+
 def _free(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in FREE_TO_CHANGE)
 
@@ -55,8 +60,7 @@ def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     saved config ``saved`` (as :func:`config_to_dict` wrote it), as ``key: old -> new``. A key
     the saved config lacks (a setting added after the checkpoint was written) counts as its
     default, the behaviour the run had."""
-    old, new = _flat(saved), _flat(json.loads(json.dumps(config_to_dict(cfg))))
-    default = _flat(json.loads(json.dumps(config_to_dict(TrainConfig()))))
+    old, new, default = _flat(saved), _saved_form(cfg), _saved_form(TrainConfig())
     old = {**{k: v for k, v in default.items() if k not in old and k in new}, **old}
     keys = sorted(k for k in old.keys() | new.keys() if not _free(k) and old.get(k) != new.get(k))
     return [f"{k}: {quoted(old.get(k), 60)} -> {quoted(new.get(k), 60)}" for k in keys]

@@ -94,7 +94,8 @@ def shipped_held_out(split: SubjectSplit, where: str = "the base") -> SubjectSpl
     different bases can be scored on the same pairs. A split that trained on one of them
     is refused."""
     _, held = scene.all_subjects()
-    seen = [h.name for h in held if h in set(split.train)]
+    trained = set(split.train)
+    seen = [h.name for h in held if h in trained]
     if seen:
         raise ValueError(
             f"data.eval_split=shipped: {where} was trained on {', '.join(seen)}, which the "
