@@ -27,9 +27,15 @@ __all__ = [
 COMPONENTS = [
     ("sars", "naive_1_1", "SARS, on static 1:1 weights"),
     ("tdw", "naive_1_1", "TDW, with linear shaping"),
+    ("tdw", "naive_0.5_0.5", "TDW's phases alone (both pairs of weights sum to 1)"),
     ("sars_tdw", "tdw", "SARS, on TDW weights"),
     ("sars_tdw", "sars", "TDW, with SARS shaping"),
-    ("naive_0.5_0.5", "naive_1_1", "nothing: the same update under Adam (run-to-run drift)"),
+    (
+        "naive_0.5_0.5",
+        "naive_1_1",
+        "the advantages' scale x0.5: nothing under Adam at KL 0 (run-to-run drift); "
+        "with KL, the KL term's weight x2",
+    ),
 ]
 
 
@@ -48,8 +54,10 @@ def components_section(finals: Finals, per_pair: int) -> str:
     paper's ablation): for each row of :data:`COMPONENTS` with both arms finished, ``a - b``
     image by image on the seeds both ran, per seed (* at >= 2 SE over the pairs) and pooled
     (:func:`~cgrpo.experiments.statistics.pooled`, * at the t quantile). The 0.5:0.5 - 1:1
-    row is the yardstick: Adam makes the two the same algorithm, so its size is the drift
-    between runs alone. Empty when no row has both arms."""
+    row halves the advantages: at ``grpo.kl_coef = 0`` Adam makes the two the same algorithm,
+    so its size is the drift between runs alone (the yardstick); with a KL term, which does
+    not scale with the advantages, it doubles the KL's relative weight, as TDW's weights
+    (summing to 1 instead of 2) do. Empty when no row has both arms."""
     rows = []
     for a, b, what in COMPONENTS:
         if a not in finals or b not in finals:

@@ -1,0 +1,122 @@
+"""What each arm of the competitive-degradation experiment asks of the policy, on the same
+rollouts: the shaped advantage each arm's shaping and weighting make of the same samples.
+
+From the starting policy (no weights change), ``--draws`` training steps are sampled and
+scored as the trainer does (the default's pairs, group size and sampler), and each reward's
+group advantage kept. Every arm of :data:`cgrpo.experiments.degradation.ARMS` then shapes
+and weights those same advantages at each step index ``t`` of the sampler (the branch
+schedule draws its trained steps uniformly over ``0..T-1``, so figures are the mean over
+``t``). Per arm it prints
+
+    scale     rms(A), A clamped at grpo's adv_clip: the policy term's size. The KL term
+              (``grpo.kl_coef``) does not scale with it, so under Adam, which undoes a
+              common scale, the KL's weight relative to the rewards is ~ 1 / scale
+    KL rel.   that relative KL weight against naive 1:1's (1.00)
+    id share  cov(A, A_id) / (cov(A, A_id) + cov(A, A_prompt)): how much of the signal
+              follows identity (0.5 for 1:1)
+    bonus     rms of SARS's bonus / rms(A) (0 without SARS)
+    A | id+ p-, A | id- p+, A | both+, A | both-: the mean A of the samples in each
+              relation (conflicts: identity up & prompt down, and the reverse)
+
+    python benchmarks/advantage_mix.py [--draws 16] [--seed 0] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROWS = ("scale", "KL rel.", "id share", "bonus", "A|id+p-", "A|id-p+", "A|both+", "A|both-")
+
+
+def draw_advantages(overrides: list[str], draws: int, seed: int) -> dict[str, torch.Tensor]:
+    """Each reward's group advantages over ``draws`` steps of the starting policy."""
+    from cgrpo.config.core import load_config
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+    from cgrpo.train.trainer import GRPOTrainer
+
+    kept: dict[str, list[torch.Tensor]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            TrainConfig, EMBEDDED_CONFIG,
+            [f"run.out_dir={Path(tmp) / 'run'}", f"run.seed={seed}", "run.eval=false",
+             "run.log_with=[]", *overrides],
+        )  # fmt: skip
+        trainer = GRPOTrainer(cfg)
+
+        def keep(roll, adv, group_ids=None):  # the update phase, replaced: nothing changes
+            for k, v in adv.items():
+                kept.setdefault(k, []).append(v.detach().cpu().double())
+            return {}
+
+        trainer.update = keep
+        for _ in range(draws):
+            trainer.train_step()
+    return {k: torch.cat(v) for k, v in kept.items()}
+
+
+def arm_figures(arm: str, adv: dict[str, torch.Tensor], *, overrides: list[str]) -> dict:
+    """The figures of :data:`ROWS` (less ``KL rel.``) for one arm on the advantages ``adv``."""
+    from cgrpo.config.core import load_config
+    from cgrpo.experiments.degradation import ARMS
+    from cgrpo.method.shaping import sars_bonus
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+
+    cfg = load_config(TrainConfig, EMBEDDED_CONFIG, [*ARMS[arm], *overrides])
+    pair = tuple(cfg.method.pair)
+    base = {k: float(v.get("weight", 1.0)) for k, v in cfg.rewards.items()}
+    a_id, a_p = adv[pair[0]], adv[pair[1]]
+    gamma = getattr(cfg.method.shaping, "gamma", 0.0) if cfg.method.shaping.kind == "sars" else 0
+    bonus = sars_bonus(a_id, a_p, gamma) if gamma else torch.zeros_like(a_id)
+    steps = cfg.sampler.num_steps
+    groups = {
+        "A|id+p-": (a_id > 0) & (a_p < 0), "A|id-p+": (a_id < 0) & (a_p > 0),
+        "A|both+": (a_id > 0) & (a_p > 0), "A|both-": (a_id < 0) & (a_p < 0),
+    }  # fmt: skip
+    acc: dict[str, float] = {k: 0.0 for k in ROWS if k != "KL rel."}
+    for t in range(steps):
+        w = cfg.method.weighting.step_weights(t, steps, base, pair=pair)
+        a = cfg.method.shaping(adv, w, pair).clamp(-cfg.grpo.adv_clip, cfg.grpo.adv_clip)
+        rms = float(a.pow(2).mean().sqrt())
+        c_id = float(((a - a.mean()) * (a_id - a_id.mean())).mean())
+        c_p = float(((a - a.mean()) * (a_p - a_p.mean())).mean())
+        acc["scale"] += rms / steps
+        acc["id share"] += c_id / (c_id + c_p) / steps
+        acc["bonus"] += float(bonus.pow(2).mean().sqrt()) / rms / steps
+        for k, m in groups.items():
+            acc[k] += float(a[m].mean()) / steps
+    return acc
+
+
+def main() -> None:
+    from cgrpo.experiments.degradation import LABELS, PRIMARY
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--draws", type=int, default=16, help="training steps sampled (64 samples each)"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", nargs="*", default=PRIMARY, choices=list(LABELS))
+    ap.add_argument("overrides", nargs="*", help="key=value for every arm")
+    args = ap.parse_args()
+    adv = draw_advantages(args.overrides, args.draws, args.seed)
+    n = len(next(iter(adv.values())))
+    a_id, a_p = adv["identity"], adv["prompt"]
+    conflict = float((((a_id > 0) & (a_p < 0)) | ((a_id < 0) & (a_p > 0))).double().mean())
+    print(
+        f"{n} samples from {args.draws} steps; conflicted share {conflict:.3f}; "
+        f"corr(A_id, A_prompt) {float(torch.corrcoef(torch.stack([a_id, a_p]))[0, 1]):+.3f}"
+    )
+    figs = {a: arm_figures(a, adv, overrides=args.overrides) for a in args.arms}
+    ref = figs.get("naive_1_1", next(iter(figs.values())))["scale"]
+    print(f"{'arm':<20}" + "".join(f"{k:>10}" for k in ROWS))
+    for arm, f in figs.items():
+        f["KL rel."] = ref / f["scale"]
+        print(f"{LABELS[arm]:<20}" + "".join(f"{f[k]:>10.3f}" for k in ROWS))
+
+
+if __name__ == "__main__":
+    main()
