@@ -13,7 +13,7 @@ schedule draws its trained steps uniformly over ``0..T-1``, so figures are the m
               common scale, the KL's weight relative to the rewards is ~ 1 / scale
     KL rel.   that relative KL weight against naive 1:1's (1.00)
     id share  cov(A, A_id) / (cov(A, A_id) + cov(A, A_prompt)): how much of the signal
-              follows identity (0.5 for 1:1)
+              follows identity (0.5 for 1:1 when both advantages vary alike)
     bonus     rms of SARS's bonus / rms(A) (0 without SARS)
     A | id+ p-, A | id- p+, A | both+, A | both-: the mean A of the samples in each
               relation (conflicts: identity up & prompt down, and the reverse)
@@ -91,6 +91,10 @@ def arm_figures(arm: str, adv: dict[str, torch.Tensor], *, overrides: list[str])
     return acc
 
 
+def _rms(x: torch.Tensor) -> float:
+    return float(x.pow(2).mean().sqrt())
+
+
 def main() -> None:
     from cgrpo.experiments.degradation import LABELS, PRIMARY
 
@@ -105,10 +109,16 @@ def main() -> None:
     adv = draw_advantages(args.overrides, args.draws, args.seed)
     n = len(next(iter(adv.values())))
     a_id, a_p = adv["identity"], adv["prompt"]
+    if _rms(a_id) == 0 or _rms(a_p) == 0:
+        raise SystemExit(
+            "advantage_mix: every group's identity or prompt rewards were flat (all "
+            "advantages 0); raise --draws or lower grpo.adv_eps"
+        )
     conflict = float((((a_id > 0) & (a_p < 0)) | ((a_id < 0) & (a_p > 0))).double().mean())
     print(
         f"{n} samples from {args.draws} steps; conflicted share {conflict:.3f}; "
-        f"corr(A_id, A_prompt) {float(torch.corrcoef(torch.stack([a_id, a_p]))[0, 1]):+.3f}"
+        f"corr(A_id, A_prompt) {float(torch.corrcoef(torch.stack([a_id, a_p]))[0, 1]):+.3f}; "
+        f"rms A_id {_rms(a_id):.3f}, A_prompt {_rms(a_p):.3f}"
     )
     figs = {a: arm_figures(a, adv, overrides=args.overrides) for a in args.arms}
     ref = figs.get("naive_1_1", next(iter(figs.values())))["scale"]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cgrpo.experiments.records import read_record, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,3 +360,40 @@ def test_readme_figures_from_a_run_folder(tmp_path: Path) -> None:
     pair = Image.open(tmp_path / "docs" / "default_base_vs_trained.png").convert("RGB")
     assert pair.size == (16 + 16 + 16, 22 + 8)  # two grids at 1/4, a gap, a title strip
     assert pair.getpixel((8, 26)) == (0, 0, 255) and pair.getpixel((40, 26)) == (0, 128, 0)
+
+
+def test_advantage_mix_shapes_the_same_advantages_per_arm() -> None:
+    """Every arm reads the same advantages: halving both static weights halves the scale (so
+    the KL's relative weight doubles) and leaves the identity share, which is 1/2 for 1:1 on
+    independent advantages of equal spread and follows the larger spread otherwise; only
+    SARS adds a bonus."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "advantage_mix", ROOT / "benchmarks/advantage_mix.py"
+    )
+    mix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mix)
+    g = torch.Generator().manual_seed(0)
+    a = {
+        "identity": torch.randn(20000, generator=g).double(),
+        "prompt": torch.randn(20000, generator=g).double(),
+    }
+    fig = {
+        arm: mix.arm_figures(arm, a, overrides=[]) for arm in ("naive_1_1", "naive_0.5_0.5", "sars")
+    }
+    one, half = fig["naive_1_1"], fig["naive_0.5_0.5"]
+    assert half["scale"] == pytest.approx(one["scale"] / 2, rel=2e-3)  # adv_clip 5 aside
+    assert half["id share"] == pytest.approx(one["id share"], abs=1e-4)
+    assert one["id share"] == pytest.approx(0.5, abs=0.02)
+    assert one["bonus"] == 0 and fig["sars"]["bonus"] > 0.05
+    wide = mix.arm_figures("naive_1_1", {**a, "identity": 2 * a["identity"]}, overrides=[])
+    assert wide["id share"] == pytest.approx(0.8, abs=0.02)  # 4 / (4 + 1)
+
+
+def test_advantage_mix_says_when_every_group_is_flat(tiny_weights: Path) -> None:
+    args = ["--draws", "1", f"model.weights={tiny_weights}", *TINY]
+    out = _run("benchmarks/advantage_mix.py", *args, check=False)
+    assert "advantages 0); raise --draws or lower grpo.adv_eps" in out
