@@ -5,7 +5,7 @@ From the starting policy (no weights change), ``--draws`` training steps are sam
 scored as the trainer does (the default's pairs, group size and sampler), and each reward's
 group advantage kept. Every arm of :data:`cgrpo.experiments.degradation.ARMS` then shapes
 and weights those same advantages at each step index ``t`` of the sampler (the branch
-schedule draws its trained steps uniformly over ``0..T-1``, so figures are the mean over
+schedule trains steps 1..T-2 twice as often as 0 and T-1; figures are the plain mean over
 ``t``). Per arm it prints
 
     scale     rms(A), A clamped at grpo's adv_clip: the policy term's size. The KL term
@@ -18,7 +18,11 @@ schedule draws its trained steps uniformly over ``0..T-1``, so figures are the m
     A | id+ p-, A | id- p+, A | both+, A | both-: the mean A of the samples in each
               relation (conflicts: identity up & prompt down, and the reverse)
 
-    python benchmarks/advantage_mix.py [--draws 16] [--seed 0] [key=value ...]
+``--by-step`` asks where each reward's differences come from: for each step ``t``, rollouts
+with one SDE step at ``t`` (ODE elsewhere), each reward's std within a group, beside TDW's
+weights at ``t`` (TDW assumes the prompt is settled early, identity later).
+
+    python benchmarks/advantage_mix.py [--draws 16] [--seed 0] [--by-step] [key=value ...]
 """
 
 from __future__ import annotations
@@ -32,13 +36,17 @@ import torch
 ROWS = ("scale", "KL rel.", "id share", "bonus", "A|id+p-", "A|id-p+", "A|both+", "A|both-")
 
 
-def draw_advantages(overrides: list[str], draws: int, seed: int) -> dict[str, torch.Tensor]:
-    """Each reward's group advantages over ``draws`` steps of the starting policy."""
+def draw_advantages(
+    overrides: list[str], draws: int, seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Each reward's group advantages over ``draws`` steps of the starting policy, and each
+    reward's spread within a group (the mean over groups of the rewards' population std)."""
     from cgrpo.config.core import load_config
     from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
     from cgrpo.train.trainer import GRPOTrainer
 
     kept: dict[str, list[torch.Tensor]] = {}
+    spread: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(
             TrainConfig, EMBEDDED_CONFIG,
@@ -46,16 +54,56 @@ def draw_advantages(overrides: list[str], draws: int, seed: int) -> dict[str, to
              "run.log_with=[]", *overrides],
         )  # fmt: skip
         trainer = GRPOTrainer(cfg)
+        advantages = trainer.advantages
+
+        def score(scores, group_ids):  # the trainer's own advantages, the rewards' spread kept
+            for k, r in scores.items():
+                r = r.double()
+                stds = [float(r[group_ids == g].std(unbiased=False)) for g in group_ids.unique()]
+                spread.setdefault(k, []).extend(stds)
+            return advantages(scores, group_ids)
 
         def keep(roll, adv, group_ids=None):  # the update phase, replaced: nothing changes
             for k, v in adv.items():
                 kept.setdefault(k, []).append(v.detach().cpu().double())
             return {}
 
-        trainer.update = keep
+        trainer.advantages, trainer.update = score, keep
         for _ in range(draws):
             trainer.train_step()
-    return {k: torch.cat(v) for k, v in kept.items()}
+    return {k: torch.cat(v) for k, v in kept.items()}, {
+        k: sum(v) / len(v) for k, v in spread.items()
+    }
+
+
+def by_step(overrides: list[str], draws: int, seed: int) -> None:
+    """Where each reward's differences within a group come from: one SDE step at ``t``
+    (the branch with k = 1 at t, ODE elsewhere), for each ``t``, beside TDW's weights."""
+    from cgrpo.config.core import load_config
+    from cgrpo.run.config import EMBEDDED_CONFIG, TrainConfig
+
+    cfg = load_config(TrainConfig, EMBEDDED_CONFIG, ["method.weighting=tdw", *overrides])
+    steps = cfg.sampler.num_steps
+    head = ("t", "TDW w_id", "w_prompt", "std id", "std prompt", "prompt/id")
+    print("".join(f"{h:>11}" for h in head))
+    for t in range(steps):
+        branch = [
+            "sampler.schedule.kind=branch",
+            "sampler.schedule.k=1",
+            f"sampler.schedule.at={t}",
+        ]
+        _, sd = draw_advantages([*overrides, *branch], draws, seed)
+        w_id, w_p = cfg.method.weighting.weights(t, steps)
+        ratio = sd["prompt"] / sd["identity"] if sd["identity"] else float("nan")
+        cells = (
+            f"{t}",
+            f"{w_id:.3f}",
+            f"{w_p:.3f}",
+            f"{sd['identity']:.4f}",
+            f"{sd['prompt']:.4f}",
+            f"{ratio:.2f}",
+        )
+        print("".join(f"{c:>11}" for c in cells), flush=True)
 
 
 def arm_figures(arm: str, adv: dict[str, torch.Tensor], *, overrides: list[str]) -> dict:
@@ -103,10 +151,16 @@ def main() -> None:
         "--draws", type=int, default=16, help="training steps sampled (64 samples each)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--by-step", action="store_true", help="each reward's spread per SDE step instead"
+    )
     ap.add_argument("--arms", nargs="*", default=PRIMARY, choices=list(LABELS))
     ap.add_argument("overrides", nargs="*", help="key=value for every arm")
     args = ap.parse_args()
-    adv = draw_advantages(args.overrides, args.draws, args.seed)
+    if args.by_step:
+        by_step(args.overrides, args.draws, args.seed)
+        return
+    adv, _ = draw_advantages(args.overrides, args.draws, args.seed)
     n = len(next(iter(adv.values())))
     a_id, a_p = adv["identity"], adv["prompt"]
     if _rms(a_id) == 0 or _rms(a_p) == 0:

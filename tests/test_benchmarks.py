@@ -397,3 +397,11 @@ def test_advantage_mix_says_when_every_group_is_flat(tiny_weights: Path) -> None
     args = ["--draws", "1", f"model.weights={tiny_weights}", *TINY]
     out = _run("benchmarks/advantage_mix.py", *args, check=False)
     assert "advantages 0); raise --draws or lower grpo.adv_eps" in out
+
+
+def test_advantage_mix_by_step_prints_a_row_per_sampler_step(tiny_weights: Path) -> None:
+    args = ["--by-step", "--draws", "1", f"model.weights={tiny_weights}", *TINY]
+    rows = [line.split() for line in _run("benchmarks/advantage_mix.py", *args).splitlines()]
+    steps = [r for r in rows if r and r[0].isdigit()]
+    assert [r[0] for r in steps] == ["0", "1", "2"]  # sampler.num_steps=3
+    assert all(float(r[1]) + float(r[2]) == pytest.approx(1.0) for r in steps)  # TDW's pair
