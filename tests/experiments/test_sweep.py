@@ -44,3 +44,27 @@ def test_run_all_runs_every_call_and_raises_the_first_failure(tmp_path: Path) ->
         run_all([partial(call, k) for k in range(6)], jobs=2)
     assert sorted(done) == [0, 2, 4, 5]  # the others still ran
     assert peak[0] == 2  # never more than jobs at a time
+
+
+def test_launch_starts_again_a_run_stopped_before_its_first_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A run killed before step ``checkpoint_every`` leaves its step-0 held-out evaluation
+    (``eval.json``) and no checkpoint: it is trained from the base, not mistaken for a
+    restored record (which has a final evaluation and is refused a longer budget)."""
+    from cgrpo.experiments import degradation_sweep
+    from cgrpo.experiments.degradation import Settings
+
+    settings = Settings(out=tmp_path, steps=4)
+    run_dir = settings.run_dir("naive_1_1", 1)
+    run_dir.mkdir(parents=True)
+    (run_dir / "eval.json").write_text("{}")
+    launched: list[str] = []
+    monkeypatch.setattr(degradation_sweep, "check_config", lambda *a: None)
+    monkeypatch.setattr(degradation_sweep, "run_logged", lambda cmd, d, name: launched.append(name))
+    degradation_sweep.launch(settings, "naive_1_1", 1, command=["train"])
+    assert launched == ["naive_1_1 seed 1"]
+    (run_dir / "eval_final").mkdir()
+    (run_dir / "eval_final" / "metrics.json").write_text("{}")  # a restored record of 2 steps
+    with pytest.raises(SystemExit, match="cannot be continued to more steps"):
+        degradation_sweep.launch(settings, "naive_1_1", 1, command=["train"])

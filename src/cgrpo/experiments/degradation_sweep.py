@@ -151,7 +151,7 @@ def launch(settings: Settings, arm: str, seed: int, *, command: list[str]) -> No
     """Train and evaluate one run by ``command`` (a process running :func:`train_and_eval`
     of it, one thread), logging to ``train.log``; with ``records``, keep the finished run's
     record. A finished run is skipped; a restored record, without checkpoints, is refused
-    a longer budget."""
+    a longer budget; a run stopped before its first checkpoint starts again."""
     from cgrpo.io.checkpoint import latest_checkpoint
 
     run_dir = settings.run_dir(arm, seed)
@@ -159,7 +159,9 @@ def launch(settings: Settings, arm: str, seed: int, *, command: list[str]) -> No
     if done(run_dir, settings.steps):
         print(f"[skip] {arm} seed {seed} (finished)", flush=True)
         return
-    if (run_dir / "eval.json").is_file() and latest_checkpoint(run_dir / "checkpoints") is None:
+    restored = (run_dir / "eval_final" / "metrics.json").is_file()  # (a run stopped before
+    # its first checkpoint has only the step-0 eval.json: it starts again from the base)
+    if restored and latest_checkpoint(run_dir / "checkpoints") is None:
         raise SystemExit(  # a record restored on this machine: its figures, no checkpoint
             f"{run_dir} holds a finished run's record without checkpoints, so it cannot be "
             "continued to more steps: use another --out for the longer budget"
