@@ -15,8 +15,9 @@ schedule trains steps 1..T-2 twice as often as 0 and T-1; figures are the plain 
     id share  cov(A, A_id) / (cov(A, A_id) + cov(A, A_prompt)): how much of the signal
               follows identity (0.5 for 1:1 when both advantages vary alike)
     bonus     rms of SARS's bonus / rms(A) (0 without SARS)
-    A | id+ p-, A | id- p+, A | both+, A | both-: the mean A of the samples in each
-              relation (conflicts: identity up & prompt down, and the reverse)
+    A|id+p-, A|id-p+, A|both+, A|both-: the mean A of the samples in each relation
+              (conflicts: identity up & prompt down, and the reverse), over rms(A): how
+              hard the arm pushes them, at its own scale
 
 ``--by-step`` asks where each reward's differences come from: for each step ``t``, rollouts
 with one SDE step at ``t`` (ODE elsewhere), each reward's std within a group, beside TDW's
@@ -135,7 +136,7 @@ def arm_figures(arm: str, adv: dict[str, torch.Tensor], *, overrides: list[str])
         acc["id share"] += c_id / (c_id + c_p) / steps
         acc["bonus"] += float(bonus.pow(2).mean().sqrt()) / rms / steps
         for k, m in groups.items():
-            acc[k] += float(a[m].mean()) / steps
+            acc[k] += float(a[m].mean()) / rms / steps
     return acc
 
 
