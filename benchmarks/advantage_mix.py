@@ -166,8 +166,8 @@ def main() -> None:
     a_id, a_p = adv["identity"], adv["prompt"]
     if _rms(a_id) == 0 or _rms(a_p) == 0:
         raise SystemExit(
-            "advantage_mix: every group's identity or prompt rewards were flat (all "
-            "advantages 0); raise --draws or lower grpo.adv_eps"
+            "advantage_mix: every group's identity or prompt rewards were identical (all "
+            "advantages 0); raise --draws, or use a model whose samples differ"
         )
     conflict = float((((a_id > 0) & (a_p < 0)) | ((a_id < 0) & (a_p > 0))).double().mean())
     print(
