@@ -129,12 +129,12 @@ def arm_figures(arm: str, adv: dict[str, torch.Tensor], *, overrides: list[str])
     for t in range(steps):
         w = cfg.method.weighting.step_weights(t, steps, base, pair=pair)
         a = cfg.method.shaping(adv, w, pair).clamp(-cfg.grpo.adv_clip, cfg.grpo.adv_clip)
-        rms = float(a.pow(2).mean().sqrt())
+        rms = _rms(a)
         c_id = float(((a - a.mean()) * (a_id - a_id.mean())).mean())
         c_p = float(((a - a.mean()) * (a_p - a_p.mean())).mean())
         acc["scale"] += rms / steps
         acc["id share"] += c_id / (c_id + c_p) / steps
-        acc["bonus"] += float(bonus.pow(2).mean().sqrt()) / rms / steps
+        acc["bonus"] += _rms(bonus) / rms / steps
         for k, m in groups.items():
             acc[k] += float(a[m].mean()) / rms / steps
     return acc
