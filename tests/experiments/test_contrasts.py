@@ -61,6 +61,16 @@ def test_against_pairs_the_same_arm_and_seed_of_another_sweep(tmp_path: Path) ->
     (tmp_path / "o" / "base_eval").mkdir(parents=True)
     (tmp_path / "o" / "base_eval" / "metrics.json").write_text(json.dumps(summary))
     check_against(tmp_path / "o", summary)  # the same base: fine
+    # the same images evaluated elsewhere: float rounding in a few rewards is not a new base
+    jitter = base["identity"].copy()
+    jitter[::7] += 1.1e-4
+    check_against(tmp_path / "o", {"per_image": {**summary["per_image"], "identity": jitter}})
+    one_moved = base["identity"].copy()
+    one_moved[3] += 0.02  # one image of another noise is enough to refuse
+    shorter = {r: v[:-2].tolist() for r, v in base.items()}  # another --eval-images
+    for other in ({**summary["per_image"], "identity": one_moved.tolist()}, shorter):
+        with pytest.raises(SystemExit, match="cannot be paired image by image"):
+            check_against(tmp_path / "o", {"per_image": other})
     moved = {"per_image": {**summary["per_image"], "prompt": (base["prompt"] + 0.1).tolist()}}
     with pytest.raises(SystemExit, match="cannot be paired image by image"):
         check_against(tmp_path / "o", moved)
