@@ -26,7 +26,8 @@ machine: two runs at a time), then evaluated by ``cgrpo eval`` on the held-out p
 or 8 subjects x ``--eval-prompts``) x ``--eval-images`` noises (``eval_final/``), paired with
 one shared evaluation of the base on the same noise (``base_eval/``). Finished runs are
 skipped and stopped ones resume from their last checkpoint, so the command continues where
-it stopped. The report (``--doc``) is written from whatever has finished.
+it stopped. The report (``--doc``; docs/results.md for the default ``--out``,
+``<out>/report.md`` for any other) is written from whatever has finished.
 
 An experiment longer than a machine's life: ``--records DIR`` (a committed folder) keeps
 each finished run's figures, without checkpoints or images, in one compressed file
@@ -68,6 +69,9 @@ from cgrpo.experiments.degradation_report import collect_runs, write_report
 from cgrpo.experiments.degradation_sweep import base_eval, launch, train_and_eval
 from cgrpo.experiments.sweep import run_all
 
+#: the main experiment's run folder and its page of record (the report's default for it)
+OUT, DOC = Path("runs/competitive_degradation"), Path("docs/results.md")
+
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -82,8 +86,12 @@ def parser() -> argparse.ArgumentParser:
         "every arm with finished runs under --out",
     )  # fmt: skip
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time (one thread each)")
-    ap.add_argument("--out", type=Path, default=Path("runs/competitive_degradation"))
-    ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--doc", type=Path, default=None,
+        help=f"the report (default: {DOC} for the default --out, <out>/report.md for any "
+        "other, so a side sweep never rewrites the page of record)",
+    )  # fmt: skip
     ap.add_argument("--report-only", action="store_true", help="only (re)write the report")
     ap.add_argument(
         "--eval-images", type=int, default=4, help="noises per held-out pair in the final eval"
@@ -148,6 +156,8 @@ def sweep(settings: Settings, arms: list[str], seeds: int, *, jobs: int) -> Syst
 def main() -> None:
     ap = parser()
     args = ap.parse_args()
+    if args.doc is None:
+        args.doc = DOC if args.out == OUT else args.out / "report.md"
     if args.eval_images < 1 or args.eval_prompts < 0 or args.budget_images < 0:
         ap.error("--eval-images must be >= 1, --eval-prompts and --budget-images >= 0")
     settings = Settings(

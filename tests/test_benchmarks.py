@@ -122,13 +122,16 @@ def test_competitive_degradation_continues_a_run_to_more_steps(
 
     sweep(tmp_path / "short", 2)
     first = (tmp_path / "short" / "sars_tdw" / "seed0" / "metrics.csv").read_text()
-    assert "not in this --steps 3 report: sars_tdw seed0 (step 2)" in _run(
+    report = [
         "benchmarks/competitive_degradation.py", "--steps", "3", "--report-only", "--out",
-        str(tmp_path / "short"), "--doc", str(tmp_path / "r.md"), "--eval-images", "1",
+        str(tmp_path / "short"), "--eval-every", "1", "--eval-images", "1",
         f"model.weights={tiny_weights}", "data.eval_prompts_per_subject=1", *TINY,
-        check=False,
-    )  # fmt: skip
+    ]  # fmt: skip
+    assert "not in this --steps 3 report: sars_tdw seed0 (step 2)" in _run(*report, check=False)
     assert sweep(tmp_path / "short", 3).count("[done]") == 1
+    # no --doc: a side sweep's report goes beside its runs, never to docs/results.md
+    assert f"wrote {tmp_path / 'short' / 'report.md'}" in _run(*report)
+    assert "| SARS + TDW |" in (tmp_path / "short" / "report.md").read_text()
     sweep(tmp_path / "long", 3)
     short, long = (tmp_path / r / "sars_tdw" / "seed0" for r in ("short", "long"))
     for name in ("eval_final_step000002", "eval_budget_step000002"):  # the 2-step figures kept
