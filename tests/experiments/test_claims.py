@@ -40,6 +40,7 @@ def test_claims_verdicts_follow_the_figures() -> None:
     assert list(v) == ["budget", "1", "2", "3", "4", "5"]  # the report's order
     assert [v[k] for k in "1234"] == ["**holds**"] * 4
     assert "(naive GRPO 1:1)." in text and "51.0 % over all 6 runs" in text
+    assert "degrees of freedom (4.3 for 3 seeds)" in text  # the preface names this run's t
     assert v["budget"] == "met in 3 of 3 seeds"  # +0.02 at an SE of ~0.0007
 
     # SARS only counts as a static arm; SARS + TDW now loses identity to naive 1:1.5
@@ -75,7 +76,8 @@ def test_claims_verdicts_follow_the_figures() -> None:
 
     # a claim whose arms have not all their seeds is not decided
     expected["naive_1_1"] = 5
-    _, v = _claims(finals, base, curves, conflict=conflict, expected=expected)
+    text, v = _claims(finals, base, curves, conflict=conflict, expected=expected)
+    assert "(2.78 for 5 seeds)" in text
     assert v["1"].startswith("**incomplete**") and "naive GRPO 1:1 3 of 5" in v["3"]
     assert v["2"] == "**does not hold**"  # SARS + TDW alone has all its seeds
 

@@ -13,7 +13,15 @@ import numpy as np
 from cgrpo.experiments.cells import pooled_cell, seed_cells
 from cgrpo.experiments.degradation import DEFAULT_ARM, LABELS, NAIVE, REWARDS, STATIC
 from cgrpo.experiments.finals import Diffs, Finals, differences
-from cgrpo.experiments.statistics import Z, pooled, pooled_sign, seed_stat, sign, z_score
+from cgrpo.experiments.statistics import (
+    Z,
+    pooled,
+    pooled_criterion,
+    pooled_sign,
+    seed_stat,
+    sign,
+    z_score,
+)
 
 __all__ = ["BUDGET_Z", "PAPER_CONFLICT", "Figures", "claims_section"]
 
@@ -64,6 +72,8 @@ class Figures:
 
 
 def _preface(fig: Figures) -> list[str]:
+    n = max(fig.expected.values(), default=0)
+    t_n = f"{pooled_criterion(n):g} for {n} seeds" if n >= 2 else "none below 2 seeds"
     return [
         "### The claims",
         "",
@@ -71,8 +81,8 @@ def _preface(fig: Figures) -> list[str]:
         f"SE over the {len(fig.base['identity']) // fig.per_pair} held-out pairs (a pair's "
         f"{fig.per_pair} draws are correlated); it counts (*) at >= {Z:g} SE. Pooled: the mean "
         "of the seeds, its SE from the seed-to-seed spread plus the pairs' sampling error; "
-        "it counts (*) at the two-sided 95 % t quantile for n - 1 degrees of freedom (2.78 "
-        "for 5 seeds). The thresholds were fixed before the runs.",
+        "it counts (*) at the two-sided 95 % t quantile for n - 1 degrees of freedom "
+        f"({t_n}). The thresholds were fixed before the runs.",
         "",
     ]
 
