@@ -157,7 +157,7 @@ def main() -> None:
     ap = parser()
     args = ap.parse_args()
     if args.doc is None:
-        args.doc = DOC if args.out == OUT else args.out / "report.md"
+        args.doc = DOC if args.out.resolve() == OUT.resolve() else args.out / "report.md"
     if args.eval_images < 1 or args.eval_prompts < 0 or args.budget_images < 0:
         ap.error("--eval-images must be >= 1, --eval-prompts and --budget-images >= 0")
     settings = Settings(

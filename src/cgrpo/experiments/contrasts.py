@@ -114,8 +114,9 @@ def against_finals(other: Path, arms: list[str], steps: int) -> Finals:
 
 #: per-image reward difference up to which two evaluations of the base count as the same
 #: images: the same model on the same pairs and noise, evaluated on another machine or
-#: thread count, differs by float rounding (measured: 18 of 512 identity rewards, by at most
-#: 1.1e-4); other pairs or noise move most images by 1e-2 or more
+#: thread count, differs by float rounding (measured: 18 of 512 identity rewards by at most
+#: 1.1e-4, 5 of 512 prompt rewards by at most 2.4e-5); other pairs or noise move most
+#: images by 1e-2 or more
 BASE_ATOL = 1e-3
 
 
