@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,10 @@ from cgrpo.data.base import EmbeddedData
 from cgrpo.policies.embedded import EmbeddedPolicy
 from cgrpo.rewards.base import make_reward
 from cgrpo.rewards.set import RewardSet
+from cgrpo.rewards.vlm_judge import VLMJudgeReward
 from cgrpo.sampling.rollout import sample_groups
 from cgrpo.sampling.sde import sigma_schedule
+from cgrpo.train.scoring_overlap import OverlappedScoring
 from cgrpo.train.trainer import GRPOTrainer
 from tests.conftest import fast_config
 
@@ -136,3 +140,52 @@ def test_a_failing_reward_fails_the_overlapped_step(tmp_path: Path, tiny_weights
     trainer = GRPOTrainer(cfg, rewards=RewardSet({"b": Broken()}, {"b": 1.0}))
     with pytest.raises(ValueError, match="broken reward"):
         trainer.train_step()
+
+
+class _JudgeAfterAWhile:
+    """A judge whose request starts only after ``go``: the stop comes while the worker
+    still prepares the chunk (as vlm_judge paints references), before any request."""
+
+    name = "late_judge"
+
+    def __init__(self, url: str) -> None:
+        self.started, self.go = threading.Event(), threading.Event()
+        self.judge = VLMJudgeReward(url, "m", check=False, retries=0, timeout=30.0)
+
+    def __call__(self, images, prompts, references):
+        self.started.set()
+        self.go.wait(10)
+        return self.judge(images, prompts, references)
+
+
+def _hangs(handler: BaseHTTPRequestHandler) -> None:
+    time.sleep(40)
+
+
+def test_an_abandoned_chunk_starts_no_request_that_outlives_the_stop() -> None:
+    handler = type("Hangs", (BaseHTTPRequestHandler,), {
+        "do_POST": _hangs, "log_message": lambda *a: None,
+    })  # fmt: skip
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        reward = _JudgeAfterAWhile(f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+        rewards = RewardSet({"judge": reward}, {"judge": 1.0})
+        image = torch.full((1, 3, 8, 8), 0.5)
+        scoring = OverlappedScoring(lambda x: x, rewards, references=image, prompts=["a dog"])
+        scoring(slice(0, 1), image)
+        assert reward.started.wait(10)
+        scoring.close(abandon=True)  # a stop signal: the chunk in flight is abandoned
+        reward.go.set()  # only now does it make its request: it must be cancelled too
+        deadline = time.monotonic() + 5.0  # (the server would hang for 40 s, timeout 30 s)
+        while time.monotonic() < deadline and _reward_threads():
+            time.sleep(0.02)
+        assert not _reward_threads()  # Python waits for it at exit: the run would hang
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _reward_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("cgrpo-rewards")]

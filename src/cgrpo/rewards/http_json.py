@@ -12,11 +12,13 @@ deadline, so a server that trickles its reply a few bytes at a time is given up 
 ``timeout`` seconds like one that says nothing (the host name's DNS lookup is not bounded).
 The exchange runs inside :func:`cgrpo.io.interrupts.interruptible`, so a stop signal whose
 handler calls ``stop_now`` abandons it in the main thread; a :class:`Cancel` abandons the
-exchanges of other threads (it shuts their sockets down).
+exchanges of other threads (it shuts their sockets down), and with :meth:`Cancel.scope`
+those a worker thread makes for itself, before or after the cancel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import io
@@ -27,15 +29,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import weakref
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from cgrpo.io.interrupts import interruptible
 
 __all__ = [
-    "MAX_REPLY_BYTES", "Cancel", "TransportError", "cancel_all", "is_http_url", "request_json",
+    "MAX_REPLY_BYTES", "Cancel", "TransportError", "is_http_url", "request_json",
 ]  # fmt: skip
 
 #: The largest reply read (8 MiB): a judge's chat completion or a reward server's scores
@@ -64,29 +65,55 @@ class TransportError(Exception):
 
 class Cancel:
     """Abandons the exchanges made with it, from any thread: :meth:`cancel` shuts their
-    sockets down (a blocked read returns at once) and no new attempt starts."""
+    sockets down (a blocked read returns at once) and no new attempt starts.
+
+    A :class:`Cancel` made while its thread runs inside another's :meth:`scope` is that
+    one's child: cancelling the parent cancels it, also when it is made after the parent
+    was cancelled (a worker that was still preparing its request when the stop came)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
-        _LIVE.add(self)
+        self._children: list[Cancel] = []  # held: a child's own children hang on it
+        parent = getattr(_SCOPE, "token", None)
+        if parent is not None:
+            parent._adopt(self)
 
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
 
     def cancel(self) -> None:
-        """Abandon every exchange made with this token, now and later."""
+        """Abandon every exchange made with this token or its children, now and later."""
         self._event.set()
         with self._lock:
-            socks = list(self._socks)
+            socks, children = list(self._socks), list(self._children)
         for sock in socks:
             _shut(sock)
+        for child in children:
+            child.cancel()
 
     def wait(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when cancelled meanwhile."""
         self._event.wait(seconds)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """While the body runs (in this thread), every :class:`Cancel` made in it, such as
+        the one a request makes for itself, is this one's child."""
+        outer = getattr(_SCOPE, "token", None)
+        _SCOPE.token = self
+        try:
+            yield
+        finally:
+            _SCOPE.token = outer
+
+    def _adopt(self, child: Cancel) -> None:
+        with self._lock:
+            self._children.append(child)
+        if self.cancelled:  # (cancel() set the event before reading the children)
+            child.cancel()
 
     def _add(self, sock: socket.socket) -> None:
         with self._lock:
@@ -95,15 +122,8 @@ class Cancel:
             _shut(sock)
 
 
-#: Every :class:`Cancel` still referenced: what :func:`cancel_all` abandons.
-_LIVE: weakref.WeakSet[Cancel] = weakref.WeakSet()
-
-
-def cancel_all() -> None:
-    """Abandon every exchange in flight, in every thread (a run stopping on a signal while
-    a worker thread waits on a server: ``sampler.overlap_rewards``)."""
-    for token in list(_LIVE):
-        token.cancel()
+#: Per thread, the :class:`Cancel` whose :meth:`~Cancel.scope` it runs in (``token``).
+_SCOPE = threading.local()
 
 
 def _shut(sock: socket.socket) -> None:

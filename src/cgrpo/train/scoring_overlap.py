@@ -20,7 +20,7 @@ import torch
 
 from cgrpo.data.references import References
 from cgrpo.io.interrupts import StopRequested, interruptible
-from cgrpo.rewards.http_json import cancel_all
+from cgrpo.rewards.http_json import Cancel
 from cgrpo.rewards.set import RewardSet
 
 __all__ = ["OverlappedScoring"]
@@ -43,13 +43,20 @@ class OverlappedScoring:
         self.decode, self.rewards = decode, rewards
         self.references, self.prompts = references, prompts
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cgrpo-rewards")
+        self._cancel = Cancel()  # the worker's server requests, made before or after a stop
         self._jobs: list[tuple[torch.Tensor, Future[dict[str, torch.Tensor]]]] = []
 
     def __call__(self, rows: slice, rewarded: torch.Tensor) -> None:
         images = self.decode(rewarded)
         refs = self.references[rows].to(images.device)
-        job = self._pool.submit(self.rewards.score, images, self.prompts[rows], refs)
+        job = self._pool.submit(self._score, images, self.prompts[rows], refs)
         self._jobs.append((images, job))
+
+    def _score(
+        self, images: torch.Tensor, prompts: list[str], refs: References
+    ) -> dict[str, torch.Tensor]:
+        with self._cancel.scope():  # (in the worker thread)
+            return self.rewards.score(images, prompts, refs)
 
     def result(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All chunks' images and their rewards by name (waits for the last chunk); a
@@ -70,7 +77,8 @@ class OverlappedScoring:
 
     def close(self, abandon: bool = False) -> None:
         """Stop the worker (chunks not started yet are dropped); ``abandon``: without
-        waiting for the chunk in flight, whose server requests are cancelled."""
+        waiting for the chunk in flight, whose server requests are cancelled (also those
+        it has yet to make)."""
         if abandon:
-            cancel_all()
+            self._cancel.cancel()
         self._pool.shutdown(wait=not abandon, cancel_futures=True)
