@@ -160,7 +160,7 @@ def test_cgrpo_train_stops_in_one_line_without_the_server(
 def test_an_unknown_reward_is_refused_in_one_line(url: str) -> None:
     with pytest.raises(RemoteRewardError, match=r"serves \['bright', 'identity', 'prompt'\]"):
         RemoteReward(url, "nope")
-    unchecked = RemoteReward(url, "nope", check=False, retries=3)
+    unchecked = RemoteReward(url, "nope", check=False, retries=3, backoff=5.0)
     images, prompts, refs = _batch(2)
     start = time.perf_counter()
     with pytest.raises(RemoteRewardError) as e:
@@ -168,7 +168,7 @@ def test_an_unknown_reward_is_refused_in_one_line(url: str) -> None:
     msg = str(e.value)
     assert "\n" not in msg and "HTTP 400" in msg and "unknown reward 'nope'" in msg
     assert "identity, prompt, bright" in msg
-    assert time.perf_counter() - start < 1.0  # a refusal is not retried (backoff 1 s)
+    assert time.perf_counter() - start < 4.0  # a refusal is not retried (a retry waits 5 s)
 
 
 def test_a_bad_server_config_is_one_line(tmp_path: Path, capsys) -> None:
