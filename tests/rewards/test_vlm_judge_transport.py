@@ -190,7 +190,7 @@ def test_a_stop_signal_abandons_a_request_to_a_server_that_hangs(wire, stop_hand
     timer.join()
     assert time.monotonic() - t0 < 5.0  # the signal came at 0.3 s; the timeout is 30 s
     assert err.value.signum == signal.SIGUSR1
-    deadline = time.monotonic() + 1.0  # the worker threads' requests were cut too
+    deadline = time.monotonic() + 5.0  # the worker threads' requests were cut too
     while time.monotonic() < deadline and any(
         t.name.startswith("cgrpo-vlm-judge") for t in threading.enumerate()
     ):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -144,15 +145,20 @@ def test_a_failing_reward_fails_the_overlapped_step(tmp_path: Path, tiny_weights
 
 class _JudgeAfterAWhile:
     """A judge whose request starts only after ``go``: the stop comes while the worker
-    still prepares the chunk (as vlm_judge paints references), before any request."""
+    still prepares the chunk (as vlm_judge paints references), before any request.
+    ``fail_first``: the first chunk raises instead."""
 
     name = "late_judge"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, fail_first: bool = False) -> None:
         self.started, self.go = threading.Event(), threading.Event()
         self.judge = VLMJudgeReward(url, "m", check=False, retries=0, timeout=30.0)
+        self.fail_first, self.calls = fail_first, 0
 
     def __call__(self, images, prompts, references):
+        self.calls += 1
+        if self.fail_first and self.calls == 1:
+            raise ValueError("broken chunk")
         self.started.set()
         self.go.wait(10)
         return self.judge(images, prompts, references)
@@ -162,30 +168,77 @@ def _hangs(handler: BaseHTTPRequestHandler) -> None:
     time.sleep(40)
 
 
-def test_an_abandoned_chunk_starts_no_request_that_outlives_the_stop() -> None:
+@pytest.fixture
+def hanging_url() -> Iterator[str]:
+    """A judge server that never answers a chat (40 s; the judge's timeout is 30 s)."""
     handler = type("Hangs", (BaseHTTPRequestHandler,), {
         "do_POST": _hangs, "log_message": lambda *a: None,
     })  # fmt: skip
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        reward = _JudgeAfterAWhile(f"http://127.0.0.1:{httpd.server_address[1]}/v1")
-        rewards = RewardSet({"judge": reward}, {"judge": 1.0})
-        image = torch.full((1, 3, 8, 8), 0.5)
-        scoring = OverlappedScoring(lambda x: x, rewards, references=image, prompts=["a dog"])
-        scoring(slice(0, 1), image)
-        assert reward.started.wait(10)
-        scoring.close(abandon=True)  # a stop signal: the chunk in flight is abandoned
-        reward.go.set()  # only now does it make its request: it must be cancelled too
-        deadline = time.monotonic() + 5.0  # (the server would hang for 40 s, timeout 30 s)
-        while time.monotonic() < deadline and _reward_threads():
-            time.sleep(0.02)
-        assert not _reward_threads()  # Python waits for it at exit: the run would hang
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _no_reward_thread_left(within: float = 5.0) -> None:
+    """The worker ended: Python waits for it at exit, so a run would hang on it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and _reward_threads():
+        time.sleep(0.02)
+    assert not _reward_threads()
 
 
 def _reward_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("cgrpo-rewards")]
+
+
+def test_an_abandoned_chunk_starts_no_request_that_outlives_the_stop(hanging_url: str) -> None:
+    reward = _JudgeAfterAWhile(hanging_url)
+    rewards = RewardSet({"judge": reward}, {"judge": 1.0})
+    image = torch.full((1, 3, 8, 8), 0.5)
+    scoring = OverlappedScoring(lambda x: x, rewards, references=image, prompts=["a dog"])
+    scoring(slice(0, 1), image)
+    assert reward.started.wait(10)
+    scoring.close(abandon=True)  # a stop signal: the chunk in flight is abandoned
+    reward.go.set()  # only now does it make its request: it must be cancelled too
+    _no_reward_thread_left()
+
+
+def test_a_chunks_error_abandons_the_chunk_waiting_on_a_server(hanging_url: str) -> None:
+    reward = _JudgeAfterAWhile(hanging_url, fail_first=True)
+    reward.go.set()
+    rewards = RewardSet({"judge": reward}, {"judge": 1.0})
+    images = torch.full((2, 3, 8, 8), 0.5)
+    scoring = OverlappedScoring(lambda x: x, rewards, references=images, prompts=["a", "b"])
+    scoring(slice(0, 1), images[:1])
+    scoring(slice(1, 2), images[1:])
+    assert reward.started.wait(10)  # the second chunk's request hangs
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="broken chunk"):
+        scoring.result()
+    assert time.monotonic() - t0 < 5.0  # not the judge's 30 s timeout
+    _no_reward_thread_left()
+
+
+def test_a_failed_rollout_drops_the_chunks_it_handed_over(
+    tmp_path: Path, tiny_weights: Path, hanging_url: str
+) -> None:
+    reward = _JudgeAfterAWhile(hanging_url)
+    reward.go.set()
+    cfg = fast_config(tmp_path, tiny_weights, "run.eval=false", "grpo.micro_batch_size=2",
+                      "sampler.overlap_rewards=true")  # fmt: skip
+    trainer = GRPOTrainer(cfg, rewards=RewardSet({"judge": reward}, {"judge": 1.0}))
+    velocity = trainer.policy.velocity
+
+    def fails_once_a_chunk_is_scored(*a, **k):
+        if reward.started.is_set():
+            raise RuntimeError("out of memory in the second chunk")
+        return velocity(*a, **k)
+
+    trainer.policy.velocity = fails_once_a_chunk_is_scored
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.train_step()
+    assert trainer._scoring is None
+    _no_reward_thread_left()

@@ -69,7 +69,9 @@ class Cancel:
 
     A :class:`Cancel` made while its thread runs inside another's :meth:`scope` is that
     one's child: cancelling the parent cancels it, also when it is made after the parent
-    was cancelled (a worker that was still preparing its request when the stop came)."""
+    was cancelled (a worker that was still preparing its request when the stop came).
+    The scope is per thread: a reward that starts threads of its own hands them its token
+    (as ``vlm_judge`` does)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()

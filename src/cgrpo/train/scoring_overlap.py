@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from cgrpo.data.references import References
-from cgrpo.io.interrupts import StopRequested, interruptible
+from cgrpo.io.interrupts import interruptible
 from cgrpo.rewards.http_json import Cancel
 from cgrpo.rewards.set import RewardSet
 
@@ -60,16 +60,14 @@ class OverlappedScoring:
 
     def result(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All chunks' images and their rewards by name (waits for the last chunk); a
-        reward's error is raised here."""
-        abandon = False
+        reward's error is raised here, and the chunks still scoring are abandoned."""
         try:
             with interruptible():  # a stop signal abandons the wait, and the requests
                 parts = [(images, job.result()) for images, job in self._jobs]
-        except StopRequested:
-            abandon = True
+        except BaseException:  # StopRequested, or one chunk's error: drop the others
+            self.close(abandon=True)
             raise
-        finally:
-            self.close(abandon=abandon)
+        self.close()
         if not parts:
             raise RuntimeError("the rollout handed no samples to the reward scoring")
         images = torch.cat([p[0] for p in parts])
@@ -79,6 +77,7 @@ class OverlappedScoring:
         """Stop the worker (chunks not started yet are dropped); ``abandon``: without
         waiting for the chunk in flight, whose server requests are cancelled (also those
         it has yet to make)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)  # no queued chunk starts now
         if abandon:
             self._cancel.cancel()
-        self._pool.shutdown(wait=not abandon, cancel_futures=True)
+        self._pool.shutdown(wait=not abandon)

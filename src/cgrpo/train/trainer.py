@@ -192,26 +192,37 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
             self._scoring = OverlappedScoring(
                 self.policy.decode, self.rewards, references=refs, prompts=prompts
             )
-        roll = sample_groups(
-            sampler,
-            cond,
-            g,
-            sigmas=self.sigmas,
-            eta=s.eta,
-            kind=s.kind,
-            same_noise=s.same_noise,
-            generator=self.state.generator,
-            micro_batch_size=self.cfg.grpo.micro_batch_size or None,
-            ode_tail=s.ode_tail,
-            shard=self.shard,
-            reward_image=s.reward_image,
-            ode_solver=s.ode_solver,
-            sde_mask=s.schedule.sde_mask(
-                s.num_steps, s.ode_tail, self.step, generator=self.state.generator
-            ),
-            on_chunk=self._scoring,
-        )
+        try:
+            roll = sample_groups(
+                sampler,
+                cond,
+                g,
+                sigmas=self.sigmas,
+                eta=s.eta,
+                kind=s.kind,
+                same_noise=s.same_noise,
+                generator=self.state.generator,
+                micro_batch_size=self.cfg.grpo.micro_batch_size or None,
+                ode_tail=s.ode_tail,
+                shard=self.shard,
+                reward_image=s.reward_image,
+                ode_solver=s.ode_solver,
+                sde_mask=s.schedule.sde_mask(
+                    s.num_steps, s.ode_tail, self.step, generator=self.state.generator
+                ),
+                on_chunk=self._scoring,
+            )
+        except BaseException:
+            self._abandon_scoring()
+            raise
         return roll, refs, prompts
+
+    def _abandon_scoring(self) -> None:
+        """Drop the chunks handed to the scoring and cancel their server requests (a
+        rollout that failed here or on another process: nobody will read the scores)."""
+        if self._scoring is not None:
+            self._scoring.close(abandon=True)
+            self._scoring = None
 
     def _score(
         self, roll: Rollout, refs: References, prompts: list[str]
@@ -228,7 +239,11 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         # a part that raises on any process stops every process with one message
         # (Dist.agree), before the gather below where the others would wait for it
         n = self.step + 1
-        roll, refs, prompts = self.dist.agree(self.rollout, f"step {n}, sampling")
+        try:
+            roll, refs, prompts = self.dist.agree(self.rollout, f"step {n}, sampling")
+        except BaseException:  # (another process's rollout failed: this one's is dropped)
+            self._abandon_scoring()
+            raise
         t1 = time.perf_counter()
         images, scores = self.dist.agree(lambda: self._score(roll, refs, prompts), f"step {n}")
         # every process gets the whole step's rewards with their group ids
