@@ -185,41 +185,36 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         sampler = OldPolicyView(self.policy) if self.objective.samples_with_old() else self.policy
         refs = refs.repeat_interleave(g, dim=0)[self.shard]
         prompts = [p for p in prompts for _ in range(g)][self.shard]
-        if self._scoring is not None:  # a rollout whose scores were never collected
-            self._scoring.close()
-        self._scoring = None  # sampler.overlap_rewards: scored chunk by chunk while sampling
+        self._abandon_scoring()  # a rollout whose scores were never collected
         if s.overlap_rewards:
             self._scoring = OverlappedScoring(
                 self.policy.decode, self.rewards, references=refs, prompts=prompts
             )
-        try:
-            roll = sample_groups(
-                sampler,
-                cond,
-                g,
-                sigmas=self.sigmas,
-                eta=s.eta,
-                kind=s.kind,
-                same_noise=s.same_noise,
-                generator=self.state.generator,
-                micro_batch_size=self.cfg.grpo.micro_batch_size or None,
-                ode_tail=s.ode_tail,
-                shard=self.shard,
-                reward_image=s.reward_image,
-                ode_solver=s.ode_solver,
-                sde_mask=s.schedule.sde_mask(
-                    s.num_steps, s.ode_tail, self.step, generator=self.state.generator
-                ),
-                on_chunk=self._scoring,
-            )
-        except BaseException:
-            self._abandon_scoring()
-            raise
+        roll = sample_groups(
+            sampler,
+            cond,
+            g,
+            sigmas=self.sigmas,
+            eta=s.eta,
+            kind=s.kind,
+            same_noise=s.same_noise,
+            generator=self.state.generator,
+            micro_batch_size=self.cfg.grpo.micro_batch_size or None,
+            ode_tail=s.ode_tail,
+            shard=self.shard,
+            reward_image=s.reward_image,
+            ode_solver=s.ode_solver,
+            sde_mask=s.schedule.sde_mask(
+                s.num_steps, s.ode_tail, self.step, generator=self.state.generator
+            ),
+            on_chunk=self._scoring,
+        )
         return roll, refs, prompts
 
     def _abandon_scoring(self) -> None:
         """Drop the chunks handed to the scoring and cancel their server requests (a
-        rollout that failed here or on another process: nobody will read the scores)."""
+        rollout that failed here or on another process, or whose scores were never
+        collected: nobody will read them)."""
         if self._scoring is not None:
             self._scoring.close(abandon=True)
             self._scoring = None
@@ -241,7 +236,7 @@ class GRPOTrainer(UpdatePhase, EvalLogHooks, Checkpointing):
         n = self.step + 1
         try:
             roll, refs, prompts = self.dist.agree(self.rollout, f"step {n}, sampling")
-        except BaseException:  # (another process's rollout failed: this one's is dropped)
+        except BaseException:  # this rollout, or another process's, failed: drop its chunks
             self._abandon_scoring()
             raise
         t1 = time.perf_counter()
